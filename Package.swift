@@ -1,0 +1,122 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+/// Every Swift target of ours builds in Swift 6 mode with full strict concurrency,
+/// and a warning is a build failure: "no warnings" is checked by the compiler.
+let strict: [SwiftSetting] = [
+    .treatAllWarnings(as: .error),
+]
+
+let package = Package(
+    name: "PulseBridge",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "edge-agent", targets: ["edge-agent"]),
+        .executable(name: "fleet-manager", targets: ["fleet-manager"]),
+        .executable(name: "pulsebridge-bench", targets: ["pulsebridge-bench"]),
+        .library(name: "MessageSchema", targets: ["MessageSchema"]),
+        .library(name: "MQTT", targets: ["MQTT"]),
+        .library(name: "RelayOutput", targets: ["RelayOutput"]),
+        .library(name: "EdgeAgent", targets: ["EdgeAgent"]),
+        .library(name: "FleetManager", targets: ["FleetManager"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+    ],
+    targets: [
+        // System libraries. Each is imported by exactly one Swift module family, `internal import`.
+        .systemLibrary(
+            name: "CMosquitto", pkgConfig: "libmosquitto",
+            providers: [.apt(["libmosquitto-dev"])]),
+        .systemLibrary(
+            name: "CGPIOD", pkgConfig: "libgpiod",
+            providers: [.apt(["libgpiod-dev"])]),
+        .systemLibrary(
+            name: "COpenSSL", pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]),
+
+        // Libraries.
+        .target(
+            name: "MQTT",
+            dependencies: ["CMosquitto", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        .target(
+            name: "MessageSchema",
+            dependencies: ["COpenSSL"],
+            swiftSettings: strict),
+        .target(
+            name: "RelayOutput",
+            dependencies: ["CGPIOD", "MessageSchema", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        .target(
+            name: "EdgeAgent",
+            dependencies: [
+                "MQTT", "MessageSchema", "RelayOutput",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .target(
+            name: "FleetManager",
+            dependencies: [
+                "MQTT", "MessageSchema",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        // Starting and stopping child processes (mosquitto, agents) without the
+        // blocked-signal-mask hang; used by tests, the benchmark and the demo.
+        .target(
+            name: "LocalServices",
+            dependencies: [.product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+
+        // Test helpers shared by the test targets and the benchmark.
+        .target(
+            name: "TestSupport",
+            dependencies: ["MQTT", "LocalServices"],
+            swiftSettings: strict),
+
+        // Executables: thin `@main` commands.
+        .executableTarget(
+            name: "edge-agent",
+            dependencies: ["EdgeAgent", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "fleet-manager",
+            dependencies: ["FleetManager", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "pulsebridge-bench",
+            dependencies: [
+                "MQTT", "MessageSchema", "RelayOutput", "LocalServices",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        // The C floor the MQTT benchmark compares against: the same round trip
+        // written directly on libmosquitto.
+        .executableTarget(
+            name: "mqtt-floor",
+            dependencies: ["CMosquitto"],
+            path: "Sources/CMQTTFloor"),
+
+        // Tests.
+        .testTarget(
+            name: "MQTTTests",
+            dependencies: ["MQTT", "LocalServices", "TestSupport"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "MessageSchemaTests",
+            dependencies: [
+                "MessageSchema",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
+            resources: [.copy("Fixtures")],
+            swiftSettings: strict),
+        .testTarget(
+            name: "RelayOutputTests",
+            dependencies: ["RelayOutput", "MessageSchema"],
+            swiftSettings: strict),
+    ]
+)

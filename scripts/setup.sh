@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what PulseBridge needs on Debian 12 (run as root, or with sudo available):
+# mosquitto and its clients, the C libraries the Swift package links, the tools the tests
+# use (openssl, zbar, stress-ng), and Python's `cryptography` for the interoperability tests.
+set -euo pipefail
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+export DEBIAN_FRONTEND=noninteractive
+as_root apt-get update
+as_root apt-get install -y --no-install-recommends \
+  mosquitto mosquitto-clients libmosquitto-dev \
+  libgpiod-dev gpiod \
+  libssl-dev openssl \
+  libqrencode-dev zbar-tools \
+  stress-ng pkg-config python3 python3-pip
+# The interop fixtures are checked against an independent Ed25519 implementation.
+if ! python3 -c 'import cryptography' 2>/dev/null; then
+  python3 -m pip install --quiet cryptography || as_root apt-get install -y python3-cryptography
+fi
+# mosquitto's Debian service is not needed: tests and the demo start their own brokers.
