@@ -69,7 +69,7 @@ struct PulseBridgeBench: AsyncParsableCommand {
         commandName: "pulsebridge-bench",
         abstract: "Measures PulseBridge: MQTT round trips, envelope verification, pulse timing.",
         discussion: "Build in release mode for real numbers: swift run -c release pulsebridge-bench all",
-        subcommands: [All.self, MQTTRoundTrip.self])
+        subcommands: [All.self, MQTTRoundTrip.self, EnvelopeVerification.self])
 
     struct All: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Runs every benchmark and prints one table.")
@@ -78,6 +78,7 @@ struct PulseBridgeBench: AsyncParsableCommand {
         func run() async throws {
             var measurements: [Measurement] = []
             measurements += try await MQTTRoundTrip.measure(count: 10_000)
+            measurements += try EnvelopeVerification.measure(count: 20_000)
             try output.print(measurements)
         }
     }
