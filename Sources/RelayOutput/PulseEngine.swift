@@ -1,0 +1,300 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// One edge of a train: when it was due and when the line actually changed.
+public struct EdgeTiming: Sendable, Hashable {
+    /// Index of the plan step (output) it belongs to.
+    public var step: Int
+    public var active: Bool
+    /// CLOCK_MONOTONIC nanoseconds.
+    public var scheduledNs: UInt64
+    public var actualNs: UInt64
+    /// actual − scheduled.
+    public var errorNs: Int64 { Int64(bitPattern: actualNs &- scheduledNs) }
+}
+
+/// How a train ended.
+public enum TrainOutcome: Sendable, Hashable {
+    /// Every pulse fired.
+    case completed
+    /// The inhibit input was active before the first pulse: nothing fired.
+    case inhibitedBeforeStart
+    /// The inhibit input went active between pulses: the train stopped.
+    case inhibitedDuringTrain
+    /// A line could not be driven before the first pulse: nothing fired.
+    case faultBeforeStart(RelayError)
+    /// A line failed part-way.
+    case faultDuringTrain(RelayError)
+    /// The `beforeFirstPulse` hook declined (e.g. the payment expired meanwhile): nothing fired.
+    case declined(String)
+    /// `cancel()` stopped the train (between pulses).
+    case cancelled
+
+    /// Whether any pulse could have fired.
+    public var startedFiring: Bool {
+        switch self {
+        case .completed, .inhibitedDuringTrain, .faultDuringTrain, .cancelled: true
+        case .inhibitedBeforeStart, .faultBeforeStart, .declined: false
+        }
+    }
+}
+
+/// What a train did.
+public struct TrainReport: Sendable {
+    public var outcome: TrainOutcome
+    /// Pulses completed (contact closed and opened again), over all steps.
+    public var pulsesFired: Int
+    /// Pulses completed per plan step.
+    public var firedPerStep: [Int]
+    public var edges: [EdgeTiming]
+    /// CLOCK_MONOTONIC when the first pulse was due (0 if none was).
+    public var startNs: UInt64
+}
+
+/// The real-time wishes of the pulse thread.
+public struct RealtimePolicy: Sendable, Hashable {
+    /// SCHED_FIFO priority (1–99) for the pulse thread, or nil for the normal scheduler.
+    public var fifoPriority: Int32?
+    /// Lock the whole process's memory (mlockall) so no page fault lands mid-train. For the
+    /// agent daemon; not for a test runner.
+    public var lockMemory: Bool
+
+    public init(fifoPriority: Int32? = 50, lockMemory: Bool = false) {
+        self.fifoPriority = fifoPriority
+        self.lockMemory = lockMemory
+    }
+}
+
+/// Runs pulse plans on relay lines, on its own thread with absolute CLOCK_MONOTONIC
+/// deadlines (`clock_nanosleep`, TIMER_ABSTIME): a late wake-up delays one edge, never the
+/// whole rest of the train. Whatever happens, every output ends inactive.
+public final class PulseEngine: Sendable {
+    private let thread: PulseThread
+    private let cancelRequested = Atomic<Bool>(false)
+    private let logger: Logger
+
+    public init(realtime: RealtimePolicy = RealtimePolicy(), logger: Logger = Logger(label: "pulsebridge.relay")) {
+        self.logger = logger
+        self.thread = PulseThread(realtime: realtime, logger: logger)
+    }
+
+    /// Whether the pulse thread got real-time priority.
+    public var isRealtime: Bool { thread.isRealtime }
+
+    /// Fires `plan` on `lines`.
+    ///
+    /// On the pulse thread, in this order: the inhibit input is checked (active: nothing
+    /// fires); every output is driven inactive (a failure: nothing fires); `beforeFirstPulse`
+    /// runs (the agent records durably that the train started; throwing declines the train);
+    /// then the pulses, checking the inhibit input before each. After a fault every output
+    /// is driven inactive again.
+    public func fire(
+        _ plan: PulsePlan, on lines: any RelayLines,
+        beforeFirstPulse: @escaping @Sendable () throws -> Void = {}
+    ) async -> TrainReport {
+        cancelRequested.store(false, ordering: .relaxed)
+        return await withCheckedContinuation { continuation in
+            let accepted = thread.submit(
+                work: { [self] in runTrain(plan, lines: lines, beforeFirstPulse: beforeFirstPulse) },
+                completion: { continuation.resume(returning: $0) })
+            if !accepted {
+                continuation.resume(
+                    returning: TrainReport(
+                        outcome: .declined("the pulse engine is shut down"), pulsesFired: 0,
+                        firedPerStep: Array(repeating: 0, count: plan.steps.count), edges: [], startNs: 0))
+            }
+        }
+    }
+
+    /// Stops the running train between pulses (the current pulse completes).
+    public func cancel() {
+        cancelRequested.store(true, ordering: .relaxed)
+    }
+
+    /// Stops the pulse thread after the train in progress.
+    public func shutdown() {
+        thread.stop()
+    }
+
+    private func runTrain(_ plan: PulsePlan, lines: any RelayLines, beforeFirstPulse: () throws -> Void) -> TrainReport {
+        var report = TrainReport(
+            outcome: .completed, pulsesFired: 0, firedPerStep: Array(repeating: 0, count: plan.steps.count),
+            edges: [], startNs: 0)
+        report.edges.reserveCapacity(plan.totalPulses * 2)
+        lines.trainWillStart()
+
+        do {
+            if try lines.inhibitActive() {
+                report.outcome = .inhibitedBeforeStart
+                return report
+            }
+            try lines.driveAllInactive()
+        } catch {
+            report.outcome = .faultBeforeStart(error)
+            try? lines.driveAllInactive()
+            return report
+        }
+        do {
+            try beforeFirstPulse()
+        } catch {
+            report.outcome = .declined("\(error)")
+            return report
+        }
+
+        var due = Clock.now()
+        report.startNs = due
+        for (stepIndex, step) in plan.steps.enumerated() {
+            let pulse = UInt64(step.pulseMs) * 1_000_000
+            let gap = UInt64(step.gapMs) * 1_000_000
+            for _ in 0..<step.count {
+                if cancelRequested.load(ordering: .relaxed) {
+                    report.outcome = .cancelled
+                    return finish(report, lines)
+                }
+                do {
+                    if try lines.inhibitActive() {
+                        report.outcome = .inhibitedDuringTrain
+                        return finish(report, lines)
+                    }
+                    Clock.sleep(until: due)
+                    try lines.drive(step.output, active: true)
+                    report.edges.append(EdgeTiming(step: stepIndex, active: true, scheduledNs: due, actualNs: Clock.now()))
+                    due += pulse
+                    Clock.sleep(until: due)
+                    try lines.drive(step.output, active: false)
+                    report.edges.append(EdgeTiming(step: stepIndex, active: false, scheduledNs: due, actualNs: Clock.now()))
+                    report.pulsesFired += 1
+                    report.firedPerStep[stepIndex] += 1
+                    due += gap
+                } catch {
+                    report.outcome = .faultDuringTrain(error)
+                    return finish(report, lines)
+                }
+            }
+        }
+        // The last gap belongs to the train: the machine sees a full pulse period before any
+        // later train (which also waits postVendDelayMs).
+        Clock.sleep(until: due)
+        return report
+    }
+
+    private func finish(_ report: TrainReport, _ lines: any RelayLines) -> TrainReport {
+        do {
+            try lines.driveAllInactive()
+        } catch {
+            logger.critical("cannot drive relay outputs inactive after a stopped train", metadata: ["relay.error": "\(error)"])
+        }
+        return report
+    }
+}
+
+/// CLOCK_MONOTONIC, in nanoseconds.
+enum Clock {
+    static func now() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
+    }
+
+    /// Sleeps until the absolute deadline (never wakes early; retries on signals).
+    static func sleep(until deadline: UInt64) {
+        var t = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
+        while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, nil) == EINTR {}
+    }
+}
+
+/// The dedicated thread trains run on: never Swift's cooperative pool, which must not block
+/// and cannot promise when a job runs.
+///
+/// The thread holds real-time priority only while a train runs. Threads inherit their
+/// creator's scheduling policy: resuming the caller's task can make the runtime start a
+/// worker thread from here, and a child process started by such a worker would inherit
+/// SCHED_FIFO too (a CPU-bound one then starves the machine). So the thread drops back to
+/// the normal scheduler before it hands a result back.
+final class PulseThread: Sendable {
+    private struct Job: Sendable {
+        var work: @Sendable () -> TrainReport
+        var completion: @Sendable (TrainReport) -> Void
+    }
+    private let jobs = Mutex<(queue: [Job], stopped: Bool)>(([], false))
+    private let available = DispatchSemaphore(value: 0)
+    private let realtime = Atomic<Bool>(false)
+    private let policy: RealtimePolicy
+
+    init(realtime policy: RealtimePolicy, logger: Logger) {
+        self.policy = policy
+        let thread = Thread { [self] in
+            configure(logger: logger)
+            run()
+        }
+        thread.name = "pulse-engine"
+        thread.start()
+    }
+
+    var isRealtime: Bool { realtime.load(ordering: .relaxed) }
+
+    private func configure(logger: Logger) {
+        if let priority = policy.fifoPriority {
+            let rc = setScheduler(fifo: true)
+            if rc == 0 {
+                realtime.store(true, ordering: .relaxed)
+                _ = setScheduler(fifo: false)
+                logger.info("pulse trains run at SCHED_FIFO priority \(priority)")
+            } else {
+                logger.info(
+                    "pulse trains run without real-time priority (SCHED_FIFO refused: \(String(cString: strerror(rc)))); edges may be late under load",
+                    metadata: ["hint": "run as root or grant CAP_SYS_NICE / LimitRTPRIO in the systemd unit"])
+            }
+        }
+        if policy.lockMemory {
+            if mlockall(MCL_CURRENT | MCL_FUTURE) == 0 {
+                logger.info("process memory locked (mlockall)")
+            } else {
+                logger.info(
+                    "process memory not locked (mlockall: \(String(cString: strerror(errno)))); a page fault may delay an edge",
+                    metadata: ["hint": "grant CAP_IPC_LOCK / LimitMEMLOCK=infinity in the systemd unit"])
+            }
+        }
+    }
+
+    /// Switches this thread between SCHED_FIFO (at the policy's priority) and SCHED_OTHER.
+    private func setScheduler(fifo: Bool) -> Int32 {
+        var parameters = sched_param()
+        parameters.sched_priority = fifo ? (policy.fifoPriority ?? 0) : 0
+        return pthread_setschedparam(pthread_self(), fifo ? SCHED_FIFO : SCHED_OTHER, &parameters)
+    }
+
+    private func run() {
+        while true {
+            available.wait()
+            let job: Job? = jobs.withLock { state in
+                state.queue.isEmpty ? nil : state.queue.removeFirst()
+            }
+            guard let job else { return }  // woken with nothing queued: stop
+            let elevated = isRealtime && setScheduler(fifo: true) == 0
+            let report = job.work()
+            if elevated { _ = setScheduler(fifo: false) }
+            job.completion(report)
+        }
+    }
+
+    /// Queues a train; false if the thread has been stopped.
+    func submit(work: @escaping @Sendable () -> TrainReport, completion: @escaping @Sendable (TrainReport) -> Void) -> Bool {
+        let accepted = jobs.withLock { state -> Bool in
+            guard !state.stopped else { return false }
+            state.queue.append(Job(work: work, completion: completion))
+            return true
+        }
+        if accepted { available.signal() }
+        return accepted
+    }
+
+    func stop() {
+        let first = jobs.withLock { state -> Bool in
+            defer { state.stopped = true }
+            return !state.stopped
+        }
+        if first { available.signal() }
+    }
+}

@@ -1,0 +1,193 @@
+import Foundation
+import MessageSchema
+import Testing
+
+@testable import RelayOutput
+
+/// The pulse engine on the simulated line driver: the very engine that drives libgpiod lines.
+@Suite(.timeLimit(.minutes(1)))
+struct PulseEngineTests {
+    static let coin = OutputConfig(channel: "coin", chip: "gpiochip0", line: 17, valuePerPulse: 100, pulseMs: 30, gapMs: 30)
+    static let bill = OutputConfig(channel: "bill", chip: "gpiochip0", line: 27, valuePerPulse: 1000, pulseMs: 40, gapMs: 40)
+    static let inhibit = InhibitConfig(chip: "gpiochip0", line: 22, activeLow: true)
+
+    let engine = PulseEngine(realtime: RealtimePolicy(fifoPriority: 50, lockMemory: false))
+    let driver = SimulatedLineDriver(edgeLogPath: NSTemporaryDirectory() + "edges-\(UUID().uuidString).jsonl")
+
+    func activations(_ edges: [SimulatedEdge], line: Int) -> Int {
+        edges.filter { $0.line == line && $0.active }.count
+    }
+
+    /// Every line's last logged state is inactive.
+    func allInactive(_ edges: [SimulatedEdge]) -> Bool {
+        Dictionary(grouping: edges, by: \.line).values.allSatisfy { $0.last?.active == false }
+    }
+
+    @Test func firesExactPulsesPerChannelWithinTolerance() async throws {
+        let lines = try driver.open(outputs: [Self.coin, Self.bill], inhibit: nil)
+        let plan = try PulsePlan.make(amount: 2300, outputs: [Self.coin, Self.bill])
+        #expect(plan.pulseCounts == [PulseCount(channel: "coin", count: 3), PulseCount(channel: "bill", count: 2)])
+        let report = await engine.fire(plan, on: lines)
+        lines.close()
+
+        #expect(report.outcome == .completed)
+        #expect(report.pulsesFired == 5)
+        #expect(report.firedPerStep == [3, 2])
+        let edges = SimulatedEdge.read(driver.edgeLogPath)
+        #expect(activations(edges, line: 17) == 3)
+        #expect(activations(edges, line: 27) == 2)
+        #expect(allInactive(edges))
+
+        // High and low times from the edge log itself: within 15 % of the configured widths
+        // (coin mechanisms tolerate roughly ±10–20 %; the benchmark measures the real error).
+        let active = edges.filter { $0.line == 17 }.drop { !$0.active }
+        let pairs = Array(active)
+        for i in stride(from: 0, to: pairs.count - 1, by: 2) {
+            let high = Double(pairs[i + 1].tNs - pairs[i].tNs) / 1e6
+            #expect(abs(high - 30) <= 4.5, "coin pulse \(i / 2) was \(high) ms")
+            if i + 2 < pairs.count {
+                let low = Double(pairs[i + 2].tNs - pairs[i + 1].tNs) / 1e6
+                #expect(abs(low - 30) <= 4.5, "coin gap \(i / 2) was \(low) ms")
+            }
+        }
+        // Edges were never early: absolute deadlines.
+        #expect(report.edges.allSatisfy { $0.actualNs >= $0.scheduledNs })
+        #expect(report.edges.count == 10)
+    }
+
+    @Test func openingDrivesEveryOutputInactiveFirst() throws {
+        let lines = try driver.open(outputs: [Self.coin, Self.bill], inhibit: nil)
+        let edges = SimulatedEdge.read(driver.edgeLogPath)
+        #expect(edges.map(\.line) == [17, 27])
+        #expect(edges.allSatisfy { !$0.active })
+        lines.close()
+    }
+
+    @Test func inhibitActiveBeforeTheTrainFiresNothing() async throws {
+        try driver.setInhibit(true)
+        let lines = try driver.open(outputs: [Self.coin], inhibit: Self.inhibit)
+        let report = await engine.fire(try PulsePlan.make(amount: 300, outputs: [Self.coin]), on: lines)
+        lines.close()
+        #expect(report.outcome == .inhibitedBeforeStart)
+        #expect(report.pulsesFired == 0)
+        #expect(activations(SimulatedEdge.read(driver.edgeLogPath), line: 17) == 0)
+    }
+
+    @Test func inhibitWithoutAnInhibitLineIsIgnored() async throws {
+        try driver.setInhibit(true)
+        let lines = try driver.open(outputs: [Self.coin], inhibit: nil)
+        let report = await engine.fire(try PulsePlan.make(amount: 200, outputs: [Self.coin]), on: lines)
+        lines.close()
+        #expect(report.outcome == .completed)
+    }
+
+    @Test func inhibitAssertedMidTrainStopsWithAPartialCount() async throws {
+        let lines = InhibitAfter(try driver.open(outputs: [Self.coin], inhibit: Self.inhibit), pulses: 2)
+        let report = await engine.fire(try PulsePlan.make(amount: 500, outputs: [Self.coin]), on: lines)
+        lines.close()
+        #expect(report.outcome == .inhibitedDuringTrain)
+        #expect(report.pulsesFired == 2)
+        let edges = SimulatedEdge.read(driver.edgeLogPath)
+        #expect(activations(edges, line: 17) == 2)
+        #expect(allInactive(edges))
+    }
+
+    @Test func driverFailingMidTrainReportsThePartialCountAndLeavesLinesInactive() async throws {
+        try driver.setFault("after:3")
+        let lines = try driver.open(outputs: [Self.coin, Self.bill], inhibit: nil)
+        let report = await engine.fire(try PulsePlan.make(amount: 1500, outputs: [Self.coin, Self.bill]), on: lines)
+        try driver.setFault(nil)
+        lines.close()
+        guard case .faultDuringTrain(let error) = report.outcome else {
+            Issue.record("expected a fault during the train, got \(report.outcome)")
+            return
+        }
+        #expect(error.description.contains("gpiochip0"))
+        #expect(report.pulsesFired == 3)
+        let edges = SimulatedEdge.read(driver.edgeLogPath)
+        #expect(edges.filter(\.active).count == 3)
+        #expect(allInactive(edges))
+    }
+
+    @Test func lineThatCannotBeDrivenFiresNothing() async throws {
+        let lines = try driver.open(outputs: [Self.coin], inhibit: nil)
+        try driver.setFault("drive")
+        let report = await engine.fire(try PulsePlan.make(amount: 300, outputs: [Self.coin]), on: lines)
+        try driver.setFault(nil)
+        lines.close()
+        guard case .faultBeforeStart = report.outcome else {
+            Issue.record("expected a fault before the train, got \(report.outcome)")
+            return
+        }
+        #expect(report.pulsesFired == 0)
+        #expect(activations(SimulatedEdge.read(driver.edgeLogPath), line: 17) == 0)
+    }
+
+    @Test func declinedHookFiresNothing() async throws {
+        struct Expired: Error {}
+        let lines = try driver.open(outputs: [Self.coin], inhibit: nil)
+        let report = await engine.fire(try PulsePlan.make(amount: 300, outputs: [Self.coin]), on: lines) { throw Expired() }
+        lines.close()
+        #expect(!report.outcome.startedFiring)
+        #expect(activations(SimulatedEdge.read(driver.edgeLogPath), line: 17) == 0)
+    }
+
+    @Test func hookRunsBeforeTheFirstEdge() async throws {
+        let lines = try driver.open(outputs: [Self.coin], inhibit: nil)
+        let path = driver.edgeLogPath
+        let report = await engine.fire(try PulsePlan.make(amount: 100, outputs: [Self.coin]), on: lines) {
+            // The hook sees no activation yet: it runs before the first pulse.
+            if SimulatedEdge.read(path).contains(where: \.active) { throw CancellationError() }
+        }
+        lines.close()
+        #expect(report.outcome == .completed)
+    }
+
+    @Test func cancelStopsBetweenPulses() async throws {
+        let lines = try driver.open(outputs: [Self.coin], inhibit: nil)
+        let engine = self.engine
+        let report = await engine.fire(try PulsePlan.make(amount: 5000, outputs: [Self.coin]), on: lines) {
+            engine.cancel()
+        }
+        lines.close()
+        #expect(report.outcome == .cancelled)
+        #expect(report.pulsesFired < 50)
+        #expect(allInactive(SimulatedEdge.read(driver.edgeLogPath)))
+    }
+
+    @Test func libgpiodNamesTheMissingChip() {
+        // This machine has no /dev/gpiochip*: opening fails, naming the chip.
+        let error = #expect(throws: RelayError.self) {
+            _ = try GPIODLineDriver().open(outputs: [Self.coin], inhibit: Self.inhibit)
+        }
+        guard case .chipUnavailable(let chip, let reason) = error else {
+            Issue.record("expected the chip to be unavailable, got \(String(describing: error))")
+            return
+        }
+        #expect(chip == "gpiochip0")
+        #expect(reason.contains("No such file"))
+        #expect(error?.description.contains("gpiochip0") == true)
+        #expect(throws: RelayError.self) {
+            _ = try GPIODLineDriver().open(outputs: [OutputConfig(channel: "c", chip: "/dev/gpiochip9", line: 1, valuePerPulse: 1, pulseMs: 10, gapMs: 10)], inhibit: nil)
+        }
+    }
+}
+
+/// Wraps real simulated lines; reports the inhibit input active once `pulses` activations
+/// have happened, so a test can assert inhibit at an exact point of a train.
+final class InhibitAfter: RelayLines, @unchecked Sendable {
+    let inner: any RelayLines
+    let pulses: Int
+    var activations = 0
+    init(_ inner: any RelayLines, pulses: Int) {
+        self.inner = inner
+        self.pulses = pulses
+    }
+    var outputs: [OutputConfig] { inner.outputs }
+    func drive(_ index: Int, active: Bool) throws(RelayError) {
+        try inner.drive(index, active: active)
+        if active { activations += 1 }
+    }
+    func inhibitActive() throws(RelayError) -> Bool { activations >= pulses }
+    func close() { inner.close() }
+}
