@@ -24,6 +24,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // System libraries. Each is imported by exactly one Swift module family, `internal import`.
@@ -55,6 +57,8 @@ let package = Package(
             dependencies: [
                 "MQTT", "MessageSchema", "RelayOutput",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: strict),
         .target(
@@ -74,13 +78,18 @@ let package = Package(
         // Test helpers shared by the test targets and the benchmark.
         .target(
             name: "TestSupport",
-            dependencies: ["MQTT", "LocalServices"],
+            dependencies: ["MQTT", "LocalServices", "MessageSchema", "RelayOutput", "EdgeAgent"],
             swiftSettings: strict),
 
         // Executables: thin `@main` commands.
         .executableTarget(
             name: "edge-agent",
-            dependencies: ["EdgeAgent", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "EdgeAgent", "MessageSchema", "RelayOutput",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strict),
         .executableTarget(
             name: "fleet-manager",
@@ -113,6 +122,10 @@ let package = Package(
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             resources: [.copy("Fixtures")],
+            swiftSettings: strict),
+        .testTarget(
+            name: "EdgeAgentTests",
+            dependencies: ["EdgeAgent", "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "TestSupport"],
             swiftSettings: strict),
         .testTarget(
             name: "RelayOutputTests",

@@ -1,1 +1,234 @@
-public enum EdgeAgentModule {}
+import Foundation
+import Logging
+import MQTT
+import MessageSchema
+import RelayOutput
+import ServiceLifecycle
+import Synchronization
+
+/// How the agent runs on this unit.
+public struct AgentOptions: Sendable {
+    public var bundle: AgentBundle
+    /// Where the state store, the broker CA file and the train progress live.
+    public var stateDirectory: String
+    /// libgpiod on a unit, the simulated driver elsewhere.
+    public var lineDriver: any LineDriver
+    /// The version this agent reports (`status.firmware`, `heartbeat.firmware`).
+    public var firmwareVersion: String
+    /// Real-time wishes of the pulse thread.
+    public var realtime: RealtimePolicy
+    /// Heartbeat interval before any configuration is applied.
+    public var defaultHeartbeatS = 30
+    /// How long a graceful stop lets a running train continue before stopping it between pulses.
+    public var trainStopGrace: Duration = .seconds(30)
+    /// Backoff between broker connection attempts.
+    public var reconnect = MQTTReconnectPolicy(initialDelay: .milliseconds(250), maximumDelay: .seconds(30))
+    /// The agent's clock, milliseconds since the Unix epoch.
+    public var clock: @Sendable () -> Int = { Int(Date().timeIntervalSince1970 * 1000) }
+
+    public init(
+        bundle: AgentBundle, stateDirectory: String, lineDriver: any LineDriver, firmwareVersion: String,
+        realtime: RealtimePolicy = RealtimePolicy(fifoPriority: 50, lockMemory: true)
+    ) {
+        self.bundle = bundle
+        self.stateDirectory = stateDirectory
+        self.lineDriver = lineDriver
+        self.firmwareVersion = firmwareVersion
+        self.realtime = realtime
+    }
+}
+
+/// The edge agent: verifies signed payments and fires exactly the pulses they pay for, once,
+/// through restarts and power loss; reports every result from a durable outbox; keeps the
+/// unit's status, heartbeat and configuration. A `Service`: run it in a `ServiceGroup` and
+/// stop it with SIGTERM.
+public final class EdgeAgent: Service, Sendable {
+    let options: AgentOptions
+    let machine: MachineID
+    let topics: TopicScheme
+    let store: AgentStore
+    let engine: PulseEngine
+    let progress: TrainProgress
+    let logger: Logger
+    /// New at every start.
+    public let bootId: String
+    let startedAt = ContinuousClock.now
+    let state: Mutex<AgentState>
+    /// Wakes the outbox publisher.
+    let outboxWake: AsyncStream<Void>.Continuation
+    let outboxWakes: AsyncStream<Void>
+
+    /// Opens the state store and the train progress file. Nothing touches the lines or the
+    /// network until `run()`.
+    public init(options: AgentOptions, logger: Logger) throws {
+        self.options = options
+        self.machine = options.bundle.machineId
+        self.topics = try TopicScheme(root: options.bundle.topicRoot)
+        var logger = logger
+        logger[metadataKey: "machine"] = "\(options.bundle.machineId)"
+        self.logger = logger
+        try FileManager.default.createDirectory(atPath: options.stateDirectory, withIntermediateDirectories: true)
+        self.store = try AgentStore(path: options.stateDirectory + "/agent.sqlite")
+        self.progress = try TrainProgress(path: options.stateDirectory + "/train-progress")
+        self.engine = PulseEngine(realtime: options.realtime, logger: logger)
+        self.bootId = UUID().uuidString.lowercased()
+        self.state = Mutex(AgentState())
+        (outboxWakes, outboxWake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    public func run() async throws {
+        try powerUp()
+        let client = try makeClient()
+        try client.start()
+        let (inputs, inputContinuation) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .unbounded)
+
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.watchConnection(client) }
+            group.addTask { await self.route(client.messages, into: inputContinuation, client: client) }
+            group.addTask { await self.publishOutbox(client) }
+            group.addTask { await self.sendHeartbeats(client) }
+            let pipeline = Task { await self.runPipeline(inputs, client: client) }
+
+            // Until SIGTERM / SIGINT (or cancellation).
+            try? await gracefulShutdown()
+            logger.info("stopping: no new payments; a running train may finish")
+            inputContinuation.finish()
+            let grace = options.trainStopGrace
+            let stopper = Task {
+                try await Task.sleep(for: grace)
+                self.logger.warning("a train is still running after the stop grace; stopping it between pulses")
+                self.engine.cancel()
+            }
+            await pipeline.value
+            stopper.cancel()
+            await publishOffline(client)
+            await client.close()
+            group.cancelAll()
+        }
+        closeLines()
+        engine.shutdown()
+        logger.info("stopped; relay outputs inactive")
+    }
+
+    /// Power-up: finish what a crash left, load configuration and trust, drive every output
+    /// inactive. The network comes after.
+    func powerUp() throws {
+        let now = options.clock()
+        // Keep decisions at least 30 days; a payment's lifetime is at most 10 minutes.
+        let purged = try store.purgeDecisions(decidedBefore: now - 31 * 24 * 3600 * 1000)
+        if purged > 0 { logger.info("forgot \(purged) decisions older than 31 days") }
+
+        // A train found started but not finished is never fired again: it is `uncertain`.
+        for train in try store.interruptedTrains() {
+            let fired = progress.fired(train.paymentId) ?? 0
+            let result = PaymentResult(
+                paymentId: train.paymentId, machineId: machine, status: .uncertain, reason: .interrupted, amount: 0,
+                pulses: train.plan, pulsesFired: fired, decidedAt: now, bootId: bootId, seq: 0)
+            try store.recordInterrupted(result)
+            logger.error(
+                "a pulse train was interrupted (crash or power loss); reported uncertain",
+                metadata: ["payment.id": "\(train.paymentId)", "payment.pulses_fired": "\(fired)"])
+        }
+
+        var trust = try store.trust()
+        if trust == nil {
+            try store.saveTrust(options.bundle.trust)
+            trust = options.bundle.trust
+        }
+        let trustStore = try TrustStore(entries: trust ?? [])
+        state.withLock { $0.trust = trustStore }
+
+        if let envelope = try store.appliedConfigEnvelope() {
+            // Our own stored copy, verified when it was applied (a later key rotation may have
+            // dropped the key that signed it, so it is not verified again).
+            let config = try WireCoding.decode(MachineConfig.self, from: Data(configBody(envelope).utf8))
+            state.withLock { $0.config = config }
+        } else if let initial = options.bundle.initialConfig {
+            switch applyConfig(Data(initial.utf8), now: now) {
+            case .applied(let version): logger.info("applied the bundle's initial configuration", metadata: ["config.version": "\(version)"])
+            case .rejected(let version, let reason): logger.error("the bundle's initial configuration was rejected: \(reason)", metadata: ["config.version": "\(version)"])
+            case .ignored: break
+            }
+        }
+        if let config = state.withLock({ $0.config }), state.withLock({ $0.lines }) == nil {
+            openLines(for: config)
+        }
+    }
+
+    private func configBody(_ envelope: String) throws -> String {
+        try SignedEnvelope.parse(Data(envelope.utf8)).body
+    }
+
+    func makeClient() throws -> MQTTClient {
+        let endpoint = try options.bundle.endpoint()
+        var configuration = MQTTConfiguration(host: endpoint.host, port: endpoint.port, clientID: machine.rawValue)
+        configuration.username = options.bundle.username ?? machine.rawValue
+        configuration.password = options.bundle.password
+        configuration.keepAliveSeconds = 30
+        configuration.cleanStart = false
+        configuration.sessionExpirySeconds = 7 * 24 * 3600
+        configuration.reconnect = options.reconnect
+        if endpoint.tls, let pem = options.bundle.caCertificate {
+            let caPath = options.stateDirectory + "/broker-ca.pem"
+            try pem.write(toFile: caPath, atomically: true, encoding: .utf8)
+            configuration.tls = MQTTTLS(caFile: caPath)
+        }
+        let statusTopic = topics.topic(.status, for: machine)
+        // Before every connection: the same status document, `offline`, for this session.
+        configuration.will = { [self] session in
+            let will = StatusMessage(
+                machineId: machine, state: .offline, bootId: bootId, session: Int(session), firmware: options.firmwareVersion,
+                configVersion: state.withLock { $0.config?.version ?? 0 }, at: now())
+            return MQTTOutgoingMessage(topic: statusTopic, payload: WireCoding.encode(will), qos: .atLeastOnce, retain: true)
+        }
+        return try MQTTClient(configuration, logger: logger)
+    }
+
+    func closeLines() {
+        let lines = state.withLock { s -> (any RelayLines)? in
+            defer { s.lines = nil }
+            return s.lines
+        }
+        lines?.close()
+    }
+
+    /// Opens the configured lines, driving every output inactive; a failure leaves the relay
+    /// in `fault` (payments are then rejected `relay_fault`).
+    @discardableResult
+    func openLines(for config: MachineConfig) -> RelayError? {
+        do {
+            let lines = try options.lineDriver.open(outputs: config.outputs, inhibit: config.inhibit)
+            state.withLock {
+                $0.lines = lines
+                $0.relay = .ok
+            }
+            logger.info("relay outputs open and inactive", metadata: ["relay.driver": "\(options.lineDriver.name)"])
+            return nil
+        } catch {
+            state.withLock { $0.relay = .fault }
+            logger.error("cannot open relay lines: \(error)")
+            return error
+        }
+    }
+
+    func now() -> Int { options.clock() }
+}
+
+/// What the agent's tasks share.
+struct AgentState: Sendable {
+    var config: MachineConfig?
+    var trust = TrustStore()
+    var lines: (any RelayLines)?
+    var relay: RelayHealth = .ok
+    var session = 0
+    var connected = false
+    var stopping = false
+    var subscribed = false
+    var heartbeatSeq = 0
+    var resultSeq = 0
+    /// Seq stamped on an outbox entry in this boot, reused if it is published again.
+    var seqByOutboxId: [Int64: Int] = [:]
+    /// CLOCK_MONOTONIC instant the last train ended (for postVendDelayMs).
+    var lastTrainEnd: ContinuousClock.Instant?
+    var reportedConfigThisBoot = false
+}

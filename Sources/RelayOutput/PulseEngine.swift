@@ -89,14 +89,17 @@ public final class PulseEngine: Sendable {
     /// runs (the agent records durably that the train started; throwing declines the train);
     /// then the pulses, checking the inhibit input before each. After a fault every output
     /// is driven inactive again.
+    /// `afterPulse` runs on the pulse thread after each completed pulse with the count so far
+    /// (in the gap; it must be quick).
     public func fire(
         _ plan: PulsePlan, on lines: any RelayLines,
-        beforeFirstPulse: @escaping @Sendable () throws -> Void = {}
+        beforeFirstPulse: @escaping @Sendable () throws -> Void = {},
+        afterPulse: @escaping @Sendable (Int) -> Void = { _ in }
     ) async -> TrainReport {
         cancelRequested.store(false, ordering: .relaxed)
         return await withCheckedContinuation { continuation in
             let accepted = thread.submit(
-                work: { [self] in runTrain(plan, lines: lines, beforeFirstPulse: beforeFirstPulse) },
+                work: { [self] in runTrain(plan, lines: lines, beforeFirstPulse: beforeFirstPulse, afterPulse: afterPulse) },
                 completion: { continuation.resume(returning: $0) })
             if !accepted {
                 continuation.resume(
@@ -117,7 +120,9 @@ public final class PulseEngine: Sendable {
         thread.stop()
     }
 
-    private func runTrain(_ plan: PulsePlan, lines: any RelayLines, beforeFirstPulse: () throws -> Void) -> TrainReport {
+    private func runTrain(
+        _ plan: PulsePlan, lines: any RelayLines, beforeFirstPulse: () throws -> Void, afterPulse: (Int) -> Void
+    ) -> TrainReport {
         var report = TrainReport(
             outcome: .completed, pulsesFired: 0, firedPerStep: Array(repeating: 0, count: plan.steps.count),
             edges: [], startNs: 0)
@@ -166,6 +171,7 @@ public final class PulseEngine: Sendable {
                     report.edges.append(EdgeTiming(step: stepIndex, active: false, scheduledNs: due, actualNs: Clock.now()))
                     report.pulsesFired += 1
                     report.firedPerStep[stepIndex] += 1
+                    afterPulse(report.pulsesFired)
                     due += gap
                 } catch {
                     report.outcome = .faultDuringTrain(error)

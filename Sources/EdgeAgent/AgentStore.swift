@@ -1,0 +1,275 @@
+import Foundation
+import GRDB
+import MessageSchema
+
+/// A result waiting in the outbox for the broker's PUBACK.
+public struct OutboxEntry: Sendable, Hashable {
+    public var id: Int64
+    /// The result; `bootId` and `seq` are stamped when it is published.
+    public var result: PaymentResult
+}
+
+/// A payment the agent has decided (or started a train for).
+public struct StoredDecision: Sendable, Hashable {
+    public var paymentId: PaymentID
+    /// Nil while a train is running (or was interrupted).
+    public var status: PaymentStatus?
+    public var reason: RejectionReason?
+    public var amount: Int
+    public var decidedAt: Int
+}
+
+/// The unit's durable state in SQLite (WAL, `synchronous=FULL`): decisions, the outbox,
+/// counters, the applied configuration and the trusted keys. Every decision and its outbox
+/// entry are written in one transaction; a train's "started" record is committed (and
+/// synced) before its first pulse.
+public final class AgentStore: Sendable {
+    private let database: DatabaseQueue
+    public let path: String
+
+    /// Opens (creating if needed) the store at `path`.
+    public init(path: String) throws {
+        self.path = path
+        var configuration = Configuration()
+        configuration.prepareDatabase { db in
+            // WAL: a crash never tears the database; FULL: a commit survives power loss.
+            _ = try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL")
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        configuration.busyMode = .timeout(5)
+        database = try DatabaseQueue(path: path, configuration: configuration)
+        try Self.migrator.migrate(database)
+    }
+
+    private static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE decision (
+                        paymentId TEXT PRIMARY KEY,
+                        status TEXT,              -- NULL while the train runs
+                        reason TEXT,
+                        amount INTEGER NOT NULL,  -- credited amount
+                        requestedAmount INTEGER NOT NULL,
+                        userId TEXT,
+                        plan TEXT NOT NULL,       -- JSON [{"channel","count"}]
+                        pulsesFired INTEGER NOT NULL DEFAULT 0,
+                        startedAt INTEGER,
+                        decidedAt INTEGER NOT NULL
+                    );
+                    CREATE INDEX decision_decidedAt ON decision(decidedAt);
+                    CREATE TABLE outbox (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        paymentId TEXT,
+                        result TEXT NOT NULL
+                    );
+                    CREATE TABLE counter (
+                        name TEXT PRIMARY KEY,
+                        value INTEGER NOT NULL
+                    );
+                    CREATE TABLE appliedConfig (
+                        id INTEGER PRIMARY KEY CHECK (id = 1),
+                        version INTEGER NOT NULL,
+                        envelope TEXT NOT NULL,
+                        appliedAt INTEGER NOT NULL
+                    );
+                    CREATE TABLE trustedKey (
+                        kid TEXT PRIMARY KEY,
+                        purpose TEXT NOT NULL,
+                        publicKey TEXT NOT NULL
+                    );
+                    CREATE TABLE meta (
+                        key TEXT PRIMARY KEY,
+                        value TEXT NOT NULL
+                    );
+                    """)
+        }
+        return migrator
+    }
+
+    // MARK: Decisions
+
+    public func decision(_ paymentId: PaymentID) throws -> StoredDecision? {
+        try database.read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM decision WHERE paymentId = ?", arguments: [paymentId.rawValue]) else {
+                return nil
+            }
+            return StoredDecision(
+                paymentId: paymentId,
+                status: (row["status"] as String?).flatMap(PaymentStatus.init(rawValue:)),
+                reason: (row["reason"] as String?).flatMap(RejectionReason.init(rawValue:)),
+                amount: row["amount"], decidedAt: row["decidedAt"])
+        }
+    }
+
+    /// Records a decided payment (no train, or a finished one) with its result in the outbox
+    /// and the counters, in one transaction.
+    public func recordDecision(_ result: PaymentResult, payment: PaymentCompleted) throws {
+        try database.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO decision (paymentId, status, reason, amount, requestedAmount, userId, plan, pulsesFired, decidedAt)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(paymentId) DO UPDATE SET
+                        status = excluded.status, reason = excluded.reason, amount = excluded.amount,
+                        pulsesFired = excluded.pulsesFired, decidedAt = excluded.decidedAt
+                    """,
+                arguments: [
+                    payment.paymentId.rawValue, result.status.rawValue, result.reason?.rawValue, result.amount, payment.amount,
+                    payment.userId.rawValue, Self.json(result.pulses), result.pulsesFired, result.decidedAt,
+                ])
+            try enqueue(result, db)
+        }
+    }
+
+    /// Commits, synced, that a train is starting. Called on the pulse thread just before the
+    /// first pulse; if it throws, nothing fires.
+    public func recordTrainStarted(_ payment: PaymentCompleted, plan: [PulseCount], at now: Int) throws {
+        try database.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO decision (paymentId, status, amount, requestedAmount, userId, plan, startedAt, decidedAt)
+                    VALUES (?, NULL, 0, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [payment.paymentId.rawValue, payment.amount, payment.userId.rawValue, Self.json(plan), now, now])
+        }
+    }
+
+    /// Records a result that is not a decision of its own (refusals before a valid signature,
+    /// duplicates): outbox and counters only.
+    public func recordResultOnly(_ result: PaymentResult) throws {
+        try database.write { db in try enqueue(result, db) }
+    }
+
+    private func enqueue(_ result: PaymentResult, _ db: Database) throws {
+        try db.execute(
+            sql: "INSERT INTO outbox (paymentId, result) VALUES (?, ?)",
+            arguments: [result.paymentId?.rawValue, String(decoding: WireCoding.encode(result), as: UTF8.self)])
+        try bump(result.status.rawValue, by: 1, db)
+        if result.status == .credited {
+            try bump("creditedAmount", by: result.amount, db)
+        }
+        try bump("pulses", by: result.status == .duplicate ? 0 : result.pulsesFired, db)
+    }
+
+    private func bump(_ name: String, by value: Int, _ db: Database) throws {
+        guard value != 0 else { return }
+        try db.execute(
+            sql: "INSERT INTO counter (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            arguments: [name, value])
+    }
+
+    /// Trains found started but not finished (the agent died mid-train).
+    public func interruptedTrains() throws -> [(paymentId: PaymentID, plan: [PulseCount], requestedAmount: Int, userId: String?)] {
+        try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT paymentId, plan, requestedAmount, userId FROM decision WHERE status IS NULL").compactMap { row in
+                guard let id = PaymentID(rawValue: row["paymentId"]) else { return nil }
+                let plan = (try? JSONDecoder().decode([PulseCount].self, from: Data((row["plan"] as String).utf8))) ?? []
+                return (id, plan, row["requestedAmount"], row["userId"])
+            }
+        }
+    }
+
+    /// Marks an interrupted train `uncertain`/`interrupted` and queues its result.
+    public func recordInterrupted(_ result: PaymentResult) throws {
+        try database.write { db in
+            try db.execute(
+                sql: "UPDATE decision SET status = ?, reason = ?, amount = 0, pulsesFired = ?, decidedAt = ? WHERE paymentId = ?",
+                arguments: [result.status.rawValue, result.reason?.rawValue, result.pulsesFired, result.decidedAt, result.paymentId?.rawValue])
+            try enqueue(result, db)
+        }
+    }
+
+    /// Forgets decisions older than `cutoff` (ms); the protocol asks for at least 30 days.
+    @discardableResult
+    public func purgeDecisions(decidedBefore cutoff: Int) throws -> Int {
+        try database.write { db in
+            try db.execute(sql: "DELETE FROM decision WHERE decidedAt < ? AND status IS NOT NULL", arguments: [cutoff])
+            return db.changesCount
+        }
+    }
+
+    // MARK: Outbox
+
+    public func outbox(limit: Int = 100) throws -> [OutboxEntry] {
+        try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, result FROM outbox ORDER BY id LIMIT ?", arguments: [limit]).compactMap { row in
+                guard let result = try? WireCoding.decode(PaymentResult.self, from: Data((row["result"] as String).utf8)) else {
+                    return nil
+                }
+                return OutboxEntry(id: row["id"], result: result)
+            }
+        }
+    }
+
+    public func removeFromOutbox(_ id: Int64) throws {
+        try database.write { db in try db.execute(sql: "DELETE FROM outbox WHERE id = ?", arguments: [id]) }
+    }
+
+    public func outboxDepth() throws -> Int {
+        try database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox") ?? 0 }
+    }
+
+    // MARK: Counters
+
+    public func counters() throws -> PaymentCounters {
+        try database.read { db in
+            let rows = try Row.fetchAll(db, sql: "SELECT name, value FROM counter")
+            var values: [String: Int] = [:]
+            for row in rows { values[row["name"]] = row["value"] }
+            return PaymentCounters(
+                credited: values["credited"] ?? 0, rejected: values["rejected"] ?? 0, duplicate: values["duplicate"] ?? 0,
+                uncertain: values["uncertain"] ?? 0, pulses: values["pulses"] ?? 0, creditedAmount: values["creditedAmount"] ?? 0)
+        }
+    }
+
+    // MARK: Configuration and trust
+
+    /// The applied configuration's envelope (JSON text), if any.
+    public func appliedConfigEnvelope() throws -> String? {
+        try database.read { db in try String.fetchOne(db, sql: "SELECT envelope FROM appliedConfig WHERE id = 1") }
+    }
+
+    /// Stores an applied configuration, and its trust list when it carries one.
+    public func saveAppliedConfig(_ config: MachineConfig, envelope: String, at now: Int) throws {
+        try database.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO appliedConfig (id, version, envelope, appliedAt) VALUES (1, ?, ?, ?)
+                    ON CONFLICT(id) DO UPDATE SET version = excluded.version, envelope = excluded.envelope, appliedAt = excluded.appliedAt
+                    """,
+                arguments: [config.version, envelope, now])
+            if let trust = config.trust { try replaceTrust(trust, db) }
+        }
+    }
+
+    /// The trusted keys, or nil before any were stored.
+    public func trust() throws -> [TrustEntry]? {
+        try database.read { db in
+            let rows = try Row.fetchAll(db, sql: "SELECT kid, purpose, publicKey FROM trustedKey ORDER BY kid")
+            guard !rows.isEmpty else { return nil }
+            return rows.compactMap { row in
+                guard let kid = KeyID(rawValue: row["kid"]), let purpose = KeyPurpose(rawValue: row["purpose"]) else { return nil }
+                return TrustEntry(kid: kid, purpose: purpose, publicKey: row["publicKey"])
+            }
+        }
+    }
+
+    public func saveTrust(_ entries: [TrustEntry]) throws {
+        try database.write { db in try replaceTrust(entries, db) }
+    }
+
+    private func replaceTrust(_ entries: [TrustEntry], _ db: Database) throws {
+        try db.execute(sql: "DELETE FROM trustedKey")
+        for entry in entries {
+            try db.execute(
+                sql: "INSERT INTO trustedKey (kid, purpose, publicKey) VALUES (?, ?, ?)",
+                arguments: [entry.kid.rawValue, entry.purpose.rawValue, entry.publicKey])
+        }
+    }
+
+    static func json(_ value: some Encodable) -> String {
+        String(decoding: WireCoding.encode(value), as: UTF8.self)
+    }
+}

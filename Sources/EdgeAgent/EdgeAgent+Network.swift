@@ -1,0 +1,182 @@
+import Foundation
+import MQTT
+import MessageSchema
+
+extension EdgeAgent {
+    /// On every connection: subscribe (once; the client restores it later), say `online` for
+    /// this session, report the applied configuration once per boot, and wake the outbox.
+    func watchConnection(_ client: MQTTClient) async {
+        for await connection in client.connectionStates() {
+            guard case .connected(let session, _) = connection else {
+                if case .disconnected(let reason) = connection {
+                    state.withLock { $0.connected = false }
+                    logger.warning("broker connection lost: \(reason)")
+                }
+                continue
+            }
+            state.withLock {
+                $0.connected = true
+                $0.session = Int(session)
+            }
+            logger.info("connected to the broker", metadata: ["mqtt.session": "\(session)"])
+            if !state.withLock({ $0.subscribed }) {
+                do {
+                    try await client.subscribe([
+                        MQTTSubscription(topics.topic(.paymentCompleted, for: machine), qos: .atLeastOnce),
+                        MQTTSubscription(topics.topic(.configDesired, for: machine), qos: .atLeastOnce),
+                        MQTTSubscription(topics.topic(.status, for: machine), qos: .atLeastOnce),
+                    ])
+                    state.withLock { $0.subscribed = true }
+                } catch {
+                    logger.error("cannot subscribe: \(error); retrying on the next connection")
+                    continue
+                }
+            }
+            await publishOnline(client)
+            if !state.withLock({ $0.reportedConfigThisBoot }), let version = state.withLock({ $0.config?.version }) {
+                await reportConfig(version: version, status: .applied, reason: nil, client: client)
+            }
+            outboxWake.yield()
+        }
+    }
+
+    /// Sorts incoming messages: work for the pipeline; our own status, watched for stale wills.
+    func route(_ messages: AsyncStream<MQTTMessage>, into pipeline: AsyncStream<MQTTMessage>.Continuation, client: MQTTClient) async {
+        for await message in messages {
+            guard let (target, kind) = topics.parse(message.topic), target == machine else {
+                logger.debug("ignored a message not addressed to this machine", metadata: ["mqtt.topic": "\(message.topic)"])
+                continue
+            }
+            switch kind {
+            case .paymentCompleted, .configDesired:
+                pipeline.yield(message)
+            case .status:
+                await checkStatus(message.payload, client: client)
+            default:
+                break
+            }
+        }
+    }
+
+    /// An `offline` on our status topic while we are connected is a stale will (an older
+    /// session's, delivered late) or a mistake: say `online` again.
+    private func checkStatus(_ payload: Data, client: MQTTClient) async {
+        guard let status = try? WireCoding.decode(StatusMessage.self, from: payload), status.state == .offline else { return }
+        let (connected, stopping, session) = state.withLock { ($0.connected, $0.stopping, $0.session) }
+        guard connected, !stopping else { return }
+        logger.info(
+            "stale offline status seen; publishing online again",
+            metadata: ["status.boot_id": "\(status.bootId)", "status.session": "\(status.session)", "mqtt.session": "\(session)"])
+        await publishOnline(client)
+    }
+
+    func statusMessage(_ machineState: MachineState) -> StatusMessage {
+        let (session, version) = state.withLock { ($0.session, $0.config?.version ?? 0) }
+        return StatusMessage(
+            machineId: machine, state: machineState, bootId: bootId, session: session, firmware: options.firmwareVersion,
+            configVersion: version, at: now())
+    }
+
+    func publishOnline(_ client: MQTTClient) async {
+        do {
+            try await client.publish(
+                topic: topics.topic(.status, for: machine), payload: WireCoding.encode(statusMessage(.online)),
+                qos: .atLeastOnce, retain: true)
+        } catch {
+            logger.warning("cannot publish online status: \(error)")
+        }
+    }
+
+    /// Graceful stop: `offline` ourselves (the will is for crashes), bounded in time.
+    func publishOffline(_ client: MQTTClient) async {
+        state.withLock { $0.stopping = true }
+        guard client.connectionState.isConnected else { return }
+        let offline = statusMessage(.offline)
+        let topic = topics.topic(.status, for: machine)
+        _ = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                (try? await client.publish(topic: topic, payload: WireCoding.encode(offline), qos: .atLeastOnce, retain: true)) != nil
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(3))
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+    }
+
+    /// Publishes the outbox in order, removing each result only after the broker's PUBACK.
+    func publishOutbox(_ client: MQTTClient) async {
+        for await _ in outboxWakes {
+            while !Task.isCancelled, client.connectionState.isConnected {
+                let entries: [OutboxEntry]
+                do {
+                    entries = try store.outbox(limit: 64)
+                } catch {
+                    logger.error("cannot read the outbox: \(error)")
+                    break
+                }
+                if entries.isEmpty { break }
+                var failed = false
+                for entry in entries {
+                    var result = entry.result
+                    result.bootId = bootId
+                    result.seq = state.withLock { s in
+                        if let seq = s.seqByOutboxId[entry.id] { return seq }
+                        s.resultSeq += 1
+                        s.seqByOutboxId[entry.id] = s.resultSeq
+                        return s.resultSeq
+                    }
+                    do {
+                        try await client.publish(
+                            topic: topics.topic(.paymentResult, for: machine), payload: WireCoding.encode(result),
+                            qos: .atLeastOnce, retain: false)
+                        try store.removeFromOutbox(entry.id)
+                        _ = state.withLock { $0.seqByOutboxId.removeValue(forKey: entry.id) }
+                    } catch {
+                        logger.warning("result not published yet: \(error)", metadata: ["payment.id": "\(result.paymentId?.rawValue ?? "-")"])
+                        failed = true
+                        break
+                    }
+                }
+                if failed { break }
+            }
+        }
+    }
+
+    /// Every `heartbeatS` seconds while connected, QoS 0.
+    func sendHeartbeats(_ client: MQTTClient) async {
+        while !Task.isCancelled {
+            let interval = state.withLock { $0.config?.heartbeatS } ?? options.defaultHeartbeatS
+            do {
+                try await Task.sleep(for: .seconds(interval))
+            } catch {
+                return
+            }
+            guard client.connectionState.isConnected else { continue }
+            let heartbeat = makeHeartbeat()
+            do {
+                try await client.publish(
+                    topic: topics.topic(.heartbeat, for: machine), payload: WireCoding.encode(heartbeat), qos: .atMostOnce)
+            } catch {
+                logger.debug("heartbeat not sent: \(error)")
+            }
+        }
+    }
+
+    func makeHeartbeat() -> Heartbeat {
+        let lines = state.withLock { $0.lines }
+        let inhibited = (try? lines?.inhibitActive()) ?? false
+        let (seq, version, relay) = state.withLock { s in
+            s.heartbeatSeq += 1
+            return (s.heartbeatSeq, s.config?.version ?? 0, s.relay)
+        }
+        return Heartbeat(
+            machineId: machine, bootId: bootId, seq: seq, at: now(),
+            uptimeS: Int((ContinuousClock.now - startedAt).components.seconds), firmware: options.firmwareVersion,
+            configVersion: version, inhibited: inhibited, relay: relay, outboxDepth: (try? store.outboxDepth()) ?? 0,
+            counters: (try? store.counters()) ?? PaymentCounters())
+    }
+}

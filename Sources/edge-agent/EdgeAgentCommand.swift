@@ -1,0 +1,83 @@
+import ArgumentParser
+import EdgeAgent
+import Foundation
+import Logging
+import RelayOutput
+import ServiceLifecycle
+
+@main
+struct EdgeAgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "edge-agent",
+        abstract: "PulseBridge edge agent: turns signed payments into coin pulses on this machine.",
+        subcommands: [Run.self])
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the agent until SIGTERM or SIGINT.",
+        discussion: """
+            The bundle is the JSON file `fleet-manager provision` wrote for this unit (docs/bundle.md).
+            Without --gpio the relay lines are driven through libgpiod; --gpio sim:EDGE_LOG drives
+            simulated lines that log every edge to EDGE_LOG (EDGE_LOG.inhibit and EDGE_LOG.fault
+            steer the simulated machine).
+            """)
+
+    @Option(help: "The device bundle (JSON) written at provisioning.")
+    var bundle: String
+
+    @Option(help: "Folder for the agent's durable state.")
+    var stateDir = "/var/lib/pulsebridge"
+
+    @Option(help: "Line driver: 'gpiod' (default) or 'sim:EDGE_LOG'.")
+    var gpio = "gpiod"
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "pulsebridge.edge-agent")
+
+        let loaded: AgentBundle
+        do {
+            loaded = try AgentBundle.load(from: bundle)
+        } catch {
+            fail("\(error)")
+        }
+        let driver: any LineDriver
+        if gpio == "gpiod" {
+            driver = GPIODLineDriver()
+        } else if gpio.hasPrefix("sim:"), gpio.count > 4 {
+            driver = SimulatedLineDriver(edgeLogPath: String(gpio.dropFirst(4)))
+        } else {
+            fail("--gpio '\(gpio)' is neither 'gpiod' nor 'sim:EDGE_LOG'")
+        }
+        let firmware = ProcessInfo.processInfo.environment["PULSEBRIDGE_FIRMWARE_VERSION"] ?? AgentVersion.built
+        let agent: EdgeAgent
+        do {
+            agent = try EdgeAgent(
+                options: AgentOptions(bundle: loaded, stateDirectory: stateDir, lineDriver: driver, firmwareVersion: firmware),
+                logger: logger)
+        } catch {
+            fail("cannot open the state in \(stateDir): \(error)")
+        }
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: agent, successTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+    }
+
+    /// One clear line and exit code 2: what went wrong is the operator's to fix, not a crash.
+    func fail(_ message: String) -> Never {
+        FileHandle.standardError.write(Data("edge-agent: \(message)\n".utf8))
+        Foundation.exit(2)
+    }
+}
