@@ -98,7 +98,7 @@ let package = Package(
         .executableTarget(
             name: "pulsebridge-bench",
             dependencies: [
-                "MQTT", "MessageSchema", "RelayOutput", "LocalServices",
+                "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "EdgeAgent", "TestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -92,7 +92,9 @@ public final class AgentStore: Sendable {
 
     public func decision(_ paymentId: PaymentID) throws -> StoredDecision? {
         try database.read { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM decision WHERE paymentId = ?", arguments: [paymentId.rawValue]) else {
+            // On the payment path: a cached, prepared statement.
+            let statement = try db.cachedStatement(sql: "SELECT status, reason, amount, decidedAt FROM decision WHERE paymentId = ?")
+            guard let row = try Row.fetchOne(statement, arguments: [paymentId.rawValue]) else {
                 return nil
             }
             return StoredDecision(
@@ -127,12 +129,12 @@ public final class AgentStore: Sendable {
     /// first pulse; if it throws, nothing fires.
     public func recordTrainStarted(_ payment: PaymentCompleted, plan: [PulseCount], at now: Int) throws {
         try database.write { db in
-            try db.execute(
+            let statement = try db.cachedStatement(
                 sql: """
                     INSERT INTO decision (paymentId, status, amount, requestedAmount, userId, plan, startedAt, decidedAt)
                     VALUES (?, NULL, 0, ?, ?, ?, ?, ?)
-                    """,
-                arguments: [payment.paymentId.rawValue, payment.amount, payment.userId.rawValue, Self.json(plan), now, now])
+                    """)
+            try statement.execute(arguments: [payment.paymentId.rawValue, payment.amount, payment.userId.rawValue, Self.json(plan), now, now])
         }
     }
 

@@ -101,6 +101,7 @@ public final class EdgeAgent: Service, Sendable {
             }
             await pipeline.value
             stopper.cancel()
+            await drainOutbox(within: .seconds(3), client: client)
             await publishOffline(client)
             await client.close()
             group.cancelAll()
@@ -182,6 +183,16 @@ public final class EdgeAgent: Service, Sendable {
             return MQTTOutgoingMessage(topic: statusTopic, payload: WireCoding.encode(will), qos: .atLeastOnce, retain: true)
         }
         return try MQTTClient(configuration, logger: logger)
+    }
+
+    /// At a graceful stop: give the outbox publisher a bounded moment to send what the last
+    /// train decided (what is left is sent at the next start).
+    func drainOutbox(within limit: Duration, client: MQTTClient) async {
+        let deadline = ContinuousClock.now + limit
+        outboxWake.yield()
+        while client.connectionState.isConnected, ContinuousClock.now < deadline, ((try? store.outboxDepth()) ?? 0) > 0 {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
     }
 
     func closeLines() {

@@ -141,6 +141,9 @@ public final class LocalMosquitto: Sendable {
         try await launch()
     }
 
+    /// The broker process, for tests that freeze it (SIGSTOP) to hold back acknowledgements.
+    public var processForTesting: ChildProcess? { process.withLock { $0 } }
+
     /// Whether the broker process is running.
     public var isRunning: Bool { process.withLock { $0?.isRunning ?? false } }
 

@@ -254,7 +254,7 @@ final class PulseThread: Sendable {
             }
         }
         if policy.lockMemory {
-            if mlockall(MCL_CURRENT | MCL_FUTURE) == 0 {
+            if mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0 {
                 logger.info("process memory locked (mlockall)")
             } else {
                 logger.info(

@@ -150,11 +150,14 @@ public final class FleetHarness: Sendable {
     }
 
     /// The next status of `machine` in `state` (optionally from a given boot).
-    public func status(_ machine: MachineID, _ state: MachineState, bootId: String? = nil, timeout: Duration = .seconds(15)) async throws -> StatusMessage {
+    public func status(
+        _ machine: MachineID, _ state: MachineState, bootId: String? = nil, timeout: Duration = .seconds(15),
+        where predicate: @escaping @Sendable (StatusMessage) -> Bool = { _ in true }
+    ) async throws -> StatusMessage {
         let topic = topics.topic(.status, for: machine)
         let message = try await inbox.next("\(machine) \(state.rawValue)", timeout: timeout) { message in
             guard message.topic == topic, let status = try? WireCoding.decode(StatusMessage.self, from: message.payload) else { return false }
-            return status.state == state && (bootId == nil || status.bootId == bootId)
+            return status.state == state && (bootId == nil || status.bootId == bootId) && predicate(status)
         }
         return try WireCoding.decode(StatusMessage.self, from: message.payload)
     }
@@ -204,11 +207,11 @@ public final class AgentUnit: Sendable {
     }
 
     /// Starts `edge-agent run` with the simulated driver.
-    public func start(environment extra: [String: String] = [:]) throws {
+    public func start(binary: String = AgentUnit.binary, environment extra: [String: String] = [:]) throws {
         var environment = ProcessInfo.processInfo.environment
         for (key, value) in extra { environment[key] = value }
         let child = try ChildProcess.spawn(
-            Self.binary,
+            binary,
             ["run", "--bundle", bundlePath, "--state-dir", stateDirectory, "--gpio", "sim:\(edgeLogPath)", "--log-level", "debug"],
             environment: environment, outputPath: logPath)
         process.value = child
