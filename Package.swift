@@ -64,8 +64,10 @@ let package = Package(
         .target(
             name: "FleetManager",
             dependencies: [
-                "MQTT", "MessageSchema",
+                "MQTT", "MessageSchema", "RelayOutput", "EdgeAgent",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
         // Starting and stopping child processes (mosquitto, agents) without the
@@ -93,12 +95,17 @@ let package = Package(
             swiftSettings: strict),
         .executableTarget(
             name: "fleet-manager",
-            dependencies: ["FleetManager", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "FleetManager", "MessageSchema",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strict),
         .executableTarget(
             name: "pulsebridge-bench",
             dependencies: [
-                "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "EdgeAgent", "TestSupport",
+                "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "EdgeAgent", "FleetManager", "TestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -126,6 +133,10 @@ let package = Package(
         .testTarget(
             name: "EdgeAgentTests",
             dependencies: ["EdgeAgent", "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "TestSupport"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "FleetManagerTests",
+            dependencies: ["FleetManager", "EdgeAgent", "MQTT", "MessageSchema", "LocalServices", "TestSupport"],
             swiftSettings: strict),
         .testTarget(
             name: "RelayOutputTests",

@@ -18,6 +18,10 @@ public final class LocalMosquitto: Sendable {
     public let directory: String
     /// Extra configuration lines appended to the template (listeners, ACL, passwords, ...).
     public let extraConfiguration: String
+    /// The template in broker-config/templates (`test` or `dynsec`).
+    public let template: String
+    /// With the `dynsec` template: the password of the dynamic-security admin `admin`.
+    public let adminPassword: String?
 
     private let process: Mutex<ChildProcess?>
     private let logger: Logger
@@ -27,10 +31,12 @@ public final class LocalMosquitto: Sendable {
     /// The broker's log.
     public var logPath: String { directory + "/mosquitto.log" }
 
-    private init(port: Int, directory: String, extraConfiguration: String, logger: Logger) {
+    private init(port: Int, directory: String, extraConfiguration: String, template: String, adminPassword: String?, logger: Logger) {
         self.port = port
         self.directory = directory
         self.extraConfiguration = extraConfiguration
+        self.template = template
+        self.adminPassword = adminPassword
         self.process = Mutex(nil)
         self.logger = logger
     }
@@ -47,15 +53,24 @@ public final class LocalMosquitto: Sendable {
     /// (where `{{DATA_DIR}}` names the broker's folder) and waits until it accepts
     /// connections. Picks another port if the first one was taken meanwhile.
     public static func start(
-        extraConfiguration: String = "", logger: Logger = Logger(label: "pulsebridge.local-mosquitto")
+        extraConfiguration: String = "", template: String = "test",
+        logger: Logger = Logger(label: "pulsebridge.local-mosquitto")
     ) async throws -> LocalMosquitto {
         var lastError: (any Error)?
         for _ in 0..<5 {
             let directory = try makeTemporaryDirectory()
+            let adminPassword = template == "dynsec" ? UUID().uuidString : nil
             let broker = LocalMosquitto(
                 port: try LoopbackPort.free(), directory: directory, extraConfiguration: extraConfiguration,
-                logger: logger)
+                template: template, adminPassword: adminPassword, logger: logger)
             do {
+                if let adminPassword {
+                    let script = brokerConfigDirectory + "/bootstrap-dynsec.sh"
+                    let status = await (try ChildProcess.spawn("bash", [script, directory, adminPassword])).waitForExit()
+                    guard status == .exited(0) else {
+                        throw LocalMosquittoError(description: "bootstrap-dynsec.sh \(status)")
+                    }
+                }
                 try broker.writeConfiguration()
                 try await broker.launch()
                 return broker
@@ -69,9 +84,9 @@ public final class LocalMosquitto: Sendable {
 
     /// Runs `body` with a fresh broker and stops the broker afterwards, also when it throws.
     public static func with<T: Sendable>(
-        extraConfiguration: String = "", _ body: (LocalMosquitto) async throws -> T
+        extraConfiguration: String = "", template: String = "test", _ body: (LocalMosquitto) async throws -> T
     ) async throws -> T {
-        let broker = try await start(extraConfiguration: extraConfiguration)
+        let broker = try await start(extraConfiguration: extraConfiguration, template: template)
         do {
             let result = try await body(broker)
             await broker.stop()
@@ -89,7 +104,7 @@ public final class LocalMosquitto: Sendable {
     }
 
     private func writeConfiguration() throws {
-        let templatePath = Self.brokerConfigDirectory + "/templates/test.conf"
+        let templatePath = Self.brokerConfigDirectory + "/templates/\(template).conf"
         guard let template = FileManager.default.contents(atPath: templatePath) else {
             throw LocalMosquittoError(description: "broker template \(templatePath) is missing")
         }

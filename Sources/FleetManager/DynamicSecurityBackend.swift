@@ -1,0 +1,271 @@
+import Foundation
+import Logging
+import MQTT
+import MessageSchema
+import Synchronization
+
+/// Provisioning through mosquitto's dynamic-security plugin: JSON commands published on
+/// `$CONTROL/dynamic-security/v1`, each answered on `…/response` (matched by
+/// `correlationData`). Every response is checked; a refusal is an error that says which
+/// command failed and why.
+public final class DynamicSecurityBackend: ProvisioningBackend {
+    static let controlTopic = "$CONTROL/dynamic-security/v1"
+    static let responseTopic = "$CONTROL/dynamic-security/v1/response"
+
+    private let client: MQTTClient
+    /// Responses by correlation ID: registered before the command leaves, so a response can
+    /// never arrive for an unknown ID.
+    private let slots = Mutex<[String: Slot]>([:])
+    private enum Slot {
+        case expected
+        case waiting(CheckedContinuation<[String: JSONValue], any Error>)
+        case arrived([String: JSONValue])
+    }
+    private let listener: Task<Void, Never>
+    private let timeout: Duration
+
+    /// Connects as `identity` (a dynsec admin, or the manager once bootstrapped).
+    public static func connect(_ identity: BrokerIdentity, clientID: String = "fleet-manager-admin-\(UUID().uuidString.prefix(8).lowercased())", logger: Logger = Logger(label: "pulsebridge.dynsec")) async throws -> DynamicSecurityBackend {
+        var configuration = MQTTConfiguration(host: identity.host, port: identity.port, clientID: clientID)
+        configuration.username = identity.username
+        configuration.password = identity.password
+        configuration.cleanStart = true
+        if let caFile = identity.caFile { configuration.tls = MQTTTLS(caFile: caFile) }
+        let client = try MQTTClient(configuration, logger: logger)
+        do {
+            try await client.connect()
+            let backend = DynamicSecurityBackend(client: client)
+            try await client.subscribe(responseTopic)
+            return backend
+        } catch let error as MQTTError {
+            await client.close()
+            throw FleetError(
+                "cannot reach the broker's dynamic security as '\(identity.username)': \(error)",
+                hint: "check the broker is running with the dynamic-security plugin and the credentials in the fleet settings")
+        }
+    }
+
+    private init(client: MQTTClient, timeout: Duration = .seconds(10)) {
+        self.client = client
+        self.timeout = timeout
+        let messages = client.messages
+        let box = ResponseRouter()
+        self.listener = Task {
+            for await message in messages {
+                box.route(message.payload)
+            }
+        }
+        box.backend = self
+    }
+
+    public func close() async {
+        await client.close()
+        listener.cancel()
+        fail(nil, with: MQTTError.closed)
+    }
+
+    /// Fails the waiting slots among `ids` (all when nil).
+    private func fail(_ ids: [String]?, with error: any Error) {
+        let waiting = slots.withLock { slots -> [CheckedContinuation<[String: JSONValue], any Error>] in
+            var found: [CheckedContinuation<[String: JSONValue], any Error>] = []
+            for id in ids ?? Array(slots.keys) {
+                if case .waiting(let continuation)? = slots[id] { found.append(continuation) }
+                slots[id] = nil
+            }
+            return found
+        }
+        for waiter in waiting { waiter.resume(throwing: error) }
+    }
+
+    fileprivate func deliver(_ payload: Data) {
+        guard case .object(let root)? = try? JSONDecoder().decode(JSONValue.self, from: payload),
+            case .array(let responses)? = root["responses"]
+        else { return }
+        for case .object(let response) in responses {
+            guard case .string(let id)? = response["correlationData"] else { continue }
+            let waiter = slots.withLock { slots -> CheckedContinuation<[String: JSONValue], any Error>? in
+                switch slots[id] {
+                case .expected: slots[id] = .arrived(response); return nil
+                case .waiting(let continuation): slots[id] = nil; return continuation
+                default: return nil
+                }
+            }
+            waiter?.resume(returning: response)
+        }
+    }
+
+    /// Sends `commands` in one message and returns their responses in order. A response with
+    /// `error` throws unless `tolerating` says the error is expected (e.g. "already exists").
+    @discardableResult
+    func run(_ commands: [[String: JSONValue]], tolerating: (String, String) -> Bool = { _, _ in false }) async throws -> [[String: JSONValue]] {
+        var tagged: [JSONValue] = []
+        var ids: [String] = []
+        for var command in commands {
+            let id = UUID().uuidString
+            command["correlationData"] = .string(id)
+            tagged.append(.object(command))
+            ids.append(id)
+        }
+        let payload = try JSONEncoder().encode(JSONValue.object(["commands": .array(tagged)]))
+        slots.withLock { slots in for id in ids { slots[id] = .expected } }
+        let limit = timeout
+        let timer = Task { [ids] in
+            try await Task.sleep(for: limit)
+            self.fail(ids, with: FleetError(
+                "the broker did not answer dynamic-security commands within \(limit)", hint: "is the dynamic-security plugin loaded?"))
+        }
+        defer { timer.cancel() }
+        do {
+            try await client.publish(topic: Self.controlTopic, payload: payload, qos: .atLeastOnce)
+        } catch {
+            fail(ids, with: error)
+            throw error
+        }
+        var responses: [[String: JSONValue]] = []
+        for id in ids {
+            responses.append(try await withCheckedThrowingContinuation { continuation in
+                let ready = slots.withLock { slots -> Result<[String: JSONValue], any Error>? in
+                    switch slots[id] {
+                    case .arrived(let response): slots[id] = nil; return .success(response)
+                    case .expected: slots[id] = .waiting(continuation); return nil
+                    default: return .failure(MQTTError.closed)
+                    }
+                }
+                if let ready { continuation.resume(with: ready) }
+            })
+        }
+        for (command, response) in zip(commands, responses) {
+            if case .string(let error)? = response["error"] {
+                let name = command["command"].flatMap { if case .string(let s) = $0 { s } else { nil } } ?? "?"
+                if !tolerating(name, error) {
+                    throw FleetError("the broker refused \(name): \(error)")
+                }
+            }
+        }
+        return responses
+    }
+
+    // MARK: ProvisioningBackend
+
+    static func acls(_ rules: [(AccessRules.Right, String)], literal: Bool) -> JSONValue {
+        var acls: [JSONValue] = []
+        for (right, topic) in rules {
+            switch right {
+            case .publish:
+                acls.append(.object(["acltype": .string("publishClientSend"), "topic": .string(topic), "allow": .bool(true)]))
+            case .subscribe:
+                acls.append(.object(["acltype": .string(literal ? "subscribeLiteral" : "subscribePattern"), "topic": .string(topic), "allow": .bool(true)]))
+                acls.append(.object(["acltype": .string("publishClientReceive"), "topic": .string(topic), "allow": .bool(true)]))
+            }
+        }
+        return .array(acls)
+    }
+
+    public func bootstrap(topics: TopicScheme, manager: BrokerIdentity, paymentServer: BrokerIdentity) async throws {
+        let admin: JSONValue = .array([
+            .object(["acltype": .string("publishClientSend"), "topic": .string("$CONTROL/dynamic-security/#"), "allow": .bool(true)]),
+            .object(["acltype": .string("publishClientReceive"), "topic": .string("$CONTROL/dynamic-security/#"), "allow": .bool(true)]),
+            .object(["acltype": .string("subscribePattern"), "topic": .string("$CONTROL/dynamic-security/#"), "allow": .bool(true)]),
+        ])
+        let roles: [(String, JSONValue)] = [
+            ("fleet-admin", admin),
+            ("fleet-manager", Self.acls(AccessRules.fleetManager(topics), literal: false)),
+            ("payment-server", Self.acls(AccessRules.paymentServer(topics), literal: false)),
+        ]
+        // Nothing is allowed unless a role says so.
+        try await run([
+            [
+                "command": .string("setDefaultACLAccess"),
+                "acls": .array([
+                    .object(["acltype": .string("publishClientSend"), "allow": .bool(false)]),
+                    .object(["acltype": .string("publishClientReceive"), "allow": .bool(false)]),
+                    .object(["acltype": .string("subscribe"), "allow": .bool(false)]),
+                    .object(["acltype": .string("unsubscribe"), "allow": .bool(true)]),
+                ]),
+            ]
+        ])
+        for (name, acls) in roles {
+            // Recreate so the ACLs are exactly these (a changed root or rule takes effect).
+            try await run([["command": .string("deleteRole"), "rolename": .string(name)]], tolerating: { _, _ in true })
+            try await run([["command": .string("createRole"), "rolename": .string(name), "acls": acls]])
+        }
+        for (identity, roleNames) in [(manager, ["fleet-manager", "fleet-admin"]), (paymentServer, ["payment-server"])] {
+            try await run([["command": .string("deleteClient"), "username": .string(identity.username)]], tolerating: { _, _ in true })
+            try await run([
+                [
+                    "command": .string("createClient"), "username": .string(identity.username), "password": .string(identity.password),
+                    "roles": .array(roleNames.map { .object(["rolename": .string($0)]) }),
+                ]
+            ])
+        }
+    }
+
+    public func createDevice(_ machine: MachineID, password: String, topics: TopicScheme) async throws {
+        let role = "device-\(machine.rawValue)"
+        try await run([
+            ["command": .string("createRole"), "rolename": .string(role), "acls": Self.acls(AccessRules.device(machine, topics), literal: true)],
+            [
+                "command": .string("createClient"), "username": .string(machine.rawValue), "clientid": .string(machine.rawValue),
+                "password": .string(password), "roles": .array([.object(["rolename": .string(role)])]),
+            ],
+        ])
+    }
+
+    public func deviceExists(_ machine: MachineID) async throws -> Bool {
+        let responses = try await run(
+            [["command": .string("getClient"), "username": .string(machine.rawValue)]], tolerating: { _, _ in true })
+        return responses.first?["error"] == nil
+    }
+
+    public func setDevicePassword(_ machine: MachineID, password: String) async throws {
+        try await run([["command": .string("setClientPassword"), "username": .string(machine.rawValue), "password": .string(password)]])
+    }
+
+    public func deleteDevice(_ machine: MachineID) async throws {
+        try await run(
+            [
+                ["command": .string("deleteClient"), "username": .string(machine.rawValue)],
+                ["command": .string("deleteRole"), "rolename": .string("device-\(machine.rawValue)")],
+            ], tolerating: { _, error in error.contains("not found") })
+    }
+}
+
+/// Forwards responses to the backend; set once, after the backend exists.
+private final class ResponseRouter: @unchecked Sendable {
+    // @unchecked: `backend` is written once in the backend's init before any message can
+    // arrive (the subscription comes after), then only read.
+    weak var backend: DynamicSecurityBackend?
+    func route(_ payload: Data) { backend?.deliver(payload) }
+}
+
+/// Just enough JSON for dynsec commands and responses.
+enum JSONValue: Codable, Sendable, Hashable {
+    case string(String)
+    case number(Double)
+    case bool(Bool)
+    case array([JSONValue])
+    case object([String: JSONValue])
+    case null
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() { self = .null }
+        else if let value = try? container.decode(Bool.self) { self = .bool(value) }
+        else if let value = try? container.decode(Double.self) { self = .number(value) }
+        else if let value = try? container.decode(String.self) { self = .string(value) }
+        else if let value = try? container.decode([JSONValue].self) { self = .array(value) }
+        else { self = .object(try container.decode([String: JSONValue].self)) }
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .string(let value): try container.encode(value)
+        case .number(let value): try container.encode(value)
+        case .bool(let value): try container.encode(value)
+        case .array(let value): try container.encode(value)
+        case .object(let value): try container.encode(value)
+        case .null: try container.encodeNil()
+        }
+    }
+}

@@ -1,0 +1,52 @@
+import Foundation
+import MessageSchema
+
+/// How the manager reaches the broker with one identity.
+public struct BrokerIdentity: Codable, Sendable, Hashable {
+    public var host: String
+    public var port: Int
+    /// CA file for TLS, or nil for plain TCP (loopback listener).
+    public var caFile: String?
+    public var username: String
+    public var password: String
+
+    public init(host: String, port: Int, caFile: String? = nil, username: String, password: String) {
+        self.host = host
+        self.port = port
+        self.caFile = caFile
+        self.username = username
+        self.password = password
+    }
+}
+
+/// The fleet's settings, `settings.json` in the fleet home. Written by `fleet-manager init`.
+public struct FleetSettings: Codable, Sendable, Hashable {
+    public var v = 1
+    /// Topic root of the fleet.
+    public var topicRoot: String
+    /// What units connect to (goes into bundles): `mqtts://host:8883` in production.
+    public var deviceBrokerUrl: String
+    /// PEM file of the CA units trust for the broker (copied into bundles), for `mqtts://`.
+    public var deviceCAFile: String?
+    /// The manager's own broker identity (roles `fleet-manager` and `fleet-admin`).
+    public var manager: BrokerIdentity
+    /// The payment-server identity `fleet-manager pay` and the demo use (role `payment-server`).
+    public var paymentServer: BrokerIdentity
+    /// Payment page URL for machine payment codes; `{machineId}` is replaced.
+    public var paymentUrlTemplate: String
+    /// Currency of new machine configurations.
+    public var currency: String
+
+    public init(
+        topicRoot: String, deviceBrokerUrl: String, deviceCAFile: String?, manager: BrokerIdentity,
+        paymentServer: BrokerIdentity, paymentUrlTemplate: String, currency: String
+    ) {
+        self.topicRoot = topicRoot
+        self.deviceBrokerUrl = deviceBrokerUrl
+        self.deviceCAFile = deviceCAFile
+        self.manager = manager
+        self.paymentServer = paymentServer
+        self.paymentUrlTemplate = paymentUrlTemplate
+        self.currency = currency
+    }
+}

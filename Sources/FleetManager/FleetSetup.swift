@@ -1,0 +1,100 @@
+import EdgeAgent
+import Foundation
+import Logging
+import MessageSchema
+
+/// `fleet-manager init`: the broker's service roles and a new fleet home.
+public enum FleetSetup {
+    public struct Options: Sendable {
+        public var home: String
+        /// Broker as the manager reaches it (usually the loopback listener).
+        public var brokerHost: String
+        public var brokerPort: Int
+        public var brokerCAFile: String?
+        /// Dynamic-security admin, used once to create the service roles.
+        public var adminUser: String
+        public var adminPassword: String
+        /// What units connect to, written into bundles.
+        public var deviceBrokerUrl: String
+        public var deviceCAFile: String?
+        public var topicRoot: String
+        public var paymentUrlTemplate: String
+        public var currency: String
+
+        public init(
+            home: String, brokerHost: String, brokerPort: Int, brokerCAFile: String? = nil, adminUser: String = "admin",
+            adminPassword: String, deviceBrokerUrl: String, deviceCAFile: String? = nil, topicRoot: String = "fleet",
+            paymentUrlTemplate: String = "https://pay.example.com/m/{machineId}", currency: String = "JPY"
+        ) {
+            self.home = home
+            self.brokerHost = brokerHost
+            self.brokerPort = brokerPort
+            self.brokerCAFile = brokerCAFile
+            self.adminUser = adminUser
+            self.adminPassword = adminPassword
+            self.deviceBrokerUrl = deviceBrokerUrl
+            self.deviceCAFile = deviceCAFile
+            self.topicRoot = topicRoot
+            self.paymentUrlTemplate = paymentUrlTemplate
+            self.currency = currency
+        }
+    }
+
+    /// Checks everything, creates the broker roles and service clients, then the home. If the
+    /// broker cannot be set up, no home is written.
+    public static func initialize(_ options: Options, logger: Logger = Logger(label: "pulsebridge.fleet")) async throws -> FleetHome {
+        if FileManager.default.fileExists(atPath: options.home + "/settings.json") {
+            throw FleetError(
+                "a fleet already exists at \(options.home)", hint: "use it, or choose another --home; an existing fleet is never overwritten")
+        }
+        let topics: TopicScheme
+        do { topics = try TopicScheme(root: options.topicRoot) } catch { throw FleetError("--topic-root: \(error)") }
+        guard CurrencyCode(rawValue: options.currency) != nil else {
+            throw FleetError("--currency '\(options.currency)' is not three upper-case letters (ISO 4217)")
+        }
+        guard options.paymentUrlTemplate.contains("{machineId}") else {
+            throw FleetError("--payment-url must contain {machineId}", hint: "e.g. https://pay.example.com/m/{machineId}")
+        }
+        let probe = AgentBundle.probe(options.deviceBrokerUrl)
+        guard probe else {
+            throw FleetError("--device-broker-url '\(options.deviceBrokerUrl)' is not mqtt://host:port or mqtts://host:port")
+        }
+        if options.deviceBrokerUrl.hasPrefix("mqtts://") && options.deviceCAFile == nil {
+            throw FleetError("--device-broker-url uses TLS but no --device-ca-file was given", hint: "units need the CA that signed the broker's certificate")
+        }
+        for file in [options.deviceCAFile, options.brokerCAFile].compactMap({ $0 }) where !FileManager.default.isReadableFile(atPath: file) {
+            throw FleetError("cannot read \(file)")
+        }
+
+        let manager = BrokerIdentity(
+            host: options.brokerHost, port: options.brokerPort, caFile: options.brokerCAFile, username: "fleet-manager",
+            password: Provisioner.newPassword())
+        let paymentServer = BrokerIdentity(
+            host: options.brokerHost, port: options.brokerPort, caFile: options.brokerCAFile, username: "payment-server",
+            password: Provisioner.newPassword())
+        let admin = BrokerIdentity(
+            host: options.brokerHost, port: options.brokerPort, caFile: options.brokerCAFile, username: options.adminUser,
+            password: options.adminPassword)
+        let backend = try await DynamicSecurityBackend.connect(admin, logger: logger)
+        do {
+            try await backend.bootstrap(topics: topics, manager: manager, paymentServer: paymentServer)
+            await backend.close()
+        } catch {
+            await backend.close()
+            throw error
+        }
+        let settings = FleetSettings(
+            topicRoot: options.topicRoot, deviceBrokerUrl: options.deviceBrokerUrl, deviceCAFile: options.deviceCAFile,
+            manager: manager, paymentServer: paymentServer, paymentUrlTemplate: options.paymentUrlTemplate,
+            currency: options.currency)
+        return try FleetHome.create(at: options.home, settings: settings)
+    }
+}
+
+extension AgentBundle {
+    /// Whether `url` is a broker URL a bundle accepts.
+    static func probe(_ url: String) -> Bool {
+        let bundle = AgentBundle(machineId: "probe", brokerUrl: url, trust: [])
+        return (try? bundle.endpoint()) != nil
+    }
+}

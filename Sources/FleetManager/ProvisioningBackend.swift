@@ -1,0 +1,58 @@
+import MessageSchema
+
+/// The broker's user administration: one identity per unit with rights to its own topics
+/// only. Mosquitto's dynamic-security plugin is the implementation today
+/// (`DynamicSecurityBackend`); a clustered broker's admin API would be another.
+public protocol ProvisioningBackend: Sendable {
+    /// Creates (or updates, idempotently) the service roles and their clients: `fleet-manager`
+    /// (with the right to administer the broker), `payment-server`.
+    func bootstrap(topics: TopicScheme, manager: BrokerIdentity, paymentServer: BrokerIdentity) async throws
+    /// A broker client whose client ID and username are the machine ID, with `password` and a
+    /// role granting exactly the unit's rights of PROTOCOL.md.
+    func createDevice(_ machine: MachineID, password: String, topics: TopicScheme) async throws
+    /// Whether the broker knows a client for `machine`.
+    func deviceExists(_ machine: MachineID) async throws -> Bool
+    /// Replaces the unit's password (the old one stops working, its connection is dropped).
+    func setDevicePassword(_ machine: MachineID, password: String) async throws
+    /// Deletes the unit's client and role; a connected unit is disconnected.
+    func deleteDevice(_ machine: MachineID) async throws
+    func close() async
+}
+
+/// The access rules of PROTOCOL.md, as (kind, topic) pairs a backend turns into its ACLs.
+public enum AccessRules {
+    public enum Right: String, Sendable { case publish, subscribe }
+
+    /// A device may read only its own payment/completed, config/desired, firmware/desired and
+    /// status, and write only its own payment/result, status, heartbeat, config/reported,
+    /// firmware/reported. Literal topics (dynsec in mosquitto 2.0.11 does not expand %c).
+    public static func device(_ machine: MachineID, _ topics: TopicScheme) -> [(Right, String)] {
+        let reads: [TopicKind] = [.paymentCompleted, .configDesired, .firmwareDesired, .status]
+        let writes: [TopicKind] = [.paymentResult, .status, .heartbeat, .configReported, .firmwareReported]
+        return reads.map { (.subscribe, topics.topic($0, for: machine)) } + writes.map { (.publish, topics.topic($0, for: machine)) }
+    }
+
+    /// A payment server may write `+/payment/completed` and read `+/payment/result` and
+    /// `+/status`, nothing else.
+    public static func paymentServer(_ topics: TopicScheme) -> [(Right, String)] {
+        [
+            (.publish, topics.filter(.paymentCompleted)),
+            (.subscribe, topics.filter(.paymentResult)),
+            (.subscribe, topics.filter(.status)),
+        ]
+    }
+
+    /// The manager reads everything under the root (status, heartbeats, results, completions
+    /// to record who paid, reports) and writes desired configuration and firmware; it may also
+    /// clear a revoked unit's retained status and reports.
+    public static func fleetManager(_ topics: TopicScheme) -> [(Right, String)] {
+        [
+            (.subscribe, topics.root + "/#"),
+            (.publish, topics.filter(.configDesired)),
+            (.publish, topics.filter(.firmwareDesired)),
+            (.publish, topics.filter(.status)),
+            (.publish, topics.filter(.configReported)),
+            (.publish, topics.filter(.firmwareReported)),
+        ]
+    }
+}

@@ -1,0 +1,182 @@
+import Foundation
+import GRDB
+import MessageSchema
+
+/// A unit in the registry.
+public struct MachineRecord: Sendable, Hashable {
+    public enum State: String, Sendable, Hashable { case provisioned, revoked }
+    public var id: MachineID
+    public var state: State
+    public var createdAt: Int
+    public var revokedAt: Int?
+    /// The configuration the manager wants the unit to run (last one published).
+    public var desiredConfig: MachineConfig?
+    /// Last `config.reported` from the unit.
+    public var reportedVersion: Int?
+    public var reportedStatus: String?
+    public var reportedReason: String?
+}
+
+/// A signing key of the fleet.
+public struct SigningKeyRecord: Sendable, Hashable {
+    public enum State: String, Sendable, Hashable {
+        /// Signs new messages (the newest active key of its purpose).
+        case active
+        /// Still trusted by units, no longer used to sign; removed by `keys retire`.
+        case retiring
+    }
+    public var kid: KeyID
+    public var purpose: KeyPurpose
+    public var publicKey: String
+    public var state: State
+    public var createdAt: Int
+    /// Configuration version per unit that first carried this key (rotation bookkeeping).
+    public var pushedAt: Int?
+}
+
+/// The fleet's registry in SQLite: units, keys, and (from `serve`) what the fleet reports.
+public final class Registry: Sendable {
+    let database: DatabaseQueue
+
+    public init(path: String) throws {
+        var configuration = Configuration()
+        configuration.prepareDatabase { db in
+            _ = try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL")
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        configuration.busyMode = .timeout(10)
+        database = try DatabaseQueue(path: path, configuration: configuration)
+        try Self.migrator.migrate(database)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE machine (
+                        id TEXT PRIMARY KEY,
+                        state TEXT NOT NULL,
+                        createdAt INTEGER NOT NULL,
+                        revokedAt INTEGER,
+                        desiredConfig TEXT,
+                        desiredVersion INTEGER NOT NULL DEFAULT 0,
+                        desiredAt INTEGER,
+                        reportedVersion INTEGER,
+                        reportedStatus TEXT,
+                        reportedReason TEXT,
+                        reportedAt INTEGER
+                    );
+                    CREATE TABLE signingKey (
+                        kid TEXT PRIMARY KEY,
+                        purpose TEXT NOT NULL,
+                        publicKey TEXT NOT NULL,
+                        state TEXT NOT NULL,
+                        createdAt INTEGER NOT NULL
+                    );
+                    """)
+        }
+        return migrator
+    }
+
+    static func now() -> Int { Int(Date().timeIntervalSince1970 * 1000) }
+
+    // MARK: Machines
+
+    public func machine(_ id: MachineID) throws -> MachineRecord? {
+        try database.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM machine WHERE id = ?", arguments: [id.rawValue]).map(Self.machine)
+        }
+    }
+
+    public func machines(includingRevoked: Bool = false) throws -> [MachineRecord] {
+        try database.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT * FROM machine \(includingRevoked ? "" : "WHERE state = 'provisioned'") ORDER BY id"
+            ).map(Self.machine)
+        }
+    }
+
+    static func machine(_ row: Row) -> MachineRecord {
+        MachineRecord(
+            id: MachineID(unchecked: row["id"]), state: MachineRecord.State(rawValue: row["state"]) ?? .provisioned,
+            createdAt: row["createdAt"], revokedAt: row["revokedAt"],
+            desiredConfig: (row["desiredConfig"] as String?).flatMap { try? WireCoding.decode(MachineConfig.self, from: Data($0.utf8)) },
+            reportedVersion: row["reportedVersion"], reportedStatus: row["reportedStatus"], reportedReason: row["reportedReason"])
+    }
+
+    /// Adds a unit, or (re)marks it provisioned.
+    public func upsertMachine(_ id: MachineID) throws {
+        try database.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO machine (id, state, createdAt) VALUES (?, 'provisioned', ?)
+                    ON CONFLICT(id) DO UPDATE SET state = 'provisioned', revokedAt = NULL
+                    """,
+                arguments: [id.rawValue, Self.now()])
+        }
+    }
+
+    public func markRevoked(_ id: MachineID) throws {
+        try database.write { db in
+            try db.execute(sql: "UPDATE machine SET state = 'revoked', revokedAt = ? WHERE id = ?", arguments: [Self.now(), id.rawValue])
+        }
+    }
+
+    /// The next configuration version for a unit (strictly above anything published).
+    public func nextConfigVersion(_ id: MachineID) throws -> Int {
+        try database.read { db in
+            (try Int.fetchOne(db, sql: "SELECT desiredVersion FROM machine WHERE id = ?", arguments: [id.rawValue]) ?? 0) + 1
+        }
+    }
+
+    public func setDesiredConfig(_ config: MachineConfig) throws {
+        try database.write { db in
+            try db.execute(
+                sql: "UPDATE machine SET desiredConfig = ?, desiredVersion = ?, desiredAt = ? WHERE id = ?",
+                arguments: [
+                    String(decoding: WireCoding.encode(config), as: UTF8.self), config.version, Self.now(),
+                    config.machineId.rawValue,
+                ])
+        }
+    }
+
+    public func recordConfigReport(_ report: ConfigReported) throws {
+        try database.write { db in
+            try db.execute(
+                sql: "UPDATE machine SET reportedVersion = ?, reportedStatus = ?, reportedReason = ?, reportedAt = ? WHERE id = ?",
+                arguments: [report.version, report.status.rawValue, report.reason?.rawValue, report.at, report.machineId.rawValue])
+        }
+    }
+
+    // MARK: Keys
+
+    public func keys() throws -> [SigningKeyRecord] {
+        try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM signingKey ORDER BY purpose, createdAt").compactMap { row in
+                guard let kid = KeyID(rawValue: row["kid"]), let purpose = KeyPurpose(rawValue: row["purpose"]),
+                    let state = SigningKeyRecord.State(rawValue: row["state"])
+                else { return nil }
+                return SigningKeyRecord(kid: kid, purpose: purpose, publicKey: row["publicKey"], state: state, createdAt: row["createdAt"])
+            }
+        }
+    }
+
+    public func addKey(_ kid: KeyID, purpose: KeyPurpose, publicKey: String) throws {
+        try database.write { db in
+            try db.execute(
+                sql: "INSERT INTO signingKey (kid, purpose, publicKey, state, createdAt) VALUES (?, ?, ?, 'active', ?)",
+                arguments: [kid.rawValue, purpose.rawValue, publicKey, Self.now()])
+        }
+    }
+
+    public func setKeyState(_ kid: KeyID, _ state: SigningKeyRecord.State) throws {
+        try database.write { db in
+            try db.execute(sql: "UPDATE signingKey SET state = ? WHERE kid = ?", arguments: [state.rawValue, kid.rawValue])
+        }
+    }
+
+    public func removeKey(_ kid: KeyID) throws {
+        try database.write { db in try db.execute(sql: "DELETE FROM signingKey WHERE kid = ?", arguments: [kid.rawValue]) }
+    }
+}

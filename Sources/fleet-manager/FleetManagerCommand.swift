@@ -1,0 +1,61 @@
+import ArgumentParser
+import FleetManager
+import Foundation
+import Logging
+
+@main
+struct FleetManagerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fleet-manager",
+        abstract: "PulseBridge fleet manager: provision units, watch them, configure them, take payments.",
+        subcommands: [Init.self, Provision.self, Revoke.self, Keys.self])
+}
+
+/// Options every command that works on a fleet takes.
+struct HomeOptions: ParsableArguments {
+    @Option(help: "The fleet home (default: $PULSEBRIDGE_HOME or ~/.pulsebridge).")
+    var home: String = FleetHome.defaultPath
+
+    @Option(help: "Log level for diagnostics on standard error.")
+    var logLevel = "warning"
+
+    func bootstrapLogging() {
+        let level = Logger.Level(rawValue: logLevel) ?? .warning
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+
+    func open() throws -> FleetHome { try FleetHome.open(at: home) }
+}
+
+/// Runs a command body; expected failures print what went wrong and what to do, and exit
+/// non-zero, without a stack trace.
+func operatorErrors(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as FleetError {
+        FileHandle.standardError.write(Data("fleet-manager: \(error)\n".utf8))
+        throw ExitCode(error.exitCode)
+    } catch let error as ExitCode {
+        throw error
+    } catch is CancellationError {
+        throw ExitCode(130)
+    } catch {
+        FileHandle.standardError.write(Data("fleet-manager: \(error)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+func readSecret(file: String?, value: String?, name: String) throws -> String {
+    if let value { return value }
+    if let file {
+        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+            throw FleetError("cannot read \(name) file \(file)")
+        }
+        return text.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    throw FleetError("\(name) is required", hint: "pass --\(name)-file FILE (or --\(name) for development)")
+}

@@ -1,0 +1,40 @@
+import ArgumentParser
+import FleetManager
+import Foundation
+
+struct Init: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create a fleet: broker roles, keys, registry. Refuses to overwrite an existing fleet.")
+
+    @OptionGroup var options: HomeOptions
+    @Option(help: "Broker host as the manager reaches it.") var brokerHost = "127.0.0.1"
+    @Option(help: "Broker port as the manager reaches it.") var brokerPort = 1883
+    @Option(help: "CA file if the manager connects over TLS.") var brokerCaFile: String?
+    @Option(help: "Dynamic-security admin user (from bootstrap-dynsec.sh).") var adminUser = "admin"
+    @Option(help: "File holding the dynamic-security admin password.") var adminPasswordFile: String?
+    @Option(help: "The admin password itself (development only).") var adminPassword: String?
+    @Option(help: "Broker URL units connect to (mqtts://host:8883).") var deviceBrokerUrl: String
+    @Option(help: "CA certificate units trust for the broker (PEM).") var deviceCaFile: String?
+    @Option(help: "Topic root.") var topicRoot = "fleet"
+    @Option(help: "Payment page URL for payment codes; {machineId} is replaced.") var paymentUrl = "https://pay.example.com/m/{machineId}"
+    @Option(help: "Currency (ISO 4217) of new configurations.") var currency = "JPY"
+
+    func run() async throws {
+        options.bootstrapLogging()
+        try await operatorErrors {
+            let password = try readSecret(file: adminPasswordFile, value: adminPassword, name: "admin-password")
+            let home = try await FleetSetup.initialize(
+                FleetSetup.Options(
+                    home: options.home, brokerHost: brokerHost, brokerPort: brokerPort, brokerCAFile: brokerCaFile,
+                    adminUser: adminUser, adminPassword: password, deviceBrokerUrl: deviceBrokerUrl, deviceCAFile: deviceCaFile,
+                    topicRoot: topicRoot, paymentUrlTemplate: paymentUrl, currency: currency))
+            let keys = try home.registry.keys()
+            print("fleet created at \(home.path)")
+            for key in keys {
+                print("  \(key.purpose.rawValue) key \(key.kid): private key \(home.privateKeyPath(key.kid)) (0600)")
+            }
+            print("  broker roles fleet-manager, payment-server created; credentials in \(home.settingsPath) (0600)")
+            print("next: fleet-manager provision MACHINE-ID")
+        }
+    }
+}

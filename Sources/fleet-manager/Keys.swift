@@ -1,0 +1,101 @@
+import ArgumentParser
+import FleetManager
+import Foundation
+import MessageSchema
+
+struct Keys: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Payment and fleet signing keys.", subcommands: [List.self, Add.self, Rotate.self, Retire.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the keys and what they sign.")
+        @OptionGroup var options: HomeOptions
+
+        func run() async throws {
+            options.bootstrapLogging()
+            try await operatorErrors {
+                let home = try options.open()
+                print("KID".padding(toLength: 40, withPad: " ", startingAt: 0) + "PURPOSE   STATE     PUBLIC KEY")
+                for key in try home.registry.keys() {
+                    print(key.kid.rawValue.padding(toLength: 40, withPad: " ", startingAt: 0)
+                        + key.purpose.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)
+                        + key.state.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0) + key.publicKey)
+                }
+            }
+        }
+    }
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add a key and push the new trust list to every unit.")
+        @OptionGroup var options: HomeOptions
+        @Option(help: "payment or fleet.") var purpose: String
+        @Option(help: "Key ID (default: generated).") var kid: String?
+
+        func run() async throws {
+            options.bootstrapLogging()
+            try await operatorErrors {
+                let home = try options.open()
+                let purpose = try parsePurpose(self.purpose)
+                let kid = try kid.map { raw -> KeyID in
+                    guard let kid = KeyID(rawValue: raw) else { throw FleetError("'\(raw)' is not a key ID (\(KeyID.rule))") }
+                    return kid
+                }
+                let client = try await home.settings.manager.connect(clientID: "fleet-manager-keys-\(UUID().uuidString.prefix(8).lowercased())")
+                let (added, pushed) = try await KeyManager(home: home).add(purpose, kid: kid, client: client)
+                await client.close()
+                print("added \(purpose.rawValue) key \(added) (private key \(home.privateKeyPath(added)), 0600); trust pushed to \(pushed.count) unit(s)")
+            }
+        }
+    }
+
+    struct Rotate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Start a rotation: a new key signs from now on; the old stays trusted until `keys retire`.")
+        @OptionGroup var options: HomeOptions
+        @Option(help: "payment or fleet.") var purpose: String
+
+        func run() async throws {
+            options.bootstrapLogging()
+            try await operatorErrors {
+                let home = try options.open()
+                let client = try await home.settings.manager.connect(clientID: "fleet-manager-keys-\(UUID().uuidString.prefix(8).lowercased())")
+                let rotation = try await KeyManager(home: home).rotate(try parsePurpose(purpose), client: client)
+                await client.close()
+                print("new \(purpose) key \(rotation.new); retiring \(rotation.retiring.map(\.rawValue).joined(separator: ", "))")
+                print("trust (old and new) pushed to \(rotation.pushed.count) unit(s); when all report it applied: fleet-manager keys retire KID")
+            }
+        }
+    }
+
+    struct Retire: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stop trusting a retiring key, once every unit applied its successor.")
+        @OptionGroup var options: HomeOptions
+        @Argument(help: "The key ID.") var kid: String
+        @Flag(help: "Retire even if some units have not applied the new trust yet.") var force = false
+
+        func run() async throws {
+            options.bootstrapLogging()
+            try await operatorErrors {
+                let home = try options.open()
+                guard let kid = KeyID(rawValue: kid) else { throw FleetError("'\(self.kid)' is not a key ID") }
+                try await RetainedReports.refresh(home: home, machines: try home.registry.machines().map(\.id))
+                let client = try await home.settings.manager.connect(clientID: "fleet-manager-keys-\(UUID().uuidString.prefix(8).lowercased())")
+                do {
+                    let pushed = try await KeyManager(home: home).retire(kid, force: force, client: client)
+                    await client.close()
+                    print("retired \(kid); trust pushed to \(pushed.count) unit(s)")
+                } catch {
+                    await client.close()
+                    throw error
+                }
+            }
+        }
+    }
+}
+
+func parsePurpose(_ text: String) throws -> KeyPurpose {
+    guard let purpose = KeyPurpose(rawValue: text) else {
+        throw FleetError("--purpose must be 'payment' or 'fleet', not '\(text)'")
+    }
+    return purpose
+}

@@ -1,0 +1,104 @@
+import FleetManager
+import Foundation
+import LocalServices
+import MessageSchema
+import Testing
+import TestSupport
+
+/// The built `fleet-manager` binary: expected failures are one clear message with a hint,
+/// a non-zero exit and no stack trace.
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct CLITests {
+    static var binary: String {
+        URL(fileURLWithPath: AgentUnit.binary).deletingLastPathComponent().appendingPathComponent("fleet-manager").path
+    }
+
+    struct Run {
+        var status: LocalServices.ExitStatus
+        var output: String
+    }
+
+    func run(_ arguments: [String], environment: [String: String] = [:]) async throws -> Run {
+        let out = NSTemporaryDirectory() + "fm-\(UUID().uuidString).out"
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        let child = try ChildProcess.spawn(Self.binary, arguments, environment: env, outputPath: out)
+        let status = await child.waitForExit()
+        return Run(status: status, output: child.output())
+    }
+
+    func expectNoStackTrace(_ output: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(!output.contains("Fatal error"), sourceLocation: sourceLocation)
+        #expect(!output.contains("Stack dump"), sourceLocation: sourceLocation)
+        #expect(!output.contains("0x0000"), sourceLocation: sourceLocation)
+    }
+
+    @Test func initProvisionAndTheErrorsAroundThem() async throws {
+        try await LocalMosquitto.with(template: "dynsec") { broker in
+            let home = NSTemporaryDirectory() + "pb-cli-\(UUID().uuidString)"
+            let secret = NSTemporaryDirectory() + "admin-\(UUID().uuidString)"
+            try broker.adminPassword!.write(toFile: secret, atomically: true, encoding: .utf8)
+
+            // No fleet yet.
+            let missing = try await run(["provision", "laundry-01", "--home", home])
+            #expect(missing.status == .exited(1))
+            #expect(missing.output.contains("no fleet at \(home)"))
+            #expect(missing.output.contains("fleet-manager init"))
+            expectNoStackTrace(missing.output)
+
+            // Wrong admin password: nothing is created.
+            try "wrong".write(toFile: secret + ".bad", atomically: true, encoding: .utf8)
+            let refused = try await run([
+                "init", "--home", home, "--broker-port", "\(broker.port)", "--admin-password-file", secret + ".bad",
+                "--device-broker-url", "mqtt://127.0.0.1:\(broker.port)",
+            ])
+            #expect(refused.status == .exited(1))
+            #expect(refused.output.contains("127.0.0.1:\(broker.port)"))
+            #expect(!FileManager.default.fileExists(atPath: home + "/settings.json"))
+            expectNoStackTrace(refused.output)
+
+            let created = try await run([
+                "init", "--home", home, "--broker-port", "\(broker.port)", "--admin-password-file", secret,
+                "--device-broker-url", "mqtt://127.0.0.1:\(broker.port)",
+            ])
+            #expect(created.status == .exited(0), "\(created.output)")
+            #expect(created.output.contains("fleet created"))
+            let keys = try FileManager.default.contentsOfDirectory(atPath: home + "/keys")
+            #expect(keys.count == 2)
+            for key in keys {
+                let mode = (try FileManager.default.attributesOfItem(atPath: home + "/keys/" + key)[.posixPermissions] as? NSNumber)?.intValue
+                #expect(mode == 0o600)
+            }
+
+            // Never overwrites a fleet.
+            let again = try await run([
+                "init", "--home", home, "--broker-port", "\(broker.port)", "--admin-password-file", secret,
+                "--device-broker-url", "mqtt://127.0.0.1:\(broker.port)",
+            ])
+            #expect(again.status == .exited(1))
+            #expect(again.output.contains("already exists"))
+
+            let bad = try await run(["provision", "Laundry_01", "--home", home])
+            #expect(bad.status == .exited(1))
+            #expect(bad.output.contains("is not a machine ID"))
+            expectNoStackTrace(bad.output)
+
+            let ok = try await run(["provision", "laundry-01", "--home", home])
+            #expect(ok.status == .exited(0), "\(ok.output)")
+            #expect(ok.output.contains("laundry-01: provisioned"))
+            let twice = try await run(["provision", "laundry-01", "--home", home])
+            #expect(twice.status == .exited(1))
+            #expect(twice.output.contains("--rotate-credentials"))
+
+            let list = try await run(["keys", "list", "--home", home])
+            #expect(list.status == .exited(0))
+            #expect(list.output.contains("payment") && list.output.contains("fleet"))
+
+            let revoke = try await run(["revoke", "laundry-01", "--home", home])
+            #expect(revoke.status == .exited(0), "\(revoke.output)")
+            let revokeAgain = try await run(["revoke", "laundry-01", "--home", home])
+            #expect(revokeAgain.status == .exited(1))
+            #expect(revokeAgain.output.contains("already revoked"))
+        }
+    }
+}

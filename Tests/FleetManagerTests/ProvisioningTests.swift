@@ -1,0 +1,272 @@
+import EdgeAgent
+import FleetManager
+import Foundation
+import LocalServices
+import MQTT
+import MessageSchema
+import Testing
+import TestSupport
+
+/// A fleet on a real mosquitto with dynamic security, set up as `fleet-manager init` does.
+struct DynsecFleet {
+    let broker: LocalMosquitto
+    let home: FleetHome
+    let backend: DynamicSecurityBackend
+    let publisher: MQTTClient
+    var provisioner: Provisioner { Provisioner(home: home, backend: backend, publisher: publisher) }
+
+    static func with(tlsPort: Int? = nil, caDirectory: String? = nil, _ body: (DynsecFleet) async throws -> Void) async throws {
+        var extra = ""
+        if let tlsPort, let caDirectory {
+            extra = """
+                listener \(tlsPort) 127.0.0.1
+                cafile \(caDirectory)/ca.crt
+                certfile \(caDirectory)/server.crt
+                keyfile \(caDirectory)/server.key
+                """
+        }
+        try await LocalMosquitto.with(extraConfiguration: extra, template: "dynsec") { broker in
+            let homePath = NSTemporaryDirectory() + "pb-home-\(UUID().uuidString)"
+            let deviceURL = tlsPort.map { "mqtts://localhost:\($0)" } ?? "mqtt://127.0.0.1:\(broker.port)"
+            let home = try await FleetSetup.initialize(
+                FleetSetup.Options(
+                    home: homePath, brokerHost: broker.host, brokerPort: broker.port, adminPassword: broker.adminPassword!,
+                    deviceBrokerUrl: deviceURL, deviceCAFile: caDirectory.map { "\($0)/ca.crt" }))
+            let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
+            let publisher = try await home.settings.manager.connect(clientID: "test-manager")
+            let fleet = DynsecFleet(broker: broker, home: home, backend: backend, publisher: publisher)
+            do {
+                try await body(fleet)
+            } catch {
+                await publisher.close()
+                await backend.close()
+                throw error
+            }
+            await publisher.close()
+            await backend.close()
+        }
+    }
+
+    func bundle(_ machine: MachineID) throws -> AgentBundle {
+        try AgentBundle.load(from: home.bundlesDirectory + "/\(machine.rawValue).json")
+    }
+
+    /// A client connected as the unit, with the bundle's credentials.
+    func deviceClient(_ machine: MachineID, clientID: String? = nil, password: String? = nil) throws -> MQTTClient {
+        let bundle = try bundle(machine)
+        var configuration = MQTTConfiguration(host: broker.host, port: broker.port, clientID: clientID ?? machine.rawValue)
+        configuration.username = machine.rawValue
+        configuration.password = password ?? bundle.password
+        configuration.cleanStart = true
+        return try MQTTClient(configuration)
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct ProvisioningTests {
+    @Test func isolationMatrix() async throws {
+        try await DynsecFleet.with { fleet in
+            let a: MachineID = "unit-a"
+            let b: MachineID = "unit-b"
+            _ = try await fleet.provisioner.provision(a)
+            _ = try await fleet.provisioner.provision(b)
+            let topics = fleet.home.topics
+
+            // The manager watches everything, to see what leaks.
+            let watcher = try await fleet.home.settings.manager.connect(clientID: "watcher")
+            let watched = Inbox(watcher)
+            try await watcher.subscribe("fleet/#")
+
+            let device = try fleet.deviceClient(a)
+            try await device.connect()
+            // Device A: nothing of B's, in either direction.
+            for kind in TopicKind.allCases {
+                let topic = topics.topic(kind, for: b)
+                await #expect(throws: MQTTError.self, "A subscribing to \(topic)") { try await device.subscribe(topic) }
+                await #expect(throws: MQTTError.self, "A publishing to \(topic)") {
+                    try await device.publish(topic: topic, payload: Data("x".utf8))
+                }
+            }
+            // Not even its own payment/completed or config/desired.
+            for kind in [TopicKind.paymentCompleted, .configDesired, .firmwareDesired] {
+                await #expect(throws: MQTTError.self, "A publishing its own \(kind)") {
+                    try await device.publish(topic: topics.topic(kind, for: a), payload: Data("forged".utf8))
+                }
+            }
+            // No wildcards beyond its own topics.
+            for filter in ["fleet/#", "fleet/+/status", "#", "fleet/unit-a/#"] {
+                await #expect(throws: MQTTError.self, "A subscribing to \(filter)") { try await device.subscribe(filter) }
+            }
+            // What it may do.
+            for kind in [TopicKind.paymentCompleted, .configDesired, .firmwareDesired, .status] {
+                try await device.subscribe(topics.topic(kind, for: a))
+            }
+            for kind in [TopicKind.paymentResult, .status, .heartbeat, .configReported, .firmwareReported] {
+                try await device.publish(topic: topics.topic(kind, for: a), payload: Data("{}".utf8), retain: kind.retained)
+            }
+            // A unit's identity is bound to its client ID.
+            let impostor = try fleet.deviceClient(a, clientID: "unit-b")
+            await #expect(throws: MQTTError.self) { try await impostor.connect() }
+            await impostor.close()
+
+            // The payment server: completions for any unit, results and status; nothing else.
+            let payment = try await fleet.home.settings.paymentServer.connect(clientID: "pay-1")
+            try await payment.publish(topic: topics.topic(.paymentCompleted, for: b), payload: Data("{}".utf8))
+            try await payment.subscribe(topics.filter(.paymentResult))
+            try await payment.subscribe(topics.filter(.status))
+            await #expect(throws: MQTTError.self) { try await payment.publish(topic: topics.topic(.configDesired, for: b), payload: Data("x".utf8), retain: true) }
+            await #expect(throws: MQTTError.self) { try await payment.subscribe(topics.filter(.heartbeat)) }
+            await #expect(throws: MQTTError.self) { try await payment.subscribe(topics.filter(.paymentCompleted)) }
+            await #expect(throws: MQTTError.self) { try await payment.subscribe("fleet/#") }
+
+            // Nothing refused reached the broker's subscribers: the last legitimate publish (a
+            // marker) arrives, and no forged payload came before it.
+            try await device.publish(topic: topics.topic(.heartbeat, for: a), payload: Data("marker".utf8))
+            _ = try await watched.next("marker") { $0.payload == Data("marker".utf8) }
+            let leaked = await watched.pending.filter { $0.payload == Data("x".utf8) || $0.payload == Data("forged".utf8) }
+            #expect(leaked.isEmpty, "\(leaked.map(\.topic))")
+
+            await payment.close()
+            await device.close()
+            await watcher.close()
+        }
+    }
+
+    @Test func revokedUnitCannotConnectAndRotatedCredentialsReplaceTheOld() async throws {
+        try await DynsecFleet.with { fleet in
+            let machine: MachineID = "unit-r"
+            _ = try await fleet.provisioner.provision(machine)
+            let oldPassword = try fleet.bundle(machine).password
+            let first = try fleet.deviceClient(machine)
+            try await first.connect()
+            await first.close()
+
+            // Provisioning again is refused without the flag.
+            await #expect(throws: FleetError.self) { _ = try await fleet.provisioner.provision(machine) }
+            let rotated = try await fleet.provisioner.provision(machine, rotateCredentials: true)
+            #expect(rotated.rotated)
+            let newPassword = try fleet.bundle(machine).password
+            #expect(newPassword != oldPassword)
+            let stale = try fleet.deviceClient(machine, password: oldPassword)
+            await #expect(throws: MQTTError.self) { try await stale.connect() }
+            await stale.close()
+            let fresh = try fleet.deviceClient(machine)
+            try await fresh.connect()
+            await fresh.close()
+
+            // Its retained config is there until revocation clears it.
+            try await fleet.provisioner.revoke(machine)
+            let revoked = try fleet.deviceClient(machine)
+            let error = await #expect(throws: MQTTError.self) { try await revoked.connect() }
+            #expect(error?.description.contains("refused") == true)
+            await revoked.close()
+            #expect(try fleet.home.registry.machine(machine)?.state == .revoked)
+            let reader = try await fleet.home.settings.manager.connect(clientID: "reader")
+            let inbox = Inbox(reader)
+            try await reader.subscribe("fleet/unit-r/#")
+            try await reader.subscribe("fleet/+/config/desired")
+            // Retained messages would arrive right after the SUBACK; a marker proves none came.
+            try await reader.publish(topic: "fleet/unit-z/config/desired", payload: Data("m".utf8))
+            _ = try await inbox.next("marker") { $0.topic == "fleet/unit-z/config/desired" }
+            #expect(await inbox.topicsSeen == ["fleet/unit-z/config/desired"])
+            await reader.close()
+            await #expect(throws: FleetError.self) { _ = try await fleet.provisioner.provision(machine) }
+        }
+    }
+
+    @Test func agentWithAFreshBundleComesOnlineOverTLS() async throws {
+        let ca = NSTemporaryDirectory() + "pb-ca-\(UUID().uuidString)"
+        let made = await (try ChildProcess.spawn("bash", [LocalMosquitto.brokerConfigDirectory + "/make-dev-ca.sh", ca])).waitForExit()
+        #expect(made == .exited(0))
+        let tlsPort = try LoopbackPort.free()
+        try await DynsecFleet.with(tlsPort: tlsPort, caDirectory: ca) { fleet in
+            let machine: MachineID = "laundry-tls"
+            let outcome = try await fleet.provisioner.provision(machine)
+            let attributes = try FileManager.default.attributesOfItem(atPath: outcome.bundlePath)
+            #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+            let bundle = try fleet.bundle(machine)
+            #expect(bundle.brokerUrl == "mqtts://localhost:\(tlsPort)")
+            #expect(bundle.caCertificate?.contains("BEGIN CERTIFICATE") == true)
+
+            let watcher = try await fleet.home.settings.paymentServer.connect(clientID: "pay-watch")
+            let inbox = Inbox(watcher)
+            try await watcher.subscribe(fleet.home.topics.filter(.status))
+            let dir = NSTemporaryDirectory() + "pb-unit-\(UUID().uuidString)"
+            let agent = try ChildProcess.spawn(
+                AgentUnit.binary, ["run", "--bundle", outcome.bundlePath, "--state-dir", dir + "/state", "--gpio", "sim:\(dir)-edges"],
+                outputPath: dir + ".log")
+            let online = try await inbox.next("online over TLS", timeout: .seconds(20)) {
+                (try? WireCoding.decode(StatusMessage.self, from: $0.payload))?.state == .online
+            }
+            #expect(online.topic == fleet.home.topics.topic(.status, for: machine))
+            await agent.terminate()
+            await watcher.close()
+        }
+    }
+
+    @Test func bulkProvisioningFromCSV() async throws {
+        try await DynsecFleet.with { fleet in
+            let dir = NSTemporaryDirectory() + "pb-csv-\(UUID().uuidString)"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let wash = MachineProfile(maxAmount: 5000, heartbeatS: 30, postVendDelayMs: 1000, outputs: [
+                OutputConfig(channel: "coin", chip: "gpiochip0", line: 17, valuePerPulse: 100, pulseMs: 50, gapMs: 50),
+                OutputConfig(channel: "bill", chip: "gpiochip0", line: 27, valuePerPulse: 1000, pulseMs: 100, gapMs: 150),
+            ], inhibit: nil)
+            try JSONEncoder().encode(wash).write(to: URL(fileURLWithPath: dir + "/wash.json"))
+            var lines = ["machineId,profile"]
+            for i in 0..<500 { lines.append("unit-\(i)\(i % 10 == 0 ? ",wash.json" : "")") }
+            lines.insert("Not A Valid ID", at: 100)
+            lines.insert("unit-42", at: 300)
+            lines.insert("unit-x,missing.json", at: 400)
+            try lines.joined(separator: "\n").write(toFile: dir + "/machines.csv", atomically: true, encoding: .utf8)
+
+            let report = try await fleet.provisioner.provisionAll(csv: dir + "/machines.csv")
+            #expect(report.provisioned.count == 500)
+            #expect(report.failed.count == 3)
+            #expect(report.failed.map(\.line) == [101, 301, 401])
+            #expect(report.failed[1].reason.contains("duplicate of line 44"))
+            #expect(try fleet.home.registry.machines().count == 500)
+            #expect(try fleet.home.registry.machine("unit-10")?.desiredConfig?.outputs.count == 2)
+            #expect(try fleet.home.registry.machine("unit-11")?.desiredConfig?.outputs.count == 1)
+
+            // Running it again provisions nothing new and fails the same rows only.
+            let again = try await fleet.provisioner.provisionAll(csv: dir + "/machines.csv")
+            #expect(again.provisioned.isEmpty)
+            #expect(again.alreadyProvisioned.count == 500)
+            #expect(again.failed.count == 3)
+
+            // One of them really connects.
+            let device = try fleet.deviceClient("unit-499")
+            try await device.connect()
+            await device.close()
+        }
+    }
+
+    @Test func keyRotationReachesAUnitAndRetiresTheOldKey() async throws {
+        try await DynsecFleet.with { fleet in
+            let machine: MachineID = "unit-k"
+            _ = try await fleet.provisioner.provision(machine)
+            let oldPayment = try fleet.home.signingKey(.payment)
+            let rotation = try await KeyManager(home: fleet.home).rotate(.payment, client: fleet.publisher)
+            #expect(rotation.retiring == [oldPayment.kid])
+            #expect(rotation.pushed == [machine])
+            let desired = try #require(try fleet.home.registry.machine(machine)?.desiredConfig)
+            #expect(desired.version == 2)
+            let trusted = Set((desired.trust ?? []).map(\.kid))
+            #expect(trusted.isSuperset(of: [oldPayment.kid, rotation.new]))
+            // Retiring before the unit applied it is refused.
+            await #expect(throws: FleetError.self) { _ = try await KeyManager(home: fleet.home).retire(oldPayment.kid, force: false, client: fleet.publisher) }
+            // The unit reports version 2 applied (as an agent would); then the key retires.
+            let device = try fleet.deviceClient(machine)
+            try await device.connect()
+            let report = ConfigReported(machineId: machine, version: 2, status: .applied, reason: nil, at: 1)
+            try await device.publish(topic: fleet.home.topics.topic(.configReported, for: machine), payload: WireCoding.encode(report), retain: true)
+            await device.close()
+            try await RetainedReports.refresh(home: fleet.home, machines: [machine])
+            _ = try await KeyManager(home: fleet.home).retire(oldPayment.kid, force: false, client: fleet.publisher)
+            let after = try #require(try fleet.home.registry.machine(machine)?.desiredConfig)
+            #expect(after.version == 3)
+            #expect(after.trust?.contains { $0.kid == oldPayment.kid } == false)
+        }
+    }
+}
