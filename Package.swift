@@ -38,6 +38,9 @@ let package = Package(
         .systemLibrary(
             name: "COpenSSL", pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(
+            name: "CQREncode", pkgConfig: "libqrencode",
+            providers: [.apt(["libqrencode-dev"])]),
 
         // Libraries.
         .target(
@@ -64,7 +67,7 @@ let package = Package(
         .target(
             name: "FleetManager",
             dependencies: [
-                "MQTT", "MessageSchema", "RelayOutput", "EdgeAgent",
+                "MQTT", "MessageSchema", "RelayOutput", "EdgeAgent", "CQREncode",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -76,6 +76,56 @@ public final class Registry: Sendable {
                     );
                     """)
         }
+        migrator.registerMigration("v2-operations") { db in
+            try db.execute(
+                sql: """
+                    -- What units say about themselves, kept by `serve`.
+                    CREATE TABLE unitState (
+                        id TEXT PRIMARY KEY,
+                        state TEXT NOT NULL DEFAULT 'unknown',   -- online | offline | unknown
+                        offlineReason TEXT,                      -- will | stopped | heartbeat timeout
+                        bootId TEXT,
+                        session INTEGER,
+                        stateSince INTEGER,
+                        lastSeen INTEGER,
+                        lastHeartbeatAt INTEGER,
+                        heartbeatS INTEGER NOT NULL DEFAULT 30,
+                        firmware TEXT,
+                        configVersion INTEGER,
+                        clockSkewMs INTEGER,
+                        inhibited INTEGER,
+                        relay TEXT,
+                        outboxDepth INTEGER,
+                        counters TEXT
+                    );
+                    -- Every payment the fleet saw: who paid, what the unit decided.
+                    CREATE TABLE paymentRecord (
+                        paymentId TEXT PRIMARY KEY,
+                        machineId TEXT NOT NULL,
+                        userId TEXT,
+                        requestedAmount INTEGER,
+                        currency TEXT,
+                        issuedAt INTEGER,
+                        expiresAt INTEGER,
+                        status TEXT,             -- credited | rejected | uncertain (first decision)
+                        reason TEXT,
+                        creditedAmount INTEGER NOT NULL DEFAULT 0,
+                        pulsesFired INTEGER,
+                        decidedAt INTEGER,
+                        duplicates INTEGER NOT NULL DEFAULT 0,
+                        updatedAt INTEGER NOT NULL
+                    );
+                    CREATE INDEX paymentRecord_machine ON paymentRecord(machineId, issuedAt);
+                    CREATE INDEX paymentRecord_user ON paymentRecord(userId);
+                    CREATE TABLE alertLog (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        machineId TEXT NOT NULL,
+                        kind TEXT NOT NULL,
+                        detail TEXT NOT NULL,
+                        at INTEGER NOT NULL
+                    );
+                    """)
+        }
         return migrator
     }
 

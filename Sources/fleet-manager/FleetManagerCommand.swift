@@ -8,7 +8,10 @@ struct FleetManagerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fleet-manager",
         abstract: "PulseBridge fleet manager: provision units, watch them, configure them, take payments.",
-        subcommands: [Init.self, Provision.self, Revoke.self, Keys.self])
+        subcommands: [
+            Init.self, Provision.self, Revoke.self, Keys.self, Serve.self, Devices.self, Device.self, Config.self, Pay.self,
+            Report.self, Code.self,
+        ])
 }
 
 /// Options every command that works on a fleet takes.

@@ -1,0 +1,161 @@
+import Foundation
+import Logging
+import MQTT
+import MessageSchema
+import ServiceLifecycle
+import Synchronization
+
+/// `fleet-manager serve`: watches every unit and keeps the registry: state (online/offline by
+/// the bootId/session rules and the 3 × heartbeat timeout), last seen, firmware, configuration
+/// reports, clock skew, counters, and every payment with who paid. A `Service`.
+///
+/// It subscribes with a persistent session, so results and completions published while it
+/// is down are delivered when it comes back; events are written in batches.
+public final class FleetMonitor: Service, Sendable {
+    public struct Options: Sendable {
+        /// How long a new configuration may wait to be applied before it is an alert.
+        public var configPendingAlert: Duration = .seconds(600)
+        /// Clock skew that is an alert.
+        public var skewLimitMs = 5_000
+        /// The largest batch written in one transaction, and the longest an event waits.
+        public var batchSize = 512
+        public var batchDelay: Duration = .milliseconds(50)
+        public var clientID = "fleet-manager-serve"
+        public init() {}
+    }
+
+    let home: FleetHome
+    let options: Options
+    let logger: Logger
+    private let buffer = Mutex<[FleetEvent]>([])
+    private let wake: AsyncStream<Void>.Continuation
+    private let wakes: AsyncStream<Void>
+    private let paymentTrust: Mutex<TrustStore>
+    /// Events ingested so far (for the benchmark and tests).
+    public let ingested = Atomic<Int>(0)
+
+    public init(home: FleetHome, options: Options = Options(), logger: Logger = Logger(label: "pulsebridge.serve")) throws {
+        self.home = home
+        self.options = options
+        self.logger = logger
+        (wakes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        paymentTrust = Mutex(try TrustStore(entries: try home.trustEntries().filter { $0.purpose == .payment }))
+    }
+
+    static func now() -> Int { Int(Date().timeIntervalSince1970 * 1000) }
+
+    public func run() async throws {
+        let client = try home.settings.manager.client(clientID: options.clientID, cleanStart: false, logger: logger)
+        try client.start()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.subscribeOnConnect(client) }
+            group.addTask { await self.ingest(client.messages) }
+            group.addTask { await self.writeBatches() }
+            group.addTask { await self.watchTimeouts() }
+            try? await gracefulShutdown()
+            await client.close()   // ends ingestion
+            group.cancelAll()
+        }
+        flush()
+        logger.info("serve stopped; registry up to date")
+    }
+
+    private func subscribeOnConnect(_ client: MQTTClient) async {
+        var subscribed = false
+        for await state in client.connectionStates() {
+            guard state.isConnected, !subscribed else { continue }
+            let topics = home.topics
+            do {
+                try await client.subscribe([
+                    MQTTSubscription(topics.filter(.status)), MQTTSubscription(topics.filter(.heartbeat), qos: .atMostOnce),
+                    MQTTSubscription(topics.filter(.paymentResult)), MQTTSubscription(topics.filter(.paymentCompleted)),
+                    MQTTSubscription(topics.filter(.configReported)), MQTTSubscription(topics.filter(.firmwareReported)),
+                ])
+                subscribed = true
+                logger.info("watching the fleet", metadata: ["topics.root": "\(topics.root)"])
+            } catch {
+                logger.error("cannot subscribe to the fleet's topics: \(error)")
+            }
+        }
+    }
+
+    private func ingest(_ messages: AsyncStream<MQTTMessage>) async {
+        for await message in messages {
+            guard let event = decode(message) else { continue }
+            let count = buffer.withLock { b in
+                b.append(event)
+                return b.count
+            }
+            if count == 1 || count >= options.batchSize { wake.yield() }
+        }
+    }
+
+    func decode(_ message: MQTTMessage) -> FleetEvent? {
+        guard let (machine, kind) = home.topics.parse(message.topic), !message.payload.isEmpty else { return nil }
+        do {
+            let event: FleetEvent
+            switch kind {
+            case .status: event = .status(try WireCoding.decode(StatusMessage.self, from: message.payload))
+            case .heartbeat: event = .heartbeat(try WireCoding.decode(Heartbeat.self, from: message.payload))
+            case .paymentResult: event = .result(try WireCoding.decode(PaymentResult.self, from: message.payload))
+            case .configReported: event = .configReported(try WireCoding.decode(ConfigReported.self, from: message.payload))
+            case .firmwareReported: event = .firmwareReported(try WireCoding.decode(FirmwareReported.self, from: message.payload))
+            case .paymentCompleted:
+                // Who paid: recorded only from completions signed by one of the fleet's payment keys.
+                let trust = paymentTrust.withLock { $0 }
+                event = .completion(try SignedEnvelope.open(message.payload, as: PaymentCompleted.self, trust: trust).body)
+            case .configDesired, .firmwareDesired:
+                return nil
+            }
+            return event
+        } catch {
+            logger.warning("ignored a message from \(machine) on \(kind.rawValue): \(error)")
+            return nil
+        }
+    }
+
+    /// Writes what arrived, at most `batchDelay` after the first event of a batch.
+    private func writeBatches() async {
+        for await _ in wakes {
+            try? await Task.sleep(for: options.batchDelay)
+            flush()
+        }
+    }
+
+    /// Writes every buffered event now.
+    public func flush() {
+        let events = buffer.withLock { b -> [FleetEvent] in
+            defer { b = [] }
+            return b
+        }
+        guard !events.isEmpty else { return }
+        do {
+            let alerts = try home.registry.apply(events, now: Self.now(), skewLimitMs: options.skewLimitMs)
+            ingested.add(events.count, ordering: .relaxed)
+            for alert in alerts { logger.warning("alert: \(alert)") }
+        } catch {
+            logger.error("cannot write \(events.count) events to the registry: \(error)")
+        }
+    }
+
+    /// Once a second: units silent for 3 × heartbeat go offline; configurations not applied in
+    /// time are reported (once each).
+    private func watchTimeouts() async {
+        var reportedPending = Set<MachineID>()
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: .seconds(1)) } catch { return }
+            let now = Self.now()
+            do {
+                for alert in try home.registry.markSilentUnitsOffline(now: now) { logger.warning("alert: \(alert)") }
+                let limit = Int(options.configPendingAlert.components.seconds * 1000)
+                let pending = Set(try home.registry.configsNotApplied(now: now, olderThanMs: limit))
+                for machine in pending.subtracting(reportedPending) {
+                    logger.warning("alert: \(FleetAlert(machine: machine, kind: .configNotApplied, detail: "desired configuration not applied after \(options.configPendingAlert)"))")
+                }
+                reportedPending = pending
+            } catch {
+                logger.error("cannot check unit timeouts: \(error)")
+            }
+        }
+    }
+}

@@ -1,0 +1,302 @@
+import Foundation
+import GRDB
+import MessageSchema
+
+/// Something a unit (or a payment server) said, as `serve` ingests it.
+public enum FleetEvent: Sendable {
+    case status(StatusMessage)
+    case heartbeat(Heartbeat)
+    case result(PaymentResult)
+    /// A completion whose signature verified with a fleet payment key.
+    case completion(PaymentCompleted)
+    case configReported(ConfigReported)
+    case firmwareReported(FirmwareReported)
+}
+
+/// A noteworthy change, logged by `serve` and kept in the alert log.
+public struct FleetAlert: Sendable, Hashable, CustomStringConvertible {
+    public enum Kind: String, Sendable { case offline, clockSkew = "clock_skew", uncertain, configNotApplied = "config_not_applied" }
+    public var machine: MachineID
+    public var kind: Kind
+    public var detail: String
+    public var description: String { "\(machine): \(kind.rawValue): \(detail)" }
+}
+
+/// One unit at a glance.
+public struct UnitOverview: Sendable, Codable, Hashable {
+    public var machineId: String
+    public var provisioning: String
+    public var state: String
+    public var offlineReason: String?
+    public var lastSeen: Int?
+    public var firmware: String?
+    public var desiredConfigVersion: Int?
+    public var appliedConfigVersion: Int?
+    public var configReport: String?
+    public var clockSkewMs: Int?
+    public var relay: String?
+    public var inhibited: Bool?
+    public var outboxDepth: Int?
+    public var counters: PaymentCounters?
+    public var alerts: [String]
+}
+
+/// A payment as the fleet recorded it.
+public struct PaymentRecord: Sendable, Codable, Hashable {
+    public var paymentId: String
+    public var machineId: String
+    public var userId: String?
+    public var requestedAmount: Int?
+    public var currency: String?
+    public var issuedAt: Int?
+    public var status: String?
+    public var reason: String?
+    public var creditedAmount: Int
+    public var decidedAt: Int?
+    public var duplicates: Int
+}
+
+extension Registry {
+    /// Applies a batch of events in one transaction; returns the alerts they raise.
+    public func apply(_ events: [FleetEvent], now: Int, skewLimitMs: Int = 5_000) throws -> [FleetAlert] {
+        try database.write { db in
+            var alerts: [FleetAlert] = []
+            for event in events {
+                switch event {
+                case .status(let status):
+                    try applyStatus(status, now: now, db, &alerts)
+                case .heartbeat(let heartbeat):
+                    try applyHeartbeat(heartbeat, now: now, skewLimitMs: skewLimitMs, db, &alerts)
+                case .result(let result):
+                    try applyResult(result, now: now, db, &alerts)
+                case .completion(let payment):
+                    try db.execute(
+                        sql: """
+                            INSERT INTO paymentRecord (paymentId, machineId, userId, requestedAmount, currency, issuedAt, expiresAt, updatedAt)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                            ON CONFLICT(paymentId) DO UPDATE SET userId = excluded.userId, requestedAmount = excluded.requestedAmount,
+                                currency = excluded.currency, issuedAt = excluded.issuedAt, expiresAt = excluded.expiresAt, updatedAt = excluded.updatedAt
+                            """,
+                        arguments: [
+                            payment.paymentId.rawValue, payment.machineId.rawValue, payment.userId.rawValue, payment.amount,
+                            payment.currency.rawValue, payment.issuedAt, payment.expiresAt, now,
+                        ])
+                case .configReported(let report):
+                    try db.execute(
+                        sql: "UPDATE machine SET reportedVersion = ?, reportedStatus = ?, reportedReason = ?, reportedAt = ? WHERE id = ?",
+                        arguments: [report.version, report.status.rawValue, report.reason?.rawValue, report.at, report.machineId.rawValue])
+                case .firmwareReported:
+                    break
+                }
+            }
+            for alert in alerts {
+                try db.execute(
+                    sql: "INSERT INTO alertLog (machineId, kind, detail, at) VALUES (?, ?, ?, ?)",
+                    arguments: [alert.machine.rawValue, alert.kind.rawValue, alert.detail, now])
+            }
+            return alerts
+        }
+    }
+
+    private func unitRow(_ id: MachineID, _ db: Database) throws -> Row? {
+        try Row.fetchOne(db, sql: "SELECT * FROM unitState WHERE id = ?", arguments: [id.rawValue])
+    }
+
+    private func ensureUnit(_ id: MachineID, _ db: Database) throws {
+        let heartbeatS = try String.fetchOne(db, sql: "SELECT desiredConfig FROM machine WHERE id = ?", arguments: [id.rawValue])
+            .flatMap { try? WireCoding.decode(MachineConfig.self, from: Data($0.utf8)).heartbeatS } ?? 30
+        try db.execute(
+            sql: "INSERT INTO unitState (id, heartbeatS) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET heartbeatS = excluded.heartbeatS",
+            arguments: [id.rawValue, heartbeatS])
+    }
+
+    private func applyStatus(_ status: StatusMessage, now: Int, _ db: Database, _ alerts: inout [FleetAlert]) throws {
+        try ensureUnit(status.machineId, db)
+        let row = try unitRow(status.machineId, db)
+        let state: String? = row?["state"]
+        let bootId: String? = row?["bootId"]
+        let session: Int? = row?["session"]
+        switch status.state {
+        case .online:
+            let changed = state != "online" || bootId != status.bootId || session != status.session
+            try db.execute(
+                sql: """
+                    UPDATE unitState SET state = 'online', offlineReason = NULL, bootId = ?, session = ?,
+                        stateSince = CASE WHEN ? THEN ? ELSE stateSince END, lastSeen = ?, lastHeartbeatAt = ?,
+                        firmware = ?, configVersion = ? WHERE id = ?
+                    """,
+                arguments: [status.bootId, status.session, changed, now, now, now, status.firmware, status.configVersion, status.machineId.rawValue])
+        case .offline:
+            // Only the session currently online can go offline; an older session's will is stale.
+            let current = state != "online" || (bootId == status.bootId && session == status.session)
+            guard current, state != "offline" else { return }
+            try db.execute(
+                sql: "UPDATE unitState SET state = 'offline', offlineReason = 'status', stateSince = ?, bootId = ?, session = ? WHERE id = ?",
+                arguments: [now, status.bootId, status.session, status.machineId.rawValue])
+            alerts.append(FleetAlert(machine: status.machineId, kind: .offline, detail: "published offline (stopped or lost: its will)"))
+        }
+    }
+
+    private func applyHeartbeat(_ heartbeat: Heartbeat, now: Int, skewLimitMs: Int, _ db: Database, _ alerts: inout [FleetAlert]) throws {
+        try ensureUnit(heartbeat.machineId, db)
+        let row = try unitRow(heartbeat.machineId, db)
+        let skew = heartbeat.at - now
+        let previousSkew: Int? = row?["clockSkewMs"]
+        if abs(skew) > skewLimitMs && (previousSkew.map { abs($0) <= skewLimitMs } ?? true) {
+            alerts.append(FleetAlert(machine: heartbeat.machineId, kind: .clockSkew, detail: "clock is \(skew) ms off the manager's"))
+        }
+        // A unit that went silent (not one that said offline) comes back with its heartbeats.
+        let revive = row?["state"] as String? == "unknown" || row?["offlineReason"] as String? == "heartbeat timeout"
+            || (row?["state"] as String? == "offline" && row?["bootId"] as String? != heartbeat.bootId)
+        let counters = String(decoding: WireCoding.encode(heartbeat.counters), as: UTF8.self)
+        try db.execute(
+            sql: """
+                UPDATE unitState SET lastSeen = ?, lastHeartbeatAt = ?, clockSkewMs = ?, firmware = ?, configVersion = ?,
+                    inhibited = ?, relay = ?, outboxDepth = ?, counters = ?,
+                    state = CASE WHEN ? THEN 'online' ELSE state END,
+                    offlineReason = CASE WHEN ? THEN NULL ELSE offlineReason END,
+                    bootId = CASE WHEN ? THEN ? ELSE bootId END,
+                    stateSince = CASE WHEN ? THEN ? ELSE stateSince END
+                WHERE id = ?
+                """,
+            arguments: [
+                now, now, skew, heartbeat.firmware, heartbeat.configVersion, heartbeat.inhibited, heartbeat.relay.rawValue,
+                heartbeat.outboxDepth, counters, revive, revive, revive, heartbeat.bootId, revive, now, heartbeat.machineId.rawValue,
+            ])
+    }
+
+    private func applyResult(_ result: PaymentResult, now: Int, _ db: Database, _ alerts: inout [FleetAlert]) throws {
+        guard let paymentId = result.paymentId else { return }  // a malformed message: nothing to attach it to
+        if result.status == .duplicate {
+            try db.execute(
+                sql: """
+                    INSERT INTO paymentRecord (paymentId, machineId, status, reason, creditedAmount, duplicates, updatedAt)
+                    VALUES (?, ?, ?, ?, ?, 1, ?)
+                    ON CONFLICT(paymentId) DO UPDATE SET duplicates = duplicates + 1, updatedAt = excluded.updatedAt,
+                        status = COALESCE(status, excluded.status), reason = COALESCE(reason, excluded.reason)
+                    """,
+                arguments: [
+                    paymentId.rawValue, result.machineId.rawValue, result.original?.status.rawValue, result.original?.reason?.rawValue,
+                    result.original?.status == .credited ? result.original?.amount ?? 0 : 0, now,
+                ])
+            return
+        }
+        // The first decision stands; a result published again after a restart changes nothing.
+        try db.execute(
+            sql: """
+                INSERT INTO paymentRecord (paymentId, machineId, status, reason, creditedAmount, pulsesFired, decidedAt, updatedAt)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(paymentId) DO UPDATE SET status = excluded.status, reason = excluded.reason,
+                    creditedAmount = excluded.creditedAmount, pulsesFired = excluded.pulsesFired, decidedAt = excluded.decidedAt,
+                    updatedAt = excluded.updatedAt
+                WHERE paymentRecord.status IS NULL
+                """,
+            arguments: [
+                paymentId.rawValue, result.machineId.rawValue, result.status.rawValue, result.reason?.rawValue, result.amount,
+                result.pulsesFired, result.decidedAt, now,
+            ])
+        if result.status == .uncertain {
+            alerts.append(FleetAlert(machine: result.machineId, kind: .uncertain, detail: "payment \(paymentId) uncertain (\(result.reason?.rawValue ?? "?")): hold it for review"))
+        }
+    }
+
+    /// Units that sent nothing for 3 × heartbeatS are offline.
+    public func markSilentUnitsOffline(now: Int) throws -> [FleetAlert] {
+        try database.write { db in
+            let silent = try String.fetchAll(
+                db, sql: "SELECT id FROM unitState WHERE state = 'online' AND lastHeartbeatAt < ? - 3 * heartbeatS * 1000", arguments: [now])
+            var alerts: [FleetAlert] = []
+            for id in silent {
+                try db.execute(
+                    sql: "UPDATE unitState SET state = 'offline', offlineReason = 'heartbeat timeout', stateSince = ? WHERE id = ?",
+                    arguments: [now, id])
+                let alert = FleetAlert(machine: MachineID(unchecked: id), kind: .offline, detail: "no heartbeat for 3 × its interval")
+                try db.execute(
+                    sql: "INSERT INTO alertLog (machineId, kind, detail, at) VALUES (?, ?, ?, ?)",
+                    arguments: [id, alert.kind.rawValue, alert.detail, now])
+                alerts.append(alert)
+            }
+            return alerts
+        }
+    }
+
+    /// Units whose desired configuration has waited longer than `limitMs` to be applied.
+    public func configsNotApplied(now: Int, olderThanMs limitMs: Int) throws -> [MachineID] {
+        try database.read { db in
+            try String.fetchAll(
+                db,
+                sql: """
+                    SELECT id FROM machine WHERE state = 'provisioned' AND desiredAt IS NOT NULL AND desiredAt < ?
+                        AND (reportedVersion IS NULL OR reportedVersion < desiredVersion OR reportedStatus != 'applied')
+                    """, arguments: [now - limitMs]
+            ).map { MachineID(unchecked: $0) }
+        }
+    }
+
+    // MARK: Reading
+
+    public func overviews(now: Int, configPendingMs: Int = 10 * 60_000, skewLimitMs: Int = 5_000) throws -> [UnitOverview] {
+        let pending = Set(try configsNotApplied(now: now, olderThanMs: configPendingMs))
+        return try database.read { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT m.id, m.state AS provisioning, m.desiredVersion, m.reportedVersion, m.reportedStatus, m.reportedReason,
+                        u.state, u.offlineReason, u.lastSeen, u.firmware, u.configVersion, u.clockSkewMs, u.relay, u.inhibited,
+                        u.outboxDepth, u.counters,
+                        (SELECT COUNT(*) FROM paymentRecord p WHERE p.machineId = m.id AND p.status = 'uncertain') AS uncertain
+                    FROM machine m LEFT JOIN unitState u ON u.id = m.id ORDER BY m.id
+                    """)
+            return rows.map { row in
+                let id: String = row["id"]
+                var alerts: [String] = []
+                let provisioning: String = row["provisioning"]
+                let state: String = row["state"] ?? "unknown"
+                if provisioning == "provisioned" && state == "offline" { alerts.append("offline") }
+                if let skew: Int = row["clockSkewMs"], abs(skew) > skewLimitMs { alerts.append("clock skew \(skew / 1000) s") }
+                let uncertain: Int = row["uncertain"] ?? 0
+                if uncertain > 0 { alerts.append("\(uncertain) uncertain payment(s)") }
+                if pending.contains(MachineID(unchecked: id)) { alerts.append("config not applied") }
+                if row["relay"] as String? == "fault" { alerts.append("relay fault") }
+                let report: String? = (row["reportedStatus"] as String?).map { status in
+                    "\(status)\((row["reportedReason"] as String?).map { " (\($0))" } ?? "")"
+                }
+                return UnitOverview(
+                    machineId: id, provisioning: provisioning, state: provisioning == "revoked" ? "revoked" : state,
+                    offlineReason: row["offlineReason"], lastSeen: row["lastSeen"], firmware: row["firmware"],
+                    desiredConfigVersion: (row["desiredVersion"] as Int?).flatMap { $0 > 0 ? $0 : nil },
+                    appliedConfigVersion: row["reportedStatus"] as String? == "applied" ? row["reportedVersion"] : nil,
+                    configReport: report, clockSkewMs: row["clockSkewMs"], relay: row["relay"],
+                    inhibited: (row["inhibited"] as Int?).map { $0 != 0 }, outboxDepth: row["outboxDepth"],
+                    counters: (row["counters"] as String?).flatMap { try? WireCoding.decode(PaymentCounters.self, from: Data($0.utf8)) },
+                    alerts: alerts)
+            }
+        }
+    }
+
+    public func payments(from: Int? = nil, to: Int? = nil) throws -> [PaymentRecord] {
+        try database.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT * FROM paymentRecord WHERE COALESCE(issuedAt, decidedAt, updatedAt) >= ? AND COALESCE(issuedAt, decidedAt, updatedAt) < ?
+                    ORDER BY COALESCE(issuedAt, decidedAt, updatedAt), paymentId
+                    """, arguments: [from ?? 0, to ?? Int.max]
+            ).map { row in
+                PaymentRecord(
+                    paymentId: row["paymentId"], machineId: row["machineId"], userId: row["userId"], requestedAmount: row["requestedAmount"],
+                    currency: row["currency"], issuedAt: row["issuedAt"], status: row["status"], reason: row["reason"],
+                    creditedAmount: row["creditedAmount"], decidedAt: row["decidedAt"], duplicates: row["duplicates"])
+            }
+        }
+    }
+
+    public func alerts(limit: Int = 100) throws -> [(at: Int, alert: FleetAlert)] {
+        try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM alertLog ORDER BY id DESC LIMIT ?", arguments: [limit]).compactMap { row in
+                guard let kind = FleetAlert.Kind(rawValue: row["kind"]) else { return nil }
+                return (row["at"], FleetAlert(machine: MachineID(unchecked: row["machineId"]), kind: kind, detail: row["detail"]))
+            }
+        }
+    }
+}

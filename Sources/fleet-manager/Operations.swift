@@ -1,0 +1,360 @@
+import ArgumentParser
+import FleetManager
+import Foundation
+import Logging
+import MessageSchema
+import ServiceLifecycle
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Watch the fleet and keep the registry (state, heartbeats, configuration, payments) until SIGTERM.")
+    @OptionGroup var options: HomeOptions
+    @Option(help: "Minutes a new configuration may wait to be applied before it is an alert.") var configAlertMinutes = 10
+
+    func run() async throws {
+        options.bootstrapLogging()
+        try await operatorErrors {
+            let home = try options.open()
+            var monitorOptions = FleetMonitor.Options()
+            monitorOptions.configPendingAlert = .seconds(configAlertMinutes * 60)
+            let logger = Logger(label: "pulsebridge.serve")
+            let monitor = try FleetMonitor(home: home, options: monitorOptions, logger: logger)
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: [.init(service: monitor, successTerminationBehavior: .gracefullyShutdownGroup)],
+                    gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
+        }
+    }
+}
+
+func formatTime(_ ms: Int?) -> String {
+    guard let ms else { return "-" }
+    let formatter = ISO8601DateFormatter()
+    formatter.formatOptions = [.withInternetDateTime]
+    return formatter.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+}
+
+struct Devices: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The fleet at a glance (kept by `serve`).")
+    @OptionGroup var options: HomeOptions
+    @Flag(help: "Machine-readable output.") var json = false
+
+    func run() async throws {
+        options.bootstrapLogging()
+        try await operatorErrors {
+            let home = try options.open()
+            let units = try home.registry.overviews(now: Int(Date().timeIntervalSince1970 * 1000))
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try encoder.encode(units), as: UTF8.self))
+                return
+            }
+            let rows = units.map { unit in
+                [
+                    unit.machineId, unit.state, formatTime(unit.lastSeen), unit.firmware ?? "-",
+                    "\(unit.desiredConfigVersion.map(String.init) ?? "-")/\(unit.appliedConfigVersion.map(String.init) ?? "-")",
+                    unit.clockSkewMs.map { "\($0) ms" } ?? "-", "\(unit.counters?.credited ?? 0)", "\(unit.counters?.creditedAmount ?? 0)",
+                    unit.alerts.isEmpty ? "-" : unit.alerts.joined(separator: "; "),
+                ]
+            }
+            print(FleetReports.render(
+                headers: ["MACHINE", "STATE", "LAST SEEN", "FIRMWARE", "CONFIG D/A", "SKEW", "CREDITED", "AMOUNT", "ALERTS"],
+                rows: rows, format: "table"), terminator: "")
+        }
+    }
+}
+
+struct Device: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "One unit in detail.")
+    @OptionGroup var options: HomeOptions
+    @Argument(help: "The machine ID.") var machineId: String
+
+    func run() async throws {
+        options.bootstrapLogging()
+        try await operatorErrors {
+            let home = try options.open()
+            guard let unit = try home.registry.overviews(now: Int(Date().timeIntervalSince1970 * 1000)).first(where: { $0.machineId == machineId }) else {
+                throw FleetError("no unit '\(machineId)' in the registry", hint: "`fleet-manager devices` lists the fleet")
+            }
+            let counters = unit.counters ?? PaymentCounters()
+            print("""
+                machine        \(unit.machineId) (\(unit.provisioning))
+                state          \(unit.state)\(unit.offlineReason.map { " (\($0))" } ?? "")
+                last seen      \(formatTime(unit.lastSeen))
+                firmware       \(unit.firmware ?? "-")
+                config         desired v\(unit.desiredConfigVersion.map(String.init) ?? "-"), applied v\(unit.appliedConfigVersion.map(String.init) ?? "-")\(unit.configReport.map { ", last report: \($0)" } ?? "")
+                clock skew     \(unit.clockSkewMs.map { "\($0) ms" } ?? "-")
+                relay          \(unit.relay ?? "-")\(unit.inhibited == true ? ", inhibited" : "")
+                outbox         \(unit.outboxDepth.map(String.init) ?? "-")
+                payments       credited \(counters.credited) (\(counters.creditedAmount)), rejected \(counters.rejected), duplicate \(counters.duplicate), uncertain \(counters.uncertain), pulses \(counters.pulses)
+                alerts         \(unit.alerts.isEmpty ? "none" : unit.alerts.joined(separator: "; "))
+                """)
+        }
+    }
+}
+
+struct Config: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Change unit configuration (new version, signed, retained).", subcommands: [Set.self, Apply.self, Status.self])
+
+    static func targets(_ home: FleetHome, machineId: String?, all: Bool) throws -> [MachineID] {
+        if all { return try home.registry.machines().map(\.id) }
+        guard let raw = machineId, let machine = MachineID(rawValue: raw) else {
+            throw FleetError("name a MACHINE-ID or pass --all")
+        }
+        return [machine]
+    }
+
+    struct Set: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Set configuration values: maxAmount=, heartbeatS=, postVendDelayMs=, currency=, CHANNEL.pulseMs= (gapMs, valuePerPulse, line, chip, activeLow).")
+        @OptionGroup var options: HomeOptions
+        @Flag(help: "Every provisioned unit.") var all = false
+        @Argument(help: "MACHINE-ID (unless --all), then KEY=VALUE pairs.") var arguments: [String]
+
+        func run() async throws {
+            options.bootstrapLogging()
+            try await operatorErrors {
+                let home = try options.open()
+                var pairs = arguments
+                var machineId: String?
+                if !all, let first = pairs.first, !first.contains("=") { machineId = pairs.removeFirst() }
+                guard !pairs.isEmpty else { throw FleetError("nothing to set", hint: "e.g. fleet-manager config set laundry-07 maxAmount=3000") }
+                let targets = try Config.targets(home, machineId: machineId, all: all)
+                let client = try await home.settings.manager.connect(clientID: "fleet-manager-config-\(UUID().uuidString.prefix(8).lowercased())")
+                do {
+                    for machine in targets {
+                        let config = try await ConfigPublisher(home: home, client: client).publish(machine) { profile in
+                            for pair in pairs { try Self.apply(pair, to: &profile) }
+                        }
+                        print("\(machine): configuration v\(config.version) published")
+                    }
+                } catch {
+                    await client.close()
+                    throw error
+                }
+                await client.close()
+            }
+        }
+
+        static func apply(_ pair: String, to profile: inout MachineProfile) throws {
+            let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { throw FleetError("'\(pair)' is not KEY=VALUE") }
+            let (key, value) = (parts[0], parts[1])
+            func int() throws -> Int {
+                guard let number = Int(value) else { throw FleetError("\(key) needs a whole number, not '\(value)'") }
+                return number
+            }
+            switch key {
+            case "maxAmount": profile.maxAmount = try int()
+            case "heartbeatS": profile.heartbeatS = try int()
+            case "postVendDelayMs": profile.postVendDelayMs = try int()
+            case "currency": profile.currency = value
+            default:
+                let field = key.split(separator: ".", maxSplits: 1).map(String.init)
+                guard field.count == 2, let index = profile.outputs.firstIndex(where: { $0.channel == field[0] }) else {
+                    throw FleetError(
+                        "unknown key '\(key)'",
+                        hint: "keys: maxAmount, heartbeatS, postVendDelayMs, currency, or CHANNEL.FIELD for channels \(profile.outputs.map(\.channel).joined(separator: ", "))")
+                }
+                switch field[1] {
+                case "pulseMs": profile.outputs[index].pulseMs = try int()
+                case "gapMs": profile.outputs[index].gapMs = try int()
+                case "valuePerPulse": profile.outputs[index].valuePerPulse = try int()
+                case "line": profile.outputs[index].line = try int()
+                case "chip": profile.outputs[index].chip = value
+                case "activeLow":
+                    guard let flag = Bool(value) else { throw FleetError("\(key) needs true or false") }
+                    profile.outputs[index].activeLow = flag
+                default: throw FleetError("unknown output field '\(field[1])'", hint: "pulseMs, gapMs, valuePerPulse, line, chip, activeLow")
+                }
+            }
+        }
+    }
+
+    struct Apply: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Replace units' configuration with a profile file.")
+        @OptionGroup var options: HomeOptions
+        @Argument(help: "Profile JSON (currency, maxAmount, heartbeatS, postVendDelayMs, outputs, inhibit).") var file: String
+        @Argument(help: "The machine ID (or --all).") var machineId: String?
+        @Flag(help: "Every provisioned unit.") var all = false
+
+        func run() async throws {
+            options.bootstrapLogging()
+            try await operatorErrors {
+                let home = try options.open()
+                let profile = try MachineProfile.load(file)
+                let targets = try Config.targets(home, machineId: machineId, all: all)
+                let client = try await home.settings.manager.connect(clientID: "fleet-manager-config-\(UUID().uuidString.prefix(8).lowercased())")
+                for machine in targets {
+                    let config = try await ConfigPublisher(home: home, client: client).publish(machine) { $0 = profile }
+                    print("\(machine): configuration v\(config.version) published")
+                }
+                await client.close()
+            }
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Which units applied which configuration version.")
+        @OptionGroup var options: HomeOptions
+
+        func run() async throws {
+            options.bootstrapLogging()
+            try await operatorErrors {
+                let home = try options.open()
+                let machines = try home.registry.machines()
+                try await RetainedReports.refresh(home: home, machines: machines.map(\.id))
+                let rows = try home.registry.machines().map { machine -> [String] in
+                    let desired = machine.desiredConfig?.version
+                    let state: String
+                    switch (machine.reportedStatus, machine.reportedVersion) {
+                    case ("applied", let v?) where v == desired: state = "applied"
+                    case ("rejected", let v?) where v == desired: state = "rejected (\(machine.reportedReason ?? "?"))"
+                    case (_, let v?): state = "pending (unit reports v\(v) \(machine.reportedStatus ?? ""))"
+                    default: state = "pending (no report yet)"
+                    }
+                    return [machine.id.rawValue, desired.map { "v\($0)" } ?? "-", state]
+                }
+                print(FleetReports.render(headers: ["MACHINE", "DESIRED", "STATUS"], rows: rows, format: "table"), terminator: "")
+            }
+        }
+    }
+}
+
+struct Pay: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Act as a payment server: sign and publish a payment, wait for the result.",
+        discussion: "Exit codes: 0 credited; 2 rejected; 3 duplicate; 4 uncertain; 5 no result in time; 6 machine not online.")
+    @OptionGroup var options: HomeOptions
+    @Argument(help: "The machine ID.") var machineId: String
+    @Argument(help: "Amount in minor units of the fleet's currency.") var amount: Int
+    @Option(help: "The paying user's ID.") var user: String
+    @Option(help: "Seconds the payment stays valid (1–600).") var ttl = 30
+    @Option(help: "Payment ID (default: generated). Reuse one to send the same payment again.") var paymentId: String?
+    @Flag(help: "Pay even if the machine's status is not online.") var force = false
+    @Flag(help: "Print the result as JSON.") var json = false
+
+    func run() async throws {
+        options.bootstrapLogging()
+        try await operatorErrors {
+            let home = try options.open()
+            guard let machine = MachineID(rawValue: machineId) else { throw FleetError("'\(machineId)' is not a machine ID") }
+            guard let userId = UserID(rawValue: user) else { throw FleetError("--user must be 1 to 128 characters without control characters") }
+            guard let currency = CurrencyCode(rawValue: home.settings.currency) else { throw FleetError("the fleet's currency is invalid") }
+            let id = try paymentId.map { raw -> PaymentID in
+                guard let id = PaymentID(rawValue: raw) else { throw FleetError("'\(raw)' is not a payment ID (\(PaymentID.rule))") }
+                return id
+            }
+            let (kid, key) = try home.signingKey(.payment)
+            let payments = try await PaymentClient.connect(home.settings.paymentServer, topics: home.topics, kid: kid, key: key)
+            let status = await payments.status(of: machine)
+            if status?.state != .online && !force {
+                await payments.close()
+                throw FleetError(
+                    "\(machine) is \(status?.state.rawValue ?? "unknown (no status)"): not charging for a machine that cannot credit",
+                    hint: "check the unit; --force pays anyway", exitCode: 6)
+            }
+            let outcome = try await payments.pay(machine, amount: amount, currency: currency, userId: userId, ttl: .seconds(ttl), paymentId: id)
+            await payments.close()
+            guard let result = outcome.result else {
+                print("\(outcome.payment.paymentId): no result by expiresAt + 5 s → void")
+                throw ExitCode(5)
+            }
+            if json {
+                print(String(decoding: WireCoding.encode(result), as: UTF8.self))
+            } else {
+                var line = "\(outcome.payment.paymentId): \(result.status.rawValue)"
+                if let reason = result.reason { line += " (\(reason.rawValue))" }
+                if let original = result.original { line += ", first decision: \(original.status.rawValue)\(original.reason.map { " (\($0.rawValue))" } ?? "")" }
+                line += "; amount \(result.amount) \(currency); pulses \(result.pulses.map { "\($0.channel)×\($0.count)" }.joined(separator: " ")) fired \(result.pulsesFired) → \(outcome.action.rawValue)"
+                print(line)
+            }
+            switch result.status {
+            case .credited: return
+            case .rejected: throw ExitCode(2)
+            case .duplicate: throw ExitCode(3)
+            case .uncertain: throw ExitCode(4)
+            }
+        }
+    }
+}
+
+struct Report: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Customer and machine reports from recorded payments.")
+    @OptionGroup var options: HomeOptions
+    @Argument(help: "customers or machines.") var kind: String
+    @Option(help: "From this day (YYYY-MM-DD, UTC), inclusive.") var from: String?
+    @Option(help: "To this day (YYYY-MM-DD, UTC), inclusive.") var to: String?
+    @Option(help: "table, csv or json.") var format = "table"
+
+    func run() async throws {
+        options.bootstrapLogging()
+        try await operatorErrors {
+            let home = try options.open()
+            guard ["table", "csv", "json"].contains(format) else { throw FleetError("--format must be table, csv or json") }
+            func day(_ text: String?, end: Bool) throws -> Int? {
+                guard let text else { return nil }
+                let formatter = ISO8601DateFormatter()
+                formatter.formatOptions = [.withFullDate]
+                guard let date = formatter.date(from: text) else { throw FleetError("'\(text)' is not a date (YYYY-MM-DD)") }
+                return Int(date.timeIntervalSince1970 * 1000) + (end ? 86_400_000 : 0)
+            }
+            let payments = try home.registry.payments(from: try day(from, end: false), to: try day(to, end: true))
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            switch kind {
+            case "customers":
+                let rows = FleetReports.customers(payments)
+                if format == "json" { print(String(decoding: try encoder.encode(rows), as: UTF8.self)); return }
+                print(FleetReports.render(
+                    headers: ["USER", "PAYMENTS", "AMOUNT", "MACHINES", "FIRST SEEN", "LAST SEEN"],
+                    rows: rows.map { [$0.userId, "\($0.payments)", "\($0.amount)", $0.machines.joined(separator: " "), formatTime($0.firstSeen), formatTime($0.lastSeen)] },
+                    format: format), terminator: "")
+            case "machines":
+                let rows = FleetReports.machines(payments)
+                if format == "json" { print(String(decoding: try encoder.encode(rows), as: UTF8.self)); return }
+                print(FleetReports.render(
+                    headers: ["MACHINE", "DAY", "REVENUE", "CREDITED", "REJECTED", "UNCERTAIN"],
+                    rows: rows.map { [$0.machineId, $0.day, "\($0.revenue)", "\($0.credited)", "\($0.rejected)", "\($0.uncertain)"] },
+                    format: format), terminator: "")
+            default:
+                throw FleetError("unknown report '\(kind)'", hint: "fleet-manager report customers|machines")
+            }
+        }
+    }
+}
+
+struct Code: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "A machine's payment code (QR of the payment URL).")
+    @OptionGroup var options: HomeOptions
+    @Argument(help: "The machine ID.") var machineId: String
+    @Option(help: "svg or text.") var format = "text"
+    @Option(help: "Write to this file instead of standard output.") var out: String?
+
+    func run() async throws {
+        options.bootstrapLogging()
+        try await operatorErrors {
+            let home = try options.open()
+            guard let machine = MachineID(rawValue: machineId) else { throw FleetError("'\(machineId)' is not a machine ID") }
+            guard try home.registry.machine(machine) != nil else {
+                throw FleetError("no unit '\(machine)' in the registry", hint: "provision it first")
+            }
+            let code = try PaymentCode(machine: machine, template: home.settings.paymentUrlTemplate)
+            let output: String
+            switch format {
+            case "svg": output = code.svg(caption: machine.rawValue)
+            case "text": output = code.text() + code.url + "\n"
+            default: throw FleetError("--format must be svg or text")
+            }
+            if let out {
+                guard FileManager.default.createFile(atPath: out, contents: Data(output.utf8)) else { throw FleetError("cannot write \(out)") }
+                print("\(machine): payment code for \(code.url) written to \(out)")
+            } else {
+                print(output, terminator: "")
+            }
+        }
+    }
+}
