@@ -99,15 +99,20 @@ extension Registry {
     }
 
     private func unitRow(_ id: MachineID, _ db: Database) throws -> Row? {
-        try Row.fetchOne(db, sql: "SELECT * FROM unitState WHERE id = ?", arguments: [id.rawValue])
+        try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM unitState WHERE id = ?"), arguments: [id.rawValue])
     }
 
+    /// Makes the unit's state row on first sight, with the heartbeat interval of its desired
+    /// configuration (kept current by `setDesiredConfig`). Cheap when the row exists: this
+    /// runs for every heartbeat.
     private func ensureUnit(_ id: MachineID, _ db: Database) throws {
-        let heartbeatS = try String.fetchOne(db, sql: "SELECT desiredConfig FROM machine WHERE id = ?", arguments: [id.rawValue])
-            .flatMap { try? WireCoding.decode(MachineConfig.self, from: Data($0.utf8)).heartbeatS } ?? 30
-        try db.execute(
-            sql: "INSERT INTO unitState (id, heartbeatS) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET heartbeatS = excluded.heartbeatS",
-            arguments: [id.rawValue, heartbeatS])
+        try db.cachedStatement(sql: "INSERT OR IGNORE INTO unitState (id) VALUES (?)").execute(arguments: [id.rawValue])
+        guard db.changesCount > 0 else { return }
+        if let heartbeatS = try String.fetchOne(db, sql: "SELECT desiredConfig FROM machine WHERE id = ?", arguments: [id.rawValue])
+            .flatMap({ try? WireCoding.decode(MachineConfig.self, from: Data($0.utf8)).heartbeatS })
+        {
+            try db.execute(sql: "UPDATE unitState SET heartbeatS = ? WHERE id = ?", arguments: [heartbeatS, id.rawValue])
+        }
     }
 
     private func applyStatus(_ status: StatusMessage, now: Int, _ db: Database, _ alerts: inout [FleetAlert]) throws {
@@ -149,7 +154,7 @@ extension Registry {
         let revive = row?["state"] as String? == "unknown" || row?["offlineReason"] as String? == "heartbeat timeout"
             || (row?["state"] as String? == "offline" && row?["bootId"] as String? != heartbeat.bootId)
         let counters = String(decoding: WireCoding.encode(heartbeat.counters), as: UTF8.self)
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 UPDATE unitState SET lastSeen = ?, lastHeartbeatAt = ?, clockSkewMs = ?, firmware = ?, configVersion = ?,
                     inhibited = ?, relay = ?, outboxDepth = ?, counters = ?,
@@ -158,7 +163,8 @@ extension Registry {
                     bootId = CASE WHEN ? THEN ? ELSE bootId END,
                     stateSince = CASE WHEN ? THEN ? ELSE stateSince END
                 WHERE id = ?
-                """,
+                """
+        ).execute(
             arguments: [
                 now, now, skew, heartbeat.firmware, heartbeat.configVersion, heartbeat.inhibited, heartbeat.relay.rawValue,
                 heartbeat.outboxDepth, counters, revive, revive, revive, heartbeat.bootId, revive, now, heartbeat.machineId.rawValue,
@@ -272,6 +278,16 @@ extension Registry {
                     alerts: alerts)
             }
         }
+    }
+
+    /// A unit's state (`online`, `offline`, `unknown`), or nil if never seen.
+    public func unitState(_ id: MachineID) throws -> String? {
+        try database.read { db in try String.fetchOne(db, sql: "SELECT state FROM unitState WHERE id = ?", arguments: [id.rawValue]) }
+    }
+
+    /// How many units last reported `outboxDepth` = `depth` (benchmark markers).
+    public func unitsReportingOutboxDepth(_ depth: Int) throws -> Int {
+        try database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM unitState WHERE outboxDepth = ?", arguments: [depth]) ?? 0 }
     }
 
     public func payments(from: Int? = nil, to: Int? = nil) throws -> [PaymentRecord] {

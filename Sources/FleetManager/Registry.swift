@@ -188,6 +188,10 @@ public final class Registry: Sendable {
                     String(decoding: WireCoding.encode(config), as: UTF8.self), config.version, Self.now(),
                     config.machineId.rawValue,
                 ])
+            // `serve` times heartbeats out by the interval the unit is told to use.
+            try db.execute(
+                sql: "INSERT INTO unitState (id, heartbeatS) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET heartbeatS = excluded.heartbeatS",
+                arguments: [config.machineId.rawValue, config.heartbeatS])
         }
     }
 
