@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "edge-agent", targets: ["edge-agent"]),
         .executable(name: "fleet-manager", targets: ["fleet-manager"]),
         .executable(name: "pulsebridge-bench", targets: ["pulsebridge-bench"]),
+        .executable(name: "pulsebridge-demo", targets: ["pulsebridge-demo"]),
         .library(name: "MessageSchema", targets: ["MessageSchema"]),
         .library(name: "MQTT", targets: ["MQTT"]),
         .library(name: "RelayOutput", targets: ["RelayOutput"]),
@@ -113,6 +114,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
+        // The demo fleet: broker, fleet, three machines with simulated GPIO, payments.
+        .executableTarget(
+            name: "pulsebridge-demo",
+            dependencies: [
+                "FleetManager", "EdgeAgent", "MessageSchema", "RelayOutput", "LocalServices", "MQTT",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
         // The C floor the MQTT benchmark compares against: the same round trip
         // written directly on libmosquitto.
         .executableTarget(
@@ -140,6 +150,10 @@ let package = Package(
         .testTarget(
             name: "FleetManagerTests",
             dependencies: ["FleetManager", "EdgeAgent", "MQTT", "MessageSchema", "LocalServices", "TestSupport"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "DemoTests",
+            dependencies: ["LocalServices", "TestSupport"],
             swiftSettings: strict),
         .testTarget(
             name: "RelayOutputTests",

@@ -137,8 +137,9 @@ public final class PaymentClient: Sendable {
     }
 
     /// Publishes an already signed envelope for `payment` (e.g. to send the same payment again)
-    /// and waits for the result.
-    public func publishAndWait(_ payment: PaymentCompleted, envelope: Data) async throws -> PaymentOutcome {
+    /// and waits for the result. `messageExpiry: false` leaves out the MQTT 5 expiry, as an
+    /// MQTT 3.1.1 payment server would (the agent then enforces `expiresAt` alone).
+    public func publishAndWait(_ payment: PaymentCompleted, envelope: Data, messageExpiry: Bool = true) async throws -> PaymentOutcome {
         let deadline = ContinuousClock.now + .milliseconds(max(0, payment.expiresAt - Int(Date().timeIntervalSince1970 * 1000)) + 5_000)
         let result: PaymentResult? = await withCheckedContinuation { continuation in
             waiters.withLock { $0[payment.paymentId] = continuation }
@@ -146,7 +147,7 @@ public final class PaymentClient: Sendable {
                 do {
                     try await client.publish(
                         topic: topics.topic(.paymentCompleted, for: payment.machineId), payload: envelope, qos: .atLeastOnce,
-                        messageExpirySeconds: payment.messageExpirySeconds(now: Int(Date().timeIntervalSince1970 * 1000)))
+                        messageExpirySeconds: messageExpiry ? payment.messageExpirySeconds(now: Int(Date().timeIntervalSince1970 * 1000)) : nil)
                 } catch {
                     waiters.withLock { $0.removeValue(forKey: payment.paymentId) }?.resume(returning: nil)
                     return

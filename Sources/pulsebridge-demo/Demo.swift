@@ -1,0 +1,299 @@
+import ArgumentParser
+import EdgeAgent
+import FleetManager
+import Foundation
+import LocalServices
+import Logging
+import MQTT
+import MessageSchema
+import RelayOutput
+
+@main
+struct Demo: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pulsebridge-demo",
+        abstract: "A demo fleet on this machine: broker, fleet manager, three machines with simulated GPIO, payments.")
+
+    @Flag(help: "Keep everything running after the payments until Ctrl-C, to explore with fleet-manager.")
+    var keepRunning = false
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .critical
+            return handler
+        }
+        let demo = DemoFleet()
+        do {
+            try await demo.run(keepRunning: keepRunning)
+        } catch {
+            FileHandle.standardError.write(Data("pulsebridge-demo: \(error)\n".utf8))
+            await demo.stop()
+            throw ExitCode(1)
+        }
+        await demo.stop()
+    }
+}
+
+/// One simulated machine: its profile, its agent process and its edge log.
+struct DemoMachine {
+    var id: MachineID
+    var kind: String
+    var profile: MachineProfile
+    var directory: String
+    var edgeLog: String { directory + "/edges.jsonl" }
+    var process: ChildProcess?
+    /// Bytes of the edge log already shown.
+    var shown = 0
+}
+
+final class DemoFleet: @unchecked Sendable {
+    // @unchecked: used from the demo's one task, in order.
+    var broker: LocalMosquitto?
+    var machines: [DemoMachine] = []
+    var serve: Task<Void, any Error>?
+    var payments: PaymentClient?
+    var publisher: MQTTClient?
+    var backend: DynamicSecurityBackend?
+    let started = ContinuousClock.now
+    let directory = NSTemporaryDirectory() + "pulsebridge-demo-\(UUID().uuidString.prefix(8))"
+
+    func say(_ text: String) {
+        let elapsed = ContinuousClock.now - started
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        print(String(format: "[%6.2fs] ", seconds) + text)
+    }
+
+    static func coin(_ value: Int, line: Int, pulse: Int, gap: Int) -> OutputConfig {
+        OutputConfig(channel: "coin", chip: "gpiochip0", line: line, valuePerPulse: value, pulseMs: pulse, gapMs: gap)
+    }
+
+    func run(keepRunning: Bool) async throws {
+        print("PulseBridge demo fleet — everything runs on this machine, on loopback; GPIO is simulated.\n")
+        let binaries = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+            .deletingLastPathComponent().path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+
+        let broker = try await LocalMosquitto.start(template: "dynsec")
+        self.broker = broker
+        say("mosquitto \(broker.host):\(broker.port) started from broker-config/templates/dynsec.conf (dynamic security, no anonymous access)")
+
+        let home = try await FleetSetup.initialize(
+            FleetSetup.Options(
+                home: directory + "/fleet", brokerHost: broker.host, brokerPort: broker.port, adminPassword: broker.adminPassword!,
+                deviceBrokerUrl: "mqtt://127.0.0.1:\(broker.port)", paymentUrlTemplate: "https://pay.example.com/m/{machineId}"))
+        say("fleet created at \(home.path): fleet key \(try home.signingKey(.fleet).kid), payment key \(try home.signingKey(.payment).kid)")
+
+        machines = [
+            DemoMachine(
+                id: "laundry-01", kind: "coin laundry",
+                profile: MachineProfile(maxAmount: 2000, heartbeatS: 1, postVendDelayMs: 300, outputs: [Self.coin(100, line: 17, pulse: 50, gap: 50)], inhibit: nil),
+                directory: directory + "/laundry-01"),
+            DemoMachine(
+                id: "wash-01", kind: "car wash with a bill channel",
+                profile: MachineProfile(
+                    maxAmount: 5000, heartbeatS: 1, postVendDelayMs: 300,
+                    outputs: [Self.coin(100, line: 17, pulse: 30, gap: 30), OutputConfig(channel: "bill", chip: "gpiochip0", line: 27, valuePerPulse: 1000, pulseMs: 100, gapMs: 150)],
+                    inhibit: nil),
+                directory: directory + "/wash-01"),
+            DemoMachine(
+                id: "vend-01", kind: "vending machine with an inhibit line",
+                profile: MachineProfile(
+                    maxAmount: 500, heartbeatS: 1, postVendDelayMs: 300, outputs: [Self.coin(10, line: 5, pulse: 40, gap: 60)],
+                    inhibit: InhibitConfig(chip: "gpiochip0", line: 22, activeLow: true)),
+                directory: directory + "/vend-01"),
+        ]
+
+        let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
+        let publisher = try await home.settings.manager.connect(clientID: "fleet-manager-demo")
+        self.backend = backend
+        self.publisher = publisher
+        let provisioner = Provisioner(home: home, backend: backend, publisher: publisher)
+        for index in machines.indices {
+            let machine = machines[index]
+            let outcome = try await provisioner.provision(machine.id, profile: machine.profile)
+            let outputs = machine.profile.outputs.map { "\($0.channel) \($0.valuePerPulse) JPY (\($0.pulseMs)/\($0.gapMs) ms)" }.joined(separator: ", ")
+            say("provisioned \(machine.id), a \(machine.kind): \(outputs); bundle \(outcome.bundlePath)")
+        }
+
+        let monitor = try FleetMonitor(home: home)
+        serve = Task { try await monitor.run() }
+        say("fleet-manager serve is watching the fleet")
+
+        for index in machines.indices {
+            try FileManager.default.createDirectory(atPath: machines[index].directory, withIntermediateDirectories: true)
+            machines[index].process = try ChildProcess.spawn(
+                binaries + "/edge-agent",
+                ["run", "--bundle", home.bundlesDirectory + "/\(machines[index].id.rawValue).json", "--state-dir", machines[index].directory + "/state",
+                 "--gpio", "sim:\(machines[index].edgeLog)"],
+                outputPath: machines[index].directory + "/agent.log")
+        }
+        let (kid, key) = try home.signingKey(.payment)
+        let payments = try await PaymentClient.connect(home.settings.paymentServer, topics: home.topics, kid: kid, key: key)
+        self.payments = payments
+        for machine in machines {
+            guard await waitOnline(machine.id, payments) else { throw FleetError("\(machine.id) did not come online; see \(machine.directory)/agent.log") }
+            say("\(machine.id) is online (edge agent pid \(machine.process!.pid), edge log \(machine.edgeLog))")
+        }
+        for index in machines.indices { machines[index].shown = edgeLogSize(machines[index]) }
+
+        print("\nPayments: payment → decision → pulses (measured on the edge log) → result\n")
+        let first = try await pay(0, 400, "u-alice", payments)
+        _ = try await pay(1, 1500, "u-bob", payments)
+        _ = try await pay(2, 150, "u-carol", payments)
+
+        say("the same payment for laundry-01 again (a payment server retrying)")
+        let again = try await payments.publishAndWait(first.payment, envelope: SignedEnvelope.sign(first.payment, kid: kid, key: key).encoded())
+        report(0, again)
+
+        say("a payment for laundry-01 issued 2 minutes ago, valid 60 s (sent without MQTT expiry, as a 3.1.1 server would)")
+        let issued = Int(Date().timeIntervalSince1970 * 1000) - 120_000
+        let stale = PaymentCompleted(
+            paymentId: PaymentID(unchecked: "p-demo-expired"), machineId: "laundry-01", amount: 200, currency: "JPY", userId: "u-dave",
+            issuedAt: issued, expiresAt: issued + 60_000)
+        let staleResult = try await payments.publishAndWait(
+            stale, envelope: SignedEnvelope.sign(stale, kid: kid, key: key).encoded(), messageExpiry: false)
+        report(0, staleResult)
+
+        say("vend-01's door opens: its inhibit input goes active")
+        try SimulatedLineDriver(edgeLogPath: machines[2].edgeLog).setInhibit(true)
+        _ = try await pay(2, 120, "u-erin", payments)
+        try SimulatedLineDriver(edgeLogPath: machines[2].edgeLog).setInhibit(false)
+        say("vend-01's door closes")
+        _ = try await pay(1, 9000, "u-bob", payments)
+        _ = try await pay(0, 300, "u-bob", payments)
+        _ = try await pay(2, 120, "u-erin", payments)
+
+        // serve writes what it saw; wait until every payment is recorded, and a heartbeat with
+        // the counters has come from every unit.
+        try await Task.sleep(for: .seconds(2))
+        let deadline = ContinuousClock.now + .seconds(10)
+        let made = 8  // distinct payment IDs above (the duplicate reuses one)
+        while ContinuousClock.now < deadline, try home.registry.payments().filter({ $0.status != nil && $0.userId != nil }).count < made {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        print("\nThe fleet (fleet-manager devices):\n")
+        try printDevices(home)
+        print("\nCustomers (fleet-manager report customers):\n")
+        let records = try home.registry.payments()
+        print(FleetReports.render(
+            headers: ["USER", "PAYMENTS", "AMOUNT", "MACHINES"],
+            rows: FleetReports.customers(records).map { [$0.userId, "\($0.payments)", "\($0.amount)", $0.machines.joined(separator: " ")] },
+            format: "table"))
+        print("Machines (fleet-manager report machines):\n")
+        print(FleetReports.render(
+            headers: ["MACHINE", "DAY", "REVENUE", "CREDITED", "REJECTED", "UNCERTAIN"],
+            rows: FleetReports.machines(records).map { [$0.machineId, $0.day, "\($0.revenue)", "\($0.credited)", "\($0.rejected)", "\($0.uncertain)"] },
+            format: "table"))
+
+        if keepRunning {
+            print("""
+                Still running. Explore in another terminal:
+                  PULSEBRIDGE_HOME=\(home.path) \(binaries)/fleet-manager devices
+                  PULSEBRIDGE_HOME=\(home.path) \(binaries)/fleet-manager pay laundry-01 500 --user u-you
+                  PULSEBRIDGE_HOME=\(home.path) \(binaries)/fleet-manager code wash-01
+                (serve runs inside this demo, so `devices` and reports stay current.) Ctrl-C stops everything.
+                """)
+            await waitForInterrupt()
+        }
+    }
+
+    func waitOnline(_ machine: MachineID, _ payments: PaymentClient) async -> Bool {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            if await payments.status(of: machine, timeout: .milliseconds(500))?.state == .online { return true }
+        }
+        return false
+    }
+
+    func pay(_ index: Int, _ amount: Int, _ user: UserID, _ payments: PaymentClient) async throws -> PaymentOutcome {
+        let machine = machines[index]
+        say("pay \(machine.id) \(amount) JPY by \(user)")
+        let outcome = try await payments.pay(machine.id, amount: amount, currency: "JPY", userId: user)
+        report(index, outcome)
+        return outcome
+    }
+
+    func report(_ index: Int, _ outcome: PaymentOutcome) {
+        guard let result = outcome.result else {
+            say("  no result by expiresAt + 5 s → void")
+            return
+        }
+        var decision = "  decision: \(result.status.rawValue)"
+        if let reason = result.reason { decision += " (\(reason.rawValue))" }
+        if let original = result.original { decision += ", first decision \(original.status.rawValue) \(original.amount) JPY" }
+        if !result.pulses.isEmpty { decision += "; plan " + result.pulses.map { "\($0.channel) ×\($0.count)" }.joined(separator: " + ") }
+        say(decision)
+        for line in pulseLines(index) { say("  pulses: \(line)") }
+        say("  result: \(outcome.payment.paymentId) \(result.status.rawValue), \(result.amount) JPY, \(result.pulsesFired) pulses, seq \(result.seq) → \(outcome.action.rawValue)")
+    }
+
+    /// The pulses added to a machine's edge log since last shown, with measured widths.
+    func pulseLines(_ index: Int) -> [String] {
+        let machine = machines[index]
+        guard let data = FileManager.default.contents(atPath: machine.edgeLog), data.count > machine.shown else { return [] }
+        let edges = data[machine.shown...].split(separator: UInt8(ascii: "\n")).compactMap { try? JSONDecoder().decode(SimulatedEdge.self, from: $0) }
+        machines[index].shown = data.count
+        var lines: [String] = []
+        for output in machine.profile.outputs {
+            let onLine = edges.filter { $0.line == output.line }
+            var widths: [Double] = []
+            var rise: UInt64?
+            for edge in onLine {
+                if edge.active { rise = edge.tNs } else if let start = rise {
+                    widths.append(Double(edge.tNs - start) / 1e6)
+                    rise = nil
+                }
+            }
+            guard !widths.isEmpty else { continue }
+            let shown = widths.prefix(6).map { String(format: "%.2f", $0) }.joined(separator: " ")
+            lines.append("\(output.channel) line \(output.line): \(widths.count) × (set \(output.pulseMs) ms, measured \(shown)\(widths.count > 6 ? " …" : "") ms)")
+        }
+        return lines
+    }
+
+    func edgeLogSize(_ machine: DemoMachine) -> Int {
+        (try? FileManager.default.attributesOfItem(atPath: machine.edgeLog)[.size] as? Int) ?? 0
+    }
+
+    func printDevices(_ home: FleetHome) throws {
+        let units = try home.registry.overviews(now: Int(Date().timeIntervalSince1970 * 1000))
+        print(FleetReports.render(
+            headers: ["MACHINE", "STATE", "FIRMWARE", "CONFIG D/A", "CREDITED", "AMOUNT", "REJECTED", "DUPLICATE", "ALERTS"],
+            rows: units.map { unit in
+                [
+                    unit.machineId, unit.state, unit.firmware ?? "-",
+                    "\(unit.desiredConfigVersion.map(String.init) ?? "-")/\(unit.appliedConfigVersion.map(String.init) ?? "-")",
+                    "\(unit.counters?.credited ?? 0)", "\(unit.counters?.creditedAmount ?? 0)", "\(unit.counters?.rejected ?? 0)",
+                    "\(unit.counters?.duplicate ?? 0)", unit.alerts.isEmpty ? "-" : unit.alerts.joined(separator: "; "),
+                ]
+            }, format: "table"))
+    }
+
+    func waitForInterrupt() async {
+        let (stream, continuation) = AsyncStream.makeStream(of: Void.self)
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        let sources = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
+            let source = DispatchSource.makeSignalSource(signal: sig)
+            source.setEventHandler { continuation.yield() }
+            source.resume()
+            return source
+        }
+        for await _ in stream { break }
+        for source in sources { source.cancel() }
+    }
+
+    /// Stops everything the demo started: agents (SIGTERM: they publish offline and leave
+    /// outputs inactive), serve, clients, broker.
+    func stop() async {
+        for machine in machines { await machine.process?.terminate(grace: .seconds(10)) }
+        serve?.cancel()
+        _ = await serve?.result
+        await payments?.close()
+        await publisher?.close()
+        await backend?.close()
+        await broker?.stop()
+        say("stopped: agents (outputs inactive), serve, broker. Files kept in \(directory)")
+    }
+}

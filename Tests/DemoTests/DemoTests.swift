@@ -1,0 +1,30 @@
+import Foundation
+import LocalServices
+import Testing
+import TestSupport
+
+/// The README's first command ends in `pulsebridge-demo`: run it and check what it shows.
+@Suite(.timeLimit(.minutes(2)))
+struct DemoTests {
+    @Test func demoRunsTheWholeStoryAndStopsEverything() async throws {
+        let binary = URL(fileURLWithPath: AgentUnit.binary).deletingLastPathComponent().appendingPathComponent("pulsebridge-demo").path
+        let out = NSTemporaryDirectory() + "demo-\(UUID().uuidString).out"
+        let demo = try ChildProcess.spawn(binary, [], outputPath: out)
+        #expect(await demo.waitForExit() == .exited(0))
+        let output = demo.output()
+        for expected in [
+            "decision: credited; plan coin ×4",
+            "decision: credited; plan coin ×5 + bill ×1",
+            "decision: duplicate, first decision credited 400 JPY",
+            "decision: rejected (expired)",
+            "decision: rejected (machine_inhibited)",
+            "decision: rejected (over_limit)",
+            "u-bob    2         1800    laundry-01 wash-01",
+            "stopped: agents (outputs inactive), serve, broker",
+        ] {
+            #expect(output.contains(expected), "missing: \(expected)\n\(output)")
+        }
+        // Measured widths are printed from the edge log.
+        #expect(output.contains("measured 50.") || output.contains("measured 49."))
+    }
+}
