@@ -152,6 +152,10 @@ let package = Package(
             dependencies: ["FleetManager", "EdgeAgent", "MQTT", "MessageSchema", "LocalServices", "TestSupport"],
             swiftSettings: strict),
         .testTarget(
+            name: "ChaosTests",
+            dependencies: ["TestSupport"],
+            swiftSettings: strict),
+        .testTarget(
             name: "DemoTests",
             dependencies: ["LocalServices", "TestSupport"],
             swiftSettings: strict),
