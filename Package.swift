@@ -100,7 +100,7 @@ let package = Package(
         .executableTarget(
             name: "fleet-manager",
             dependencies: [
-                "FleetManager", "MessageSchema",
+                "FleetManager", "MessageSchema", "MQTT",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

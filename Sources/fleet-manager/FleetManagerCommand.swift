@@ -2,6 +2,7 @@ import ArgumentParser
 import FleetManager
 import Foundation
 import Logging
+import MQTT
 
 @main
 struct FleetManagerCommand: AsyncParsableCommand {
@@ -61,4 +62,34 @@ func readSecret(file: String?, value: String?, name: String) throws -> String {
         return text.trimmingCharacters(in: .whitespacesAndNewlines)
     }
     throw FleetError("\(name) is required", hint: "pass --\(name)-file FILE (or --\(name) for development)")
+}
+
+/// Connects as the fleet manager (`purpose` names the client), runs `body`, and closes the
+/// connection whatever happens.
+func withManagerClient<T>(_ home: FleetHome, purpose: String, _ body: (MQTTClient) async throws -> T) async throws -> T {
+    let client = try await home.settings.manager.connect(clientID: "fleet-manager-\(purpose)-\(UUID().uuidString.prefix(8).lowercased())")
+    do {
+        let result = try await body(client)
+        await client.close()
+        return result
+    } catch {
+        await client.close()
+        throw error
+    }
+}
+
+/// A `Provisioner` with its two connections (dynamic security and the manager's client), both
+/// closed whatever happens.
+func withProvisioner<T>(_ home: FleetHome, purpose: String, _ body: (Provisioner) async throws -> T) async throws -> T {
+    let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
+    do {
+        let result = try await withManagerClient(home, purpose: purpose) { publisher in
+            try await body(Provisioner(home: home, backend: backend, publisher: publisher))
+        }
+        await backend.close()
+        return result
+    } catch {
+        await backend.close()
+        throw error
+    }
 }

@@ -40,9 +40,9 @@ struct Keys: AsyncParsableCommand {
                     guard let kid = KeyID(rawValue: raw) else { throw FleetError("'\(raw)' is not a key ID (\(KeyID.rule))") }
                     return kid
                 }
-                let client = try await home.settings.manager.connect(clientID: "fleet-manager-keys-\(UUID().uuidString.prefix(8).lowercased())")
-                let (added, pushed) = try await KeyManager(home: home).add(purpose, kid: kid, client: client)
-                await client.close()
+                let (added, pushed) = try await withManagerClient(home, purpose: "keys") {
+                    try await KeyManager(home: home).add(purpose, kid: kid, client: $0)
+                }
                 print("added \(purpose.rawValue) key \(added) (private key \(home.privateKeyPath(added)), 0600); trust pushed to \(pushed.count) unit(s)")
             }
         }
@@ -58,10 +58,9 @@ struct Keys: AsyncParsableCommand {
             options.bootstrapLogging()
             try await operatorErrors {
                 let home = try options.open()
-                let client = try await home.settings.manager.connect(clientID: "fleet-manager-keys-\(UUID().uuidString.prefix(8).lowercased())")
-                let rotation = try await KeyManager(home: home).rotate(try parsePurpose(purpose), client: client)
-                await client.close()
-                print("new \(purpose) key \(rotation.new); retiring \(rotation.retiring.map(\.rawValue).joined(separator: ", "))")
+                let purpose = try parsePurpose(self.purpose)
+                let rotation = try await withManagerClient(home, purpose: "keys") { try await KeyManager(home: home).rotate(purpose, client: $0) }
+                print("new \(purpose.rawValue) key \(rotation.new); retiring \(rotation.retiring.map(\.rawValue).joined(separator: ", "))")
                 print("trust (old and new) pushed to \(rotation.pushed.count) unit(s); when all report it applied: fleet-manager keys retire KID")
             }
         }
@@ -79,15 +78,10 @@ struct Keys: AsyncParsableCommand {
                 let home = try options.open()
                 guard let kid = KeyID(rawValue: kid) else { throw FleetError("'\(self.kid)' is not a key ID") }
                 try await RetainedReports.refresh(home: home, machines: try home.registry.machines().map(\.id))
-                let client = try await home.settings.manager.connect(clientID: "fleet-manager-keys-\(UUID().uuidString.prefix(8).lowercased())")
-                do {
-                    let pushed = try await KeyManager(home: home).retire(kid, force: force, client: client)
-                    await client.close()
-                    print("retired \(kid); trust pushed to \(pushed.count) unit(s)")
-                } catch {
-                    await client.close()
-                    throw error
+                let pushed = try await withManagerClient(home, purpose: "keys") {
+                    try await KeyManager(home: home).retire(kid, force: force, client: $0)
                 }
+                print("retired \(kid); trust pushed to \(pushed.count) unit(s)")
             }
         }
     }

@@ -123,19 +123,14 @@ struct Config: AsyncParsableCommand {
                 if !all, let first = pairs.first, !first.contains("=") { machineId = pairs.removeFirst() }
                 guard !pairs.isEmpty else { throw FleetError("nothing to set", hint: "e.g. fleet-manager config set laundry-07 maxAmount=3000") }
                 let targets = try Config.targets(home, machineId: machineId, all: all)
-                let client = try await home.settings.manager.connect(clientID: "fleet-manager-config-\(UUID().uuidString.prefix(8).lowercased())")
-                do {
+                try await withManagerClient(home, purpose: "config") { client in
                     for machine in targets {
                         let config = try await ConfigPublisher(home: home, client: client).publish(machine) { profile in
                             for pair in pairs { try Self.apply(pair, to: &profile) }
                         }
                         print("\(machine): configuration v\(config.version) published")
                     }
-                } catch {
-                    await client.close()
-                    throw error
                 }
-                await client.close()
             }
         }
 
@@ -187,12 +182,12 @@ struct Config: AsyncParsableCommand {
                 let home = try options.open()
                 let profile = try MachineProfile.load(file)
                 let targets = try Config.targets(home, machineId: machineId, all: all)
-                let client = try await home.settings.manager.connect(clientID: "fleet-manager-config-\(UUID().uuidString.prefix(8).lowercased())")
-                for machine in targets {
-                    let config = try await ConfigPublisher(home: home, client: client).publish(machine) { $0 = profile }
-                    print("\(machine): configuration v\(config.version) published")
+                try await withManagerClient(home, purpose: "config") { client in
+                    for machine in targets {
+                        let config = try await ConfigPublisher(home: home, client: client).publish(machine) { $0 = profile }
+                        print("\(machine): configuration v\(config.version) published")
+                    }
                 }
-                await client.close()
             }
         }
     }

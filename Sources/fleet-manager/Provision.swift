@@ -18,13 +18,7 @@ struct Provision: AsyncParsableCommand {
         options.bootstrapLogging()
         try await operatorErrors {
             let home = try options.open()
-            let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
-            let publisher = try await home.settings.manager.connect(clientID: "fleet-manager-provision-\(UUID().uuidString.prefix(8).lowercased())")
-            defer {
-                Task { await backend.close() }
-            }
-            let provisioner = Provisioner(home: home, backend: backend, publisher: publisher)
-            do {
+            try await withProvisioner(home, purpose: "provision") { provisioner in
                 if let from {
                     guard machineId == nil else { throw FleetError("give either a MACHINE-ID or --from, not both") }
                     try await bulk(provisioner, csv: from)
@@ -43,13 +37,7 @@ struct Provision: AsyncParsableCommand {
                         print("\(machine): provisioned; configuration v\(outcome.configVersion ?? 0) published; bundle \(outcome.bundlePath) (0600)")
                     }
                 }
-            } catch {
-                await publisher.close()
-                await backend.close()
-                throw error
             }
-            await publisher.close()
-            await backend.close()
         }
     }
 
@@ -86,17 +74,7 @@ struct Revoke: AsyncParsableCommand {
             guard let machine = MachineID(rawValue: machineId) else {
                 throw FleetError("'\(machineId)' is not a machine ID", hint: "use \(MachineID.rule)")
             }
-            let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
-            let publisher = try await home.settings.manager.connect(clientID: "fleet-manager-revoke-\(UUID().uuidString.prefix(8).lowercased())")
-            do {
-                try await Provisioner(home: home, backend: backend, publisher: publisher).revoke(machine)
-            } catch {
-                await publisher.close()
-                await backend.close()
-                throw error
-            }
-            await publisher.close()
-            await backend.close()
+            try await withProvisioner(home, purpose: "revoke") { try await $0.revoke(machine) }
             print("\(machine): revoked (broker identity deleted, retained topics cleared)")
         }
     }
