@@ -271,6 +271,20 @@ public final class AgentStore: Sendable {
         }
     }
 
+    // MARK: Meta
+
+    public func meta(_ key: String) throws -> String? {
+        try database.read { db in try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = ?", arguments: [key]) }
+    }
+
+    public func setMeta(_ key: String, _ value: String) throws {
+        try database.write { db in
+            try db.execute(
+                sql: "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                arguments: [key, value])
+        }
+    }
+
     static func json(_ value: some Encodable) -> String {
         String(decoding: WireCoding.encode(value), as: UTF8.self)
     }

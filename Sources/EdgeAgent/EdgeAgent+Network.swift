@@ -24,6 +24,7 @@ extension EdgeAgent {
                     try await client.subscribe([
                         MQTTSubscription(topics.topic(.paymentCompleted, for: machine), qos: .atLeastOnce),
                         MQTTSubscription(topics.topic(.configDesired, for: machine), qos: .atLeastOnce),
+                        MQTTSubscription(topics.topic(.firmwareDesired, for: machine), qos: .atLeastOnce),
                         MQTTSubscription(topics.topic(.status, for: machine), qos: .atLeastOnce),
                     ])
                     state.withLock { $0.subscribed = true }
@@ -33,6 +34,7 @@ extension EdgeAgent {
                 }
             }
             await publishOnline(client)
+            onlineSignal.yield()
             if !state.withLock({ $0.reportedConfigThisBoot }), let version = state.withLock({ $0.config?.version }) {
                 await reportConfig(version: version, status: .applied, reason: nil, client: client)
             }
@@ -48,7 +50,7 @@ extension EdgeAgent {
                 continue
             }
             switch kind {
-            case .paymentCompleted, .configDesired:
+            case .paymentCompleted, .configDesired, .firmwareDesired:
                 pipeline.yield(message)
             case .status:
                 await checkStatus(message.payload, client: client)

@@ -14,6 +14,8 @@ extension EdgeAgent {
                 await handlePayment(message.payload)
             case .configDesired:
                 await handleConfig(message.payload, client: client)
+            case .firmwareDesired:
+                await handleFirmware(message.payload, client: client)
             default:
                 break
             }

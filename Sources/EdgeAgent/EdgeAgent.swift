@@ -23,6 +23,14 @@ public struct AgentOptions: Sendable {
     public var trainStopGrace: Duration = .seconds(30)
     /// Backoff between broker connection attempts.
     public var reconnect = MQTTReconnectPolicy(initialDelay: .milliseconds(250), maximumDelay: .seconds(30))
+    /// Where firmware versions are installed (docs/firmware.md); nil: this unit does not update
+    /// itself and reports firmware updates `failed` (`updates_disabled`).
+    public var installDirectory: String?
+    /// Instead of the symlink switch: run this with the verified artifact's path and the
+    /// version; exit code 0 means installed (the agent then exits to be restarted).
+    public var installCommand: String?
+    /// How long a new version has to come online before it rolls itself back.
+    public var healthTimeout: Duration = .seconds(60)
     /// The agent's clock, milliseconds since the Unix epoch.
     public var clock: @Sendable () -> Int = { Int(Date().timeIntervalSince1970 * 1000) }
 
@@ -57,6 +65,12 @@ public final class EdgeAgent: Service, Sendable {
     /// Wakes the outbox publisher.
     let outboxWake: AsyncStream<Void>.Continuation
     let outboxWakes: AsyncStream<Void>
+    /// Asks `run()` to stop as if SIGTERM came (to restart into a new version).
+    let restartRequest: AsyncStream<String>.Continuation
+    let restartRequests: AsyncStream<String>
+    /// Yields each time `online` has been published (for the firmware health check).
+    let onlineSignal: AsyncStream<Void>.Continuation
+    let onlineSignals: AsyncStream<Void>
 
     /// Opens the state store and the train progress file. Nothing touches the lines or the
     /// network until `run()`.
@@ -74,6 +88,8 @@ public final class EdgeAgent: Service, Sendable {
         self.bootId = UUID().uuidString.lowercased()
         self.state = Mutex(AgentState())
         (outboxWakes, outboxWake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        (restartRequests, restartRequest) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(1))
+        (onlineSignals, onlineSignal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
     public func run() async throws {
@@ -89,8 +105,21 @@ public final class EdgeAgent: Service, Sendable {
             group.addTask { await self.sendHeartbeats(client) }
             let pipeline = Task { await self.runPipeline(inputs, client: client) }
 
-            // Until SIGTERM / SIGINT (or cancellation).
-            try? await gracefulShutdown()
+            group.addTask { await self.watchFirmwareHealth(client) }
+
+            // Until SIGTERM / SIGINT (or cancellation), or a restart into new firmware.
+            let requests = restartRequests
+            await withTaskGroup(of: Void.self) { wait in
+                wait.addTask { try? await gracefulShutdown() }
+                wait.addTask {
+                    for await reason in requests {
+                        self.logger.notice("restarting: \(reason)")
+                        break
+                    }
+                }
+                await wait.next()
+                wait.cancelAll()
+            }
             logger.info("stopping: no new payments; a running train may finish")
             inputContinuation.finish()
             let grace = options.trainStopGrace

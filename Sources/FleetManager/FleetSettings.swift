@@ -36,6 +36,9 @@ public struct FleetSettings: Codable, Sendable, Hashable {
     public var paymentUrlTemplate: String
     /// Currency of new machine configurations.
     public var currency: String
+    /// Where units download firmware: `firmware publish` makes `URL/<version>/edge-agent`
+    /// (e.g. `http://manager.example:8080`, served by `serve --firmware-listen`).
+    public var firmwareUrlBase: String?
 
     public init(
         topicRoot: String, deviceBrokerUrl: String, deviceCAFile: String?, manager: BrokerIdentity,

@@ -85,8 +85,13 @@ extension Registry {
                     try db.execute(
                         sql: "UPDATE machine SET reportedVersion = ?, reportedStatus = ?, reportedReason = ?, reportedAt = ? WHERE id = ?",
                         arguments: [report.version, report.status.rawValue, report.reason?.rawValue, report.at, report.machineId.rawValue])
-                case .firmwareReported:
-                    break
+                case .firmwareReported(let report):
+                    try db.execute(
+                        sql: """
+                            INSERT INTO firmwareState (id, version, state, reason, at) VALUES (?, ?, ?, ?, ?)
+                            ON CONFLICT(id) DO UPDATE SET version = excluded.version, state = excluded.state, reason = excluded.reason, at = excluded.at
+                            """,
+                        arguments: [report.machineId.rawValue, report.version, report.state.rawValue, report.reason, report.at])
                 }
             }
             for alert in alerts {

@@ -126,6 +126,26 @@ public final class Registry: Sendable {
                     );
                     """)
         }
+        migrator.registerMigration("v3-firmware") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE firmwareRelease (
+                        version TEXT PRIMARY KEY,
+                        sha256 TEXT NOT NULL,
+                        size INTEGER NOT NULL,
+                        url TEXT NOT NULL,
+                        publishedAt INTEGER NOT NULL
+                    );
+                    -- The last firmware.reported of each unit.
+                    CREATE TABLE firmwareState (
+                        id TEXT PRIMARY KEY,
+                        version TEXT NOT NULL,
+                        state TEXT NOT NULL,
+                        reason TEXT,
+                        at INTEGER NOT NULL
+                    );
+                    """)
+        }
         return migrator
     }
 

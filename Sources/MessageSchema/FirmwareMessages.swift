@@ -27,7 +27,7 @@ public struct FirmwareUpdate: Codable, Sendable, Hashable, SignedBody {
         try c.expectType(Self.messageType)
         machineId = try c.field("machineId")
         version = try c.field("version")
-        guard NameRules.isKeyID(version) else {
+        guard NameRules.isFirmwareVersion(version) else {
             throw c.invalid("version", "must be 1 to 64 of A-Z a-z 0-9 . _ -")
         }
         url = try c.field("url")

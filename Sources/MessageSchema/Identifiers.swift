@@ -1,7 +1,7 @@
 /// Validation of the protocol's names (PROTOCOL.md, "Names"). Checked over UTF-8 bytes:
 /// no regular-expression engine, linear time, no allocation.
-enum NameRules {
-    static func isLowerAlnum(_ b: UInt8) -> Bool { (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) }
+public enum NameRules {
+    public static func isLowerAlnum(_ b: UInt8) -> Bool { (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) }
     static func isAlnum(_ b: UInt8) -> Bool { isLowerAlnum(b) || (b >= 0x41 && b <= 0x5A) }
 
     static func isHexDigit(_ b: UInt8) -> Bool {
@@ -34,6 +34,9 @@ enum NameRules {
         guard !s.isEmpty, s.unicodeScalars.count <= 512, s.count <= 128 else { return false }
         return !s.unicodeScalars.contains { $0.properties.generalCategory == .control }
     }
+
+    /// A firmware version: `^[A-Za-z0-9._-]{1,64}$` (it names an install folder).
+    public static func isFirmwareVersion(_ s: String) -> Bool { isKeyID(s) && s != "." && s != ".." }
 
     /// ISO 4217: three upper-case letters.
     static func isCurrency(_ s: String) -> Bool {

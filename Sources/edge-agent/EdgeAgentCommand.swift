@@ -10,7 +10,7 @@ struct EdgeAgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "edge-agent",
         abstract: "PulseBridge edge agent: turns signed payments into coin pulses on this machine.",
-        subcommands: [Run.self])
+        subcommands: [Run.self, Supervise.self])
 }
 
 struct Run: AsyncParsableCommand {
@@ -34,6 +34,15 @@ struct Run: AsyncParsableCommand {
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
+
+    @Option(help: "Install folder for firmware updates (versions/, current, previous); without it updates are refused.")
+    var installDir: String?
+
+    @Option(help: "Install a verified artifact with this command (gets ARTIFACT VERSION) instead of the symlink switch.")
+    var installCommand: String?
+
+    @Option(help: "Seconds a new firmware version has to come online before it rolls back.")
+    var healthTimeout = 60
 
     func run() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
@@ -61,9 +70,11 @@ struct Run: AsyncParsableCommand {
         let firmware = ProcessInfo.processInfo.environment["PULSEBRIDGE_FIRMWARE_VERSION"] ?? AgentVersion.built
         let agent: EdgeAgent
         do {
-            agent = try EdgeAgent(
-                options: AgentOptions(bundle: loaded, stateDirectory: stateDir, lineDriver: driver, firmwareVersion: firmware),
-                logger: logger)
+            var options = AgentOptions(bundle: loaded, stateDirectory: stateDir, lineDriver: driver, firmwareVersion: firmware)
+            options.installDirectory = installDir
+            options.installCommand = installCommand
+            options.healthTimeout = .seconds(healthTimeout)
+            agent = try EdgeAgent(options: options, logger: logger)
         } catch {
             fail("cannot open the state in \(stateDir): \(error)")
         }

@@ -10,6 +10,7 @@ struct Serve: AsyncParsableCommand {
         abstract: "Watch the fleet and keep the registry (state, heartbeats, configuration, payments) until SIGTERM.")
     @OptionGroup var options: HomeOptions
     @Option(help: "Minutes a new configuration may wait to be applied before it is an alert.") var configAlertMinutes = 10
+    @Option(help: "Serve firmware artifacts over HTTP on HOST:PORT (e.g. 0.0.0.0:8080).") var firmwareListen: String?
 
     func run() async throws {
         options.bootstrapLogging()
@@ -19,6 +20,13 @@ struct Serve: AsyncParsableCommand {
             monitorOptions.configPendingAlert = .seconds(configAlertMinutes * 60)
             let logger = Logger(label: "pulsebridge.serve")
             let monitor = try FleetMonitor(home: home, options: monitorOptions, logger: logger)
+            var artifacts: ArtifactServer?
+            if let firmwareListen {
+                let parts = firmwareListen.split(separator: ":")
+                guard parts.count == 2, let port = Int(parts[1]) else { throw FleetError("--firmware-listen must be HOST:PORT") }
+                artifacts = try ArtifactServer(root: FirmwareManager(home: home).artifactsDirectory, host: String(parts[0]), port: port)
+            }
+            defer { artifacts?.stop() }
             let group = ServiceGroup(
                 configuration: .init(
                     services: [.init(service: monitor, successTerminationBehavior: .gracefullyShutdownGroup)],

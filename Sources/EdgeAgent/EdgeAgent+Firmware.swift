@@ -1,0 +1,144 @@
+import Foundation
+import MQTT
+import MessageSchema
+
+extension EdgeAgent {
+    /// A signed `firmware/desired`, on the pipeline (so never during a train): download,
+    /// verify size and SHA-256 before anything runs, install, restart into it.
+    func handleFirmware(_ payload: Data, client: MQTTClient) async {
+        guard !payload.isEmpty else { return }
+        let trust = state.withLock { $0.trust }
+        let update: FirmwareUpdate
+        do {
+            update = try SignedEnvelope.open(payload, as: FirmwareUpdate.self, trust: trust).body
+        } catch {
+            // Unsigned, wrongly signed or malformed: ignored, and said so.
+            logger.warning("firmware update refused: \(error)")
+            await reportFirmware(version: Self.peekFirmwareVersion(payload), .failed, reason: error.reason.rawValue, client: client)
+            return
+        }
+        guard update.machineId == machine else {
+            await reportFirmware(version: update.version, .failed, reason: RejectionReason.wrongMachine.rawValue, client: client)
+            return
+        }
+        if update.version == options.firmwareVersion {
+            await reportFirmware(version: update.version, .installed, reason: nil, client: client)
+            return
+        }
+        let attempt = "\(update.version)/\(update.sha256)"
+        if (try? store.meta("firmware.failed"))?.split(separator: "\n").contains(Substring(attempt)) == true {
+            logger.info("firmware \(update.version) failed before on this unit; not trying it again")
+            return
+        }
+        guard let installDirectory = options.installDirectory else {
+            await reportFirmware(version: update.version, .failed, reason: "updates_disabled", client: client)
+            return
+        }
+        var log = logger
+        log[metadataKey: "firmware.version"] = "\(update.version)"
+        let artifact = options.stateDirectory + "/firmware-\(update.version).download"
+        do {
+            await reportFirmware(version: update.version, .downloading, reason: nil, client: client)
+            let fetched = try await FirmwareDownload.fetch(update, to: artifact)
+            await reportFirmware(version: update.version, .verifying, reason: nil, client: client)
+            try FirmwareDownload.verify(fetched, against: update, at: artifact)
+            log.info("firmware verified", metadata: ["firmware.sha256": "\(fetched.sha256)"])
+            await reportFirmware(version: update.version, .installing, reason: nil, client: client)
+            let layout = FirmwareLayout(installDirectory: installDirectory)
+            let previous = layout.currentVersion
+            if let command = options.installCommand {
+                try runInstallCommand(command, artifact: artifact, version: update.version)
+            } else {
+                try layout.install(artifact: artifact, version: update.version)
+            }
+            try PendingFirmware(version: update.version, previousVersion: previous, stage: .installed, failedStarts: 0)
+                .save(stateDirectory: options.stateDirectory)
+            log.notice("firmware \(update.version) installed; restarting into it")
+            restartRequest.yield("firmware \(update.version) installed")
+        } catch {
+            unlink(artifact)
+            let failure = error as? FirmwareFailure ?? FirmwareFailure(reason: "install_failed", detail: "\(error)")
+            log.error("firmware update failed: \(failure)")
+            rememberFailedFirmware(attempt)
+            await reportFirmware(version: update.version, .failed, reason: failure.reason, client: client)
+        }
+    }
+
+    private func runInstallCommand(_ command: String, artifact: String, version: String) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "\(command) \"$0\" \"$1\"", artifact, version]
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw FirmwareFailure(reason: "install_failed", detail: "install command exited \(process.terminationStatus)")
+        }
+    }
+
+    func rememberFailedFirmware(_ attempt: String) {
+        let known = (try? store.meta("firmware.failed")) ?? ""
+        try? store.setMeta("firmware.failed", known.isEmpty ? attempt : known + "\n" + attempt)
+    }
+
+    /// After a restart into new firmware: confirm it once online, or roll back if it does not
+    /// get there in time. The previous version, started again after a rollback, says so.
+    func watchFirmwareHealth(_ client: MQTTClient) async {
+        guard var pending = PendingFirmware.load(stateDirectory: options.stateDirectory) else { return }
+        if pending.stage == .rolledBack || pending.version != options.firmwareVersion {
+            // We are the version that was rolled back to.
+            await waitOnline(client)
+            logger.error("firmware \(pending.version) did not come up healthy and was rolled back")
+            rememberFailedFirmware(pending.version + "/*")
+            await reportFirmware(version: pending.version, .failed, reason: "not_healthy", client: client)
+            PendingFirmware.clear(stateDirectory: options.stateDirectory)
+            return
+        }
+        let healthy = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await self.waitOnline(client)
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(for: self.options.healthTimeout)
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+        if healthy {
+            await reportFirmware(version: pending.version, .installed, reason: nil, client: client)
+            PendingFirmware.clear(stateDirectory: options.stateDirectory)
+            logger.notice("firmware \(pending.version) is healthy")
+        } else if let installDirectory = options.installDirectory {
+            logger.error("firmware \(pending.version) not online within \(options.healthTimeout); rolling back")
+            try? FirmwareLayout(installDirectory: installDirectory).rollBack()
+            pending.stage = .rolledBack
+            try? pending.save(stateDirectory: options.stateDirectory)
+            restartRequest.yield("rolled back from firmware \(pending.version)")
+        }
+    }
+
+    /// Until `online` has been published on a connection.
+    private func waitOnline(_ client: MQTTClient) async {
+        for await _ in onlineSignals { return }
+    }
+
+    func reportFirmware(version: String, _ state: FirmwareState, reason: String?, client: MQTTClient) async {
+        let report = FirmwareReported(machineId: machine, version: version, state: state, reason: reason, at: now())
+        do {
+            try await client.publish(
+                topic: topics.topic(.firmwareReported, for: machine), payload: WireCoding.encode(report), qos: .atLeastOnce, retain: true)
+        } catch {
+            logger.warning("cannot report firmware \(state.rawValue): \(error)")
+        }
+    }
+
+    private static func peekFirmwareVersion(_ payload: Data) -> String {
+        struct Peek: Decodable { var version: String? }
+        guard let envelope = try? SignedEnvelope.parse(payload),
+            let peek = try? JSONDecoder().decode(Peek.self, from: Data(envelope.body.utf8))
+        else { return "unknown" }
+        return peek.version ?? "unknown"
+    }
+}
