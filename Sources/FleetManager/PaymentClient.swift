@@ -48,7 +48,13 @@ public final class PaymentClient: Sendable {
     private let client: MQTTClient
     private let kid: KeyID
     private let key: Ed25519PrivateKey
-    private let waiters = Mutex<[PaymentID: CheckedContinuation<PaymentResult?, Never>]>([:])
+    /// Who waits for which payment's result, and the task that publishes it and gives up at
+    /// the deadline (cancelled as soon as the result comes).
+    private struct Waiter {
+        var continuation: CheckedContinuation<PaymentResult?, Never>
+        var deadline: Task<Void, Never>?
+    }
+    private let waiters = Mutex<[PaymentID: Waiter]>([:])
     private let statuses = Mutex<[MachineID: StatusMessage]>([:])
     private let statusArrivals = Mutex<[UUID: AsyncStream<MachineID>.Continuation]>([:])
     private let router: Mutex<Task<Void, Never>?> = Mutex(nil)
@@ -88,7 +94,7 @@ public final class PaymentClient: Sendable {
         case .paymentResult:
             guard let result = try? WireCoding.decode(PaymentResult.self, from: message.payload), let id = result.paymentId else { return }
             // The first result for a payment is the one that counts.
-            waiters.withLock { $0.removeValue(forKey: id) }?.resume(returning: result)
+            resolve(id, with: result)
         case .status:
             guard let status = try? WireCoding.decode(StatusMessage.self, from: message.payload) else { return }
             statuses.withLock { $0[machine] = status }
@@ -141,31 +147,47 @@ public final class PaymentClient: Sendable {
     /// MQTT 3.1.1 payment server would (the agent then enforces `expiresAt` alone).
     public func publishAndWait(_ payment: PaymentCompleted, envelope: Data, messageExpiry: Bool = true) async throws -> PaymentOutcome {
         let deadline = ContinuousClock.now + .milliseconds(max(0, payment.expiresAt - Int(Date().timeIntervalSince1970 * 1000)) + 5_000)
+        let id = payment.paymentId
         let result: PaymentResult? = await withCheckedContinuation { continuation in
-            waiters.withLock { $0[payment.paymentId] = continuation }
-            Task {
+            waiters.withLock { $0[id] = Waiter(continuation: continuation, deadline: nil) }
+            let deadlineTask = Task {
                 do {
                     try await client.publish(
                         topic: topics.topic(.paymentCompleted, for: payment.machineId), payload: envelope, qos: .atLeastOnce,
                         messageExpirySeconds: messageExpiry ? payment.messageExpirySeconds(now: Int(Date().timeIntervalSince1970 * 1000)) : nil)
+                    try await Task.sleep(until: deadline, clock: .continuous)
                 } catch {
-                    waiters.withLock { $0.removeValue(forKey: payment.paymentId) }?.resume(returning: nil)
-                    return
+                    if Task.isCancelled { return }  // the result came first
                 }
-                try? await Task.sleep(until: deadline, clock: .continuous)
-                waiters.withLock { $0.removeValue(forKey: payment.paymentId) }?.resume(returning: nil)
+                resolve(id, with: nil)
             }
+            let waiting = waiters.withLock { w -> Bool in
+                guard w[id] != nil else { return false }
+                w[id]?.deadline = deadlineTask
+                return true
+            }
+            if !waiting { deadlineTask.cancel() }
         }
         return PaymentOutcome(payment: payment, result: result)
+    }
+
+    /// Hands `result` (nil: none in time) to whoever waits for `id`, once.
+    private func resolve(_ id: PaymentID, with result: PaymentResult?) {
+        guard let waiter = waiters.withLock({ $0.removeValue(forKey: id) }) else { return }
+        waiter.deadline?.cancel()
+        waiter.continuation.resume(returning: result)
     }
 
     public func close() async {
         await client.close()
         router.withLock { $0?.cancel() }
-        let waiting = waiters.withLock { w -> [CheckedContinuation<PaymentResult?, Never>] in
+        let waiting = waiters.withLock { w -> [Waiter] in
             defer { w = [:] }
             return Array(w.values)
         }
-        for waiter in waiting { waiter.resume(returning: nil) }
+        for waiter in waiting {
+            waiter.deadline?.cancel()
+            waiter.continuation.resume(returning: nil)
+        }
     }
 }
