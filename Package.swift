@@ -75,7 +75,8 @@ let package = Package(
             ],
             swiftSettings: strict),
         // Starting and stopping child processes (mosquitto, agents) without the
-        // blocked-signal-mask hang; used by tests, the benchmark and the demo.
+        // blocked-signal-mask hang; used by tests, the benchmark, the demo and the agent's
+        // supervisor.
         .target(
             name: "LocalServices",
             dependencies: [.product(name: "Logging", package: "swift-log")],
@@ -91,7 +92,7 @@ let package = Package(
         .executableTarget(
             name: "edge-agent",
             dependencies: [
-                "EdgeAgent", "MessageSchema", "RelayOutput",
+                "EdgeAgent", "MessageSchema", "RelayOutput", "LocalServices",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

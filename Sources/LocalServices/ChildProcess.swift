@@ -49,10 +49,11 @@ public final class ChildProcess: Sendable {
     }
 
     /// Starts `executable` (a path, or a name looked up in `PATH`) with `arguments`.
-    /// Standard input is /dev/null; output goes to `outputPath` (appended) or /dev/null.
+    /// Standard input is /dev/null; output goes to `outputPath` (appended), or is the parent's
+    /// own with `inheritOutput`, or /dev/null.
     public static func spawn(
         _ executable: String, _ arguments: [String] = [], environment: [String: String]? = nil,
-        outputPath: String? = nil
+        outputPath: String? = nil, inheritOutput: Bool = false
     ) throws -> ChildProcess {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -69,9 +70,11 @@ public final class ChildProcess: Sendable {
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(
-            &actions, 1, outputPath ?? "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        if !inheritOutput {
+            posix_spawn_file_actions_addopen(
+                &actions, 1, outputPath ?? "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0o644)
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
 
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }

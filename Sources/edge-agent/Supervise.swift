@@ -1,6 +1,7 @@
 import ArgumentParser
 import EdgeAgent
 import Foundation
+import LocalServices
 
 /// The stable part of a self-updating unit: systemd starts this (from a path updates never
 /// replace); it runs `INSTALL/current/edge-agent run …`, restarts it when it exits, and rolls a
@@ -30,7 +31,7 @@ struct Supervise: AsyncParsableCommand {
             var arguments = ["run", "--bundle", bundle, "--state-dir", stateDir, "--gpio", gpio, "--log-level", logLevel,
                              "--install-dir", installDir, "--health-timeout", String(healthTimeout)]
             arguments = arguments.filter { !$0.isEmpty }
-            let status = child.run(layout.currentBinary, arguments)
+            let status = await child.run(layout.currentBinary, arguments)
             if stop.requested { break }
             if status != 0, var pending = PendingFirmware.load(stateDirectory: stateDir), pending.stage == .installed,
                 pending.version == layout.currentVersion
@@ -71,36 +72,25 @@ final class SupervisorStop: @unchecked Sendable {
     }
 }
 
-/// The running agent process (posix_spawn with a clean signal mask, like LocalServices).
+/// The running agent process, for the signal handler to forward SIGTERM to.
 final class ChildSlot: @unchecked Sendable {
+    // @unchecked: `child` is behind `lock`.
     private let lock = NSLock()
-    private var pid: pid_t = 0
+    private var child: ChildProcess?
 
     func forward(_ signal: Int32) {
-        let current = lock.withLock { pid }
-        if current > 0 { kill(current, signal) }
+        lock.withLock { child }?.send(signal)
     }
 
     /// Runs `path` with `arguments` until it exits; returns its exit code (128+signal if killed).
-    func run(_ path: String, _ arguments: [String]) -> Int32 {
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var none = sigset_t()
-        sigemptyset(&none)
-        posix_spawnattr_setsigmask(&attributes, &none)
-        var all = sigset_t()
-        sigfillset(&all)
-        posix_spawnattr_setsigdefault(&attributes, &all)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv = ([path] + arguments).map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        var child: pid_t = 0
-        guard posix_spawn(&child, path, nil, &attributes, argv, environ) == 0 else { return 127 }
-        lock.withLock { pid = child }
-        var status: Int32 = 0
-        while waitpid(child, &status, 0) == -1 && errno == EINTR {}
-        lock.withLock { pid = 0 }
-        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    func run(_ path: String, _ arguments: [String]) async -> Int32 {
+        guard let started = try? ChildProcess.spawn(path, arguments, inheritOutput: true) else { return 127 }
+        lock.withLock { child = started }
+        let status = await started.waitForExit()
+        lock.withLock { child = nil }
+        switch status {
+        case .exited(let code): return code
+        case .signalled(let signal): return 128 + signal
+        }
     }
 }
