@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import MQTT
 import MessageSchema
 
@@ -26,7 +27,8 @@ extension EdgeAgent {
             return
         }
         let attempt = "\(update.version)/\(update.sha256)"
-        if (try? store.meta("firmware.failed"))?.split(separator: "\n").contains(Substring(attempt)) == true {
+        let failedBefore = ((try? store.meta("firmware.failed")) ?? "").split(separator: "\n")
+        if failedBefore.contains(Substring(attempt)) || failedBefore.contains(Substring("\(update.version)/*")) {
             logger.info("firmware \(update.version) failed before on this unit; not trying it again")
             return
         }
@@ -39,7 +41,7 @@ extension EdgeAgent {
         let artifact = options.stateDirectory + "/firmware-\(update.version).download"
         do {
             await reportFirmware(version: update.version, .downloading, reason: nil, client: client)
-            let fetched = try await FirmwareDownload.fetch(update, to: artifact)
+            let fetched = try await fetchWithRetries(update, to: artifact, log: log)
             await reportFirmware(version: update.version, .verifying, reason: nil, client: client)
             try FirmwareDownload.verify(fetched, against: update, at: artifact)
             log.info("firmware verified", metadata: ["firmware.sha256": "\(fetched.sha256)"])
@@ -59,8 +61,23 @@ extension EdgeAgent {
             unlink(artifact)
             let failure = error as? FirmwareFailure ?? FirmwareFailure(reason: "install_failed", detail: "\(error)")
             log.error("firmware update failed: \(failure)")
-            rememberFailedFirmware(attempt)
+            // A download that could not complete may work later; a wrong artifact never will.
+            if failure.reason != "download_failed" { rememberFailedFirmware(attempt) }
             await reportFirmware(version: update.version, .failed, reason: failure.reason, client: client)
+        }
+    }
+
+    /// Networks fail: three tries, 1 s and 2 s apart, before `download_failed`.
+    private func fetchWithRetries(_ update: FirmwareUpdate, to artifact: String, log: Logger) async throws -> FirmwareDownload.Fetched {
+        var attempt = 1
+        while true {
+            do {
+                return try await FirmwareDownload.fetch(update, to: artifact)
+            } catch let failure as FirmwareFailure where failure.reason == "download_failed" && attempt < 3 {
+                log.warning("firmware download failed (\(failure.detail)); retrying")
+                try? await Task.sleep(for: .seconds(attempt))
+                attempt += 1
+            }
         }
     }
 
@@ -75,6 +92,15 @@ extension EdgeAgent {
         }
     }
 
+    /// At power-up, before any message is handled: a version we were rolled back from must not
+    /// be installed again when its retained `firmware/desired` arrives.
+    func noteRolledBackFirmware() {
+        guard let pending = PendingFirmware.load(stateDirectory: options.stateDirectory),
+            pending.stage == .rolledBack || pending.version != options.firmwareVersion
+        else { return }
+        rememberFailedFirmware(pending.version + "/*")
+    }
+
     func rememberFailedFirmware(_ attempt: String) {
         let known = (try? store.meta("firmware.failed")) ?? ""
         try? store.setMeta("firmware.failed", known.isEmpty ? attempt : known + "\n" + attempt)
@@ -85,10 +111,9 @@ extension EdgeAgent {
     func watchFirmwareHealth(_ client: MQTTClient) async {
         guard var pending = PendingFirmware.load(stateDirectory: options.stateDirectory) else { return }
         if pending.stage == .rolledBack || pending.version != options.firmwareVersion {
-            // We are the version that was rolled back to.
+            // We are the version that was rolled back to (powerUp already noted the failure).
             await waitOnline(client)
             logger.error("firmware \(pending.version) did not come up healthy and was rolled back")
-            rememberFailedFirmware(pending.version + "/*")
             await reportFirmware(version: pending.version, .failed, reason: "not_healthy", client: client)
             PendingFirmware.clear(stateDirectory: options.stateDirectory)
             return

@@ -160,6 +160,8 @@ public final class EdgeAgent: Service, Sendable {
                 metadata: ["payment.id": "\(train.paymentId)", "payment.pulses_fired": "\(fired)"])
         }
 
+        noteRolledBackFirmware()
+
         var trust = try store.trust()
         if trust == nil {
             try store.saveTrust(options.bundle.trust)
