@@ -192,7 +192,8 @@ private final class Reports: @unchecked Sendable {
 
     func wait(for units: [MachineID], timeout: Duration) async -> [MachineID: Outcome] {
         let timer = Task {
-            try? await Task.sleep(for: timeout)
+            // Cancelled when the wave finished in time: it must not wake the next wave's waiter.
+            do { try await Task.sleep(for: timeout) } catch { return }
             let resume: CheckedContinuation<Void, Never>? = self.lock.withLock {
                 defer { self.waiter = nil }
                 return self.waiter
