@@ -49,8 +49,8 @@ public struct MQTTReconnectPolicy: Sendable, Hashable {
     /// The delay before retry number `attempt` (0-based): uniformly random in
     /// `[cap/2, cap]` where `cap = min(maximumDelay, initialDelay × 2^attempt)`.
     public func delay(attempt: Int) -> Duration {
-        let initial = Double(initialDelay.components.seconds) + Double(initialDelay.components.attoseconds) / 1e18
-        let maximum = Double(maximumDelay.components.seconds) + Double(maximumDelay.components.attoseconds) / 1e18
+        let initial = initialDelay.seconds
+        let maximum = maximumDelay.seconds
         let cap = min(maximum, initial * pow(2, Double(min(attempt, 30))))
         return .nanoseconds(Int64(Double.random(in: (cap / 2)...max(cap, cap / 2)) * 1e9))
     }
@@ -93,4 +93,11 @@ public struct MQTTConfiguration: Sendable {
 
     /// "host:port", as errors name the broker.
     public var endpoint: String { "\(host):\(port)" }
+}
+
+extension Duration {
+    /// The duration in seconds, as a floating-point number.
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+    /// The duration in whole nanoseconds.
+    var nanoseconds: Int { Int(components.seconds) * 1_000_000_000 + Int(components.attoseconds / 1_000_000_000) }
 }

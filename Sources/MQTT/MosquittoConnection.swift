@@ -175,8 +175,7 @@ final class MosquittoConnection: @unchecked Sendable {
         let endpoint = configuration.endpoint
         let timer = Task { [weak self] in
             try await Task.sleep(for: timeout)
-            let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
-            self?.failFirstConnect(.connectTimedOut(endpoint: endpoint, seconds: seconds))
+            self?.failFirstConnect(.connectTimedOut(endpoint: endpoint, seconds: timeout.seconds))
         }
         defer { timer.cancel() }
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
@@ -255,10 +254,9 @@ final class MosquittoConnection: @unchecked Sendable {
             }
             let failure = describeEnd(rc: rc, errno: connectErrno)
             let retry: Duration? = state.withLock { s in
-                if s.phase.isConnected || {
-                    if case .connecting = s.phase { return true } else { return false }
-                }() {
-                    setPhase(.disconnected(reason: failure.description), in: &s)
+                switch s.phase {
+                case .connected, .connecting: setPhase(.disconnected(reason: failure.description), in: &s)
+                case .idle, .disconnected, .closed: break
                 }
                 if s.stopRequested { return nil }
                 let delay = configuration.reconnect.delay(attempt: s.failedAttempts)
@@ -272,8 +270,8 @@ final class MosquittoConnection: @unchecked Sendable {
             guard let retry else { break }
             logger.info(
                 "MQTT connection down; retrying",
-                metadata: ["mqtt.reason": "\(failure)", "mqtt.retry_ms": "\(retry.components.seconds * 1000 + retry.components.attoseconds / 1_000_000_000_000_000)"])
-            _ = wake.wait(timeout: .now() + .nanoseconds(Int(retry.components.seconds) * 1_000_000_000 + Int(retry.components.attoseconds / 1_000_000_000)))
+                metadata: ["mqtt.reason": "\(failure)", "mqtt.retry_ms": "\(retry.nanoseconds / 1_000_000)"])
+            _ = wake.wait(timeout: .now() + .nanoseconds(retry.nanoseconds))
         }
         let waiters: [CheckedContinuation<Void, Never>] = state.withLock { s in
             s.loopRunning = false
