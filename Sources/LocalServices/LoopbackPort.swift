@@ -21,6 +21,26 @@ public enum LoopbackPort {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
+    /// A loopback port that refuses connections for as long as the returned holder lives: it
+    /// is bound but never listened on, so no other process can take it meanwhile.
+    public static func refusing() throws -> RefusingPort {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw posixError("socket") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else {
+            close(fd)
+            throw posixError("bind 127.0.0.1:0")
+        }
+        return RefusingPort(fd: fd, port: Int(UInt16(bigEndian: address.sin_port)))
+    }
+
     /// Whether something accepts TCP connections on 127.0.0.1:`port` now.
     public static func accepts(_ port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -40,4 +60,15 @@ public enum LoopbackPort {
     static func posixError(_ operation: String) -> ChildProcessError {
         ChildProcessError(executable: operation, reason: String(cString: strerror(errno)))
     }
+}
+
+/// A port held closed; see `LoopbackPort.refusing()`.
+public final class RefusingPort: Sendable {
+    private let fd: Int32
+    public let port: Int
+    init(fd: Int32, port: Int) {
+        self.fd = fd
+        self.port = port
+    }
+    deinit { close(fd) }
 }

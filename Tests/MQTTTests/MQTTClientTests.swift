@@ -278,7 +278,9 @@ struct MQTTClientTests {
     }
 
     @Test func absentBrokerIsAClearErrorNamingHostAndPort() async throws {
-        let port = try LoopbackPort.free()
+        // Held closed, so no broker another test starts can take it meanwhile.
+        let refusing = try LoopbackPort.refusing()
+        let port = refusing.port
         var configuration = MQTTConfiguration(host: "127.0.0.1", port: port, clientID: "nobody-home")
         configuration.connectTimeout = .seconds(5)
         let client = try MQTTClient(configuration)
@@ -286,6 +288,7 @@ struct MQTTClientTests {
         #expect(error?.description.contains("127.0.0.1:\(port)") == true)
         #expect(error?.description.contains("refused") == true)
         await client.close()
+        withExtendedLifetime(refusing) {}
     }
 
     @Test func subscriptionAndPublishRefusedByTheACLAreErrors() async throws {
