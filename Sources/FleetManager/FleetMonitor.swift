@@ -102,8 +102,7 @@ public final class FleetMonitor: Service, Sendable {
             case .firmwareReported: event = .firmwareReported(try WireCoding.decode(FirmwareReported.self, from: message.payload))
             case .paymentCompleted:
                 // Who paid: recorded only from completions signed by one of the fleet's payment keys.
-                let trust = paymentTrust.withLock { $0 }
-                event = .completion(try SignedEnvelope.open(message.payload, as: PaymentCompleted.self, trust: trust).body)
+                event = .completion(try openCompletion(message.payload))
             case .configDesired, .firmwareDesired:
                 return nil
             }
@@ -111,6 +110,23 @@ public final class FleetMonitor: Service, Sendable {
         } catch {
             logger.warning("ignored a message from \(machine) on \(kind.rawValue): \(error)")
             return nil
+        }
+    }
+
+    /// Verifies a completion with the fleet's payment keys; a key added since `serve` started
+    /// (`keys add`, `keys rotate`) is picked up from the registry on first sight.
+    private func openCompletion(_ payload: Data) throws -> PaymentCompleted {
+        let trust = paymentTrust.withLock { $0 }
+        let first = Result { () throws(Refusal) in try SignedEnvelope.open(payload, as: PaymentCompleted.self, trust: trust) }
+        switch first {
+        case .success(let verified):
+            return verified.body
+        case .failure(let refusal) where refusal.reason == .unknownKey:
+            let fresh = try TrustStore(entries: try home.trustEntries().filter { $0.purpose == .payment })
+            paymentTrust.withLock { $0 = fresh }
+            return try SignedEnvelope.open(payload, as: PaymentCompleted.self, trust: fresh).body
+        case .failure(let refusal):
+            throw refusal
         }
     }
 

@@ -137,6 +137,32 @@ struct OperationsTests {
         }
     }
 
+    @Test func serveRecordsPaymentsSignedWithAKeyAddedWhileItRuns() async throws {
+        try await DynsecFleet.with { fleet in
+            let machine: MachineID = "unit-key"
+            _ = try await fleet.provisioner.provision(machine, profile: Self.fastProfile)
+            let monitor = try FleetMonitor(home: fleet.home)
+            let serve = Task { try await monitor.run() }
+            let agent = try Self.startAgent(fleet, machine)
+            try await Self.eventually("online") { try Self.state(fleet.home, "unit-key")?.state == "online" }
+
+            let (kid, pushed) = try await KeyManager(home: fleet.home).add(.payment, kid: "pay-late", client: fleet.publisher)
+            #expect(pushed == [machine])
+            try await Self.eventually("trust applied") { try Self.state(fleet.home, "unit-key")?.appliedConfigVersion == 2 }
+            let payments = try await PaymentClient.connect(
+                fleet.home.settings.paymentServer, topics: fleet.home.topics, kid: kid, key: try fleet.home.privateKey(kid))
+            let outcome = try await payments.pay(machine, amount: 200, currency: "JPY", userId: "late-user")
+            await payments.close()
+            #expect(outcome.result?.status == .credited)
+            try await Self.eventually("payment recorded with its user") {
+                try fleet.home.registry.payments().contains { $0.userId == "late-user" && $0.status == "credited" }
+            }
+            serve.cancel()
+            _ = await serve.result
+            await agent.terminate(grace: .seconds(5))
+        }
+    }
+
     @Test func paymentCodeDecodesToThePaymentURL() async throws {
         let code = try PaymentCode(machine: "laundry-07", template: "https://pay.example.com/m/{machineId}")
         let dir = NSTemporaryDirectory() + "pb-code-\(UUID().uuidString)"
