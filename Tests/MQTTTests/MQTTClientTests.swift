@@ -43,6 +43,27 @@ struct MQTTClientTests {
         }
     }
 
+    @Test func unsubscribeStopsDeliveryAndIsNotRestored() async throws {
+        try await LocalMosquitto.with { broker in
+            let client = try Self.client(broker, "unsubscriber")
+            try await client.connect()
+            let inbox = Inbox(client)
+            try await client.subscribe([MQTTSubscription("u/a"), MQTTSubscription("u/marker")])
+            try await client.publish(topic: "u/a", payload: Data("1".utf8))
+            _ = try await inbox.next(on: "u/a")
+            try await client.unsubscribe(["u/a"])
+            // After a reconnect the client restores what it is subscribed to, not what it left.
+            let states = client.connectionStates()
+            client.dropConnectionWithoutDisconnect()
+            for await state in states { if case .connected(let session, _) = state, session > 1 { break } }
+            try await client.publish(topic: "u/a", payload: Data("2".utf8))
+            try await client.publish(topic: "u/marker", payload: Data("m".utf8))
+            _ = try await inbox.next(on: "u/marker")
+            #expect(await inbox.topicsSeen == ["u/a", "u/marker"])
+            await client.close()
+        }
+    }
+
     @Test func propertiesTravelOnMQTT5() async throws {
         try await LocalMosquitto.with { broker in
             let subscriber = try Self.client(broker)
