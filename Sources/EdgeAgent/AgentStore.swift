@@ -35,6 +35,10 @@ public final class AgentStore: Sendable {
             // WAL: a crash never tears the database; FULL: a commit survives power loss.
             _ = try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL")
             try db.execute(sql: "PRAGMA synchronous = FULL")
+            // No automatic checkpoint: it would land on whichever commit crosses the threshold,
+            // possibly the "train started" one just before a first pulse. The pipeline
+            // checkpoints between payments instead (`checkpoint()`).
+            _ = try Int.fetchOne(db, sql: "PRAGMA wal_autocheckpoint = 0")
         }
         configuration.busyMode = .timeout(5)
         database = try DatabaseQueue(path: path, configuration: configuration)
@@ -269,6 +273,12 @@ public final class AgentStore: Sendable {
                 sql: "INSERT INTO trustedKey (kid, purpose, publicKey) VALUES (?, ?, ?)",
                 arguments: [entry.kid.rawValue, entry.purpose.rawValue, entry.publicKey])
         }
+    }
+
+    /// Copies the write-ahead log into the database (passive: never waits for readers). Called
+    /// between payments, off the path to a first pulse.
+    public func checkpoint() throws {
+        try database.writeWithoutTransaction { db in _ = try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(PASSIVE)") }
     }
 
     // MARK: Meta

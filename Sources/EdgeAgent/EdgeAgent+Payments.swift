@@ -12,6 +12,7 @@ extension EdgeAgent {
             switch kind {
             case .paymentCompleted:
                 await handlePayment(message.payload)
+                checkpointEvery(64)
             case .configDesired:
                 await handleConfig(message.payload, client: client)
             case .firmwareDesired:
@@ -20,6 +21,18 @@ extension EdgeAgent {
                 break
             }
         }
+    }
+
+    /// Every `count` payments, between payments: fold the write-ahead log into the database.
+    private func checkpointEvery(_ count: Int) {
+        let due = state.withLock { s -> Bool in
+            s.paymentsSinceCheckpoint += 1
+            guard s.paymentsSinceCheckpoint >= count else { return false }
+            s.paymentsSinceCheckpoint = 0
+            return true
+        }
+        guard due else { return }
+        do { try store.checkpoint() } catch { logger.warning("journal checkpoint failed: \(error)") }
     }
 
     /// Decides a payment in PROTOCOL.md's order, fires its train if it is payable, and puts the

@@ -273,4 +273,5 @@ struct AgentState: Sendable {
     /// CLOCK_MONOTONIC instant the last train ended (for postVendDelayMs).
     var lastTrainEnd: ContinuousClock.Instant?
     var reportedConfigThisBoot = false
+    var paymentsSinceCheckpoint = 0
 }

@@ -1,0 +1,70 @@
+import EdgeAgent
+import Foundation
+import MessageSchema
+import Testing
+
+/// The agent's journal directly: what survives reopening, retention, the outbox.
+@Suite struct AgentStoreTests {
+    let path = NSTemporaryDirectory() + "store-\(UUID().uuidString).sqlite"
+
+    func payment(_ id: String, amount: Int = 300) -> PaymentCompleted {
+        PaymentCompleted(
+            paymentId: PaymentID(rawValue: id)!, machineId: "m-1", amount: amount, currency: "JPY", userId: "u",
+            issuedAt: 1_000, expiresAt: 31_000)
+    }
+
+    func result(_ id: String, _ status: PaymentStatus, amount: Int = 0, decidedAt: Int = 2_000) -> PaymentResult {
+        PaymentResult(
+            paymentId: PaymentID(rawValue: id)!, machineId: "m-1", status: status, reason: status == .rejected ? .expired : nil,
+            amount: amount, pulses: [PulseCount(channel: "coin", count: amount / 100)], pulsesFired: amount / 100,
+            decidedAt: decidedAt, bootId: "", seq: 0)
+    }
+
+    @Test func decisionsSurviveACheckpointAndReopening() throws {
+        do {
+            let store = try AgentStore(path: path)
+            for i in 0..<200 {
+                try store.recordDecision(result("p-\(i)", .credited, amount: 300), payment: payment("p-\(i)"))
+            }
+            try store.recordTrainStarted(payment("p-open"), plan: [PulseCount(channel: "coin", count: 3)], at: 5_000)
+            try store.checkpoint()
+        }
+        let reopened = try AgentStore(path: path)
+        #expect(try reopened.decision("p-199")?.status == .credited)
+        #expect(try reopened.decision("p-199")?.amount == 300)
+        #expect(try reopened.decision("p-nope") == nil)
+        #expect(try reopened.counters() == PaymentCounters(credited: 200, pulses: 600, creditedAmount: 60_000))
+        // The train that started but never finished is found again.
+        let open = try reopened.interruptedTrains()
+        #expect(open.map(\.paymentId) == ["p-open"])
+        #expect(open.first?.plan == [PulseCount(channel: "coin", count: 3)])
+        #expect(try reopened.outboxDepth() == 200)
+    }
+
+    @Test func outboxKeepsOrderUntilRemoved() throws {
+        let store = try AgentStore(path: path)
+        try store.recordDecision(result("p-a", .rejected), payment: payment("p-a"))
+        var duplicate = result("p-b", .duplicate)
+        duplicate.original = OriginalDecision(status: .credited, reason: nil, amount: 300)
+        try store.recordResultOnly(duplicate)
+        let entries = try store.outbox()
+        #expect(entries.map { $0.result.paymentId } == ["p-a", "p-b"])
+        try store.removeFromOutbox(entries[0].id)
+        #expect(try store.outbox().map { $0.result.paymentId } == ["p-b"])
+        // A duplicate is an answer, not a decision.
+        #expect(try store.decision("p-b") == nil)
+        #expect(try store.counters().duplicate == 1)
+    }
+
+    @Test func retentionForgetsOnlyOldFinishedDecisions() throws {
+        let store = try AgentStore(path: path)
+        try store.recordDecision(result("p-old", .credited, amount: 100, decidedAt: 1_000), payment: payment("p-old", amount: 100))
+        try store.recordDecision(result("p-new", .credited, amount: 100, decidedAt: 9_000), payment: payment("p-new", amount: 100))
+        try store.recordTrainStarted(payment("p-running"), plan: [], at: 500)
+        #expect(try store.purgeDecisions(decidedBefore: 5_000) == 1)
+        #expect(try store.decision("p-old") == nil)
+        #expect(try store.decision("p-new") != nil)
+        // An unfinished train is never forgotten: it must still be reported.
+        #expect(try store.interruptedTrains().map(\.paymentId) == ["p-running"])
+    }
+}
