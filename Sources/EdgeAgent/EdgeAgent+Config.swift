@@ -37,7 +37,7 @@ extension EdgeAgent {
             verified = try SignedEnvelope.open(payload, as: MachineConfig.self, trust: trust)
         } catch {
             logger.warning("configuration refused: \(error)")
-            return .rejected(version: Self.peekVersion(payload), reason: error.reason)
+            return .rejected(version: SignedEnvelope.peekBodyField(payload, "version", as: Int.self) ?? 0, reason: error.reason)
         }
         let config = verified.body
         guard config.machineId == machine else {
@@ -76,14 +76,6 @@ extension EdgeAgent {
             "configuration \(config.version) applied",
             metadata: ["config.outputs": "\(config.outputs.map(\.channel))", "config.trust_rotated": "\(rotated != nil)"])
         return .applied(version: config.version)
-    }
-
-    private static func peekVersion(_ payload: Data) -> Int {
-        struct Peek: Decodable { var version: Int? }
-        guard let envelope = try? SignedEnvelope.parse(payload),
-            let peek = try? JSONDecoder().decode(Peek.self, from: Data(envelope.body.utf8))
-        else { return 0 }
-        return peek.version ?? 0
     }
 
     func reportConfig(version: Int, status: ConfigApplyStatus, reason: RejectionReason?, client: MQTTClient) async {

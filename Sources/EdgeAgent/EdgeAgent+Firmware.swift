@@ -15,7 +15,8 @@ extension EdgeAgent {
         } catch {
             // Unsigned, wrongly signed or malformed: ignored, and said so.
             logger.warning("firmware update refused: \(error)")
-            await reportFirmware(version: Self.peekFirmwareVersion(payload), .failed, reason: error.reason.rawValue, client: client)
+            await reportFirmware(
+                version: SignedEnvelope.peekBodyField(payload, "version", as: String.self) ?? "unknown", .failed, reason: error.reason.rawValue, client: client)
             return
         }
         guard update.machineId == machine else {
@@ -157,13 +158,5 @@ extension EdgeAgent {
         } catch {
             logger.warning("cannot report firmware \(state.rawValue): \(error)")
         }
-    }
-
-    private static func peekFirmwareVersion(_ payload: Data) -> String {
-        struct Peek: Decodable { var version: String? }
-        guard let envelope = try? SignedEnvelope.parse(payload),
-            let peek = try? JSONDecoder().decode(Peek.self, from: Data(envelope.body.utf8))
-        else { return "unknown" }
-        return peek.version ?? "unknown"
     }
 }

@@ -120,7 +120,14 @@ extension EdgeAgent {
                     logger.error("cannot read the outbox: \(error)")
                     break
                 }
-                if entries.isEmpty { break }
+                if entries.isEmpty {
+                    // Rows the store cannot decode are skipped; they stay (and count in
+                    // heartbeats' outboxDepth) for someone to look at.
+                    if let depth = try? store.outboxDepth(), depth > 0 {
+                        logger.error("\(depth) outbox row(s) cannot be read as results and are not published", metadata: ["state.path": "\(store.path)"])
+                    }
+                    break
+                }
                 var failed = false
                 for entry in entries {
                     var result = entry.result

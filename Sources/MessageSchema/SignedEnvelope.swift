@@ -119,6 +119,28 @@ extension SignedEnvelope {
     }
 }
 
+extension SignedEnvelope {
+    /// Reads one field of the body of a message that may be refused (to name it in the answer,
+    /// e.g. the version of a rejected configuration). Nothing read here is trusted.
+    public static func peekBodyField<Value: Decodable>(_ payload: Data, _ key: String, as: Value.Type) -> Value? {
+        guard let envelope = try? parse(payload) else { return nil }
+        let decoder = JSONDecoder()
+        decoder.userInfo[PeekedField<Value>.keyInfo] = key
+        return (try? decoder.decode(PeekedField<Value>.self, from: Data(envelope.body.utf8)))?.value
+    }
+}
+
+/// One field of an untrusted body, named through the decoder's user info.
+private struct PeekedField<Value: Decodable>: Decodable {
+    static var keyInfo: CodingUserInfoKey { CodingUserInfoKey(rawValue: "pulsebridge.peek.key")! }
+    var value: Value?
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: WireKey.self)
+        let key = WireKey(stringValue: decoder.userInfo[Self.keyInfo] as? String ?? "")
+        value = try? container.decodeIfPresent(Value.self, forKey: key)
+    }
+}
+
 extension ProtocolError {
     /// The same error with its field path under `prefix` (errors inside the body say so).
     func prefixed(_ prefix: String) -> ProtocolError {
