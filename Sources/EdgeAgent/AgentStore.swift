@@ -89,7 +89,122 @@ public final class AgentStore: Sendable {
                     );
                     """)
         }
+        migrator.registerMigration("v2-received") { db in
+            // Completions as they arrive, before the next message is read (PROTOCOL.md: a
+            // completion is durable on the unit from the moment it arrives). Each row goes in
+            // the same transaction as the payment's decision or answer.
+            try db.execute(
+                sql: """
+                    CREATE TABLE received (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        payload BLOB NOT NULL,
+                        receivedAt INTEGER NOT NULL
+                    );
+                    """)
+        }
         return migrator
+    }
+
+    /// When this journal was created (ms, the agent's clock then); nil for a journal older
+    /// than this record, which has its history. Payments issued before it may have been
+    /// decided by a journal that was lost, so they are never credited (docs/protocol.md).
+    public func createdAt() throws -> Int? {
+        try meta("journal.createdAt").flatMap(Int.init)
+    }
+
+    /// Notes the journal's creation time, once: `now` for an empty journal, 0 for one that
+    /// already holds decisions (made before this record existed).
+    public func noteCreation(now: Int) throws {
+        try database.write { db in
+            guard try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'journal.createdAt'") == nil else { return }
+            let empty = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM decision") == 0
+            try db.execute(
+                sql: "INSERT INTO meta (key, value) VALUES ('journal.createdAt', ?)", arguments: [empty ? String(now) : "0"])
+        }
+    }
+
+    /// The latest time recorded in the journal (a decision or a received completion): a floor
+    /// for a clock that has been reset.
+    public func latestRecordedTime() throws -> Int {
+        try database.read { db in
+            let decided = try Int.fetchOne(db, sql: "SELECT MAX(decidedAt) FROM decision") ?? 0
+            let received = try Int.fetchOne(db, sql: "SELECT MAX(receivedAt) FROM received") ?? 0
+            return max(decided, received)
+        }
+    }
+
+    // MARK: Working room
+
+    /// A file of preallocated space beside the journal, given back when a write finds the disk
+    /// full, so the decision of a train that has fired can still be committed.
+    public var reservePath: String { path + ".reserve" }
+    /// The reserve's size: room for many decisions (each a few hundred bytes of WAL).
+    public static let reserveBytes = 4 << 20
+    /// Below this much free space (besides the reserve) no new train starts.
+    public static let workingFloorBytes: Int = 8 << 20
+
+    /// Makes the reserve if it is missing; false if the disk has no room for it.
+    @discardableResult
+    public func ensureReserve() -> Bool {
+        if access(reservePath, F_OK) == 0 { return true }
+        let fd = open(reservePath + ".tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return false }
+        let made = posix_fallocate(fd, 0, off_t(Self.reserveBytes)) == 0 && fsync(fd) == 0
+        close(fd)
+        guard made, rename(reservePath + ".tmp", reservePath) == 0 else {
+            unlink(reservePath + ".tmp")
+            return false
+        }
+        return true
+    }
+
+    /// Free bytes on the journal's file system (for unprivileged writers).
+    public func freeBytes() -> Int {
+        var stats = statvfs()
+        let directory = (path as NSString).deletingLastPathComponent
+        guard statvfs(directory.isEmpty ? "." : directory, &stats) == 0 else { return 0 }
+        return Int(stats.f_bavail) * Int(stats.f_frsize)
+    }
+
+    /// Whether a new train may start: the reserve is in place and free space is above the
+    /// floor. Checked before a train's start record, so that its decision has room.
+    public func hasWorkingRoom() -> Bool {
+        (access(reservePath, F_OK) == 0 || ensureReserve()) && freeBytes() >= Self.workingFloorBytes
+    }
+
+    /// Runs a write; if the disk is full, gives back the reserve and tries once more. For the
+    /// writes that must not be lost: a decision after pulses have fired.
+    public func withReserve<T>(_ write: () throws -> T) throws -> T {
+        do {
+            return try write()
+        } catch let error as DatabaseError where error.resultCode == .SQLITE_FULL || error.resultCode == .SQLITE_IOERR {
+            guard unlink(reservePath) == 0 else { throw error }
+            return try write()
+        }
+    }
+
+    // MARK: Received completions
+
+    /// Records a completion as received, synced, and returns its row. Called on the network
+    /// thread before the next message is read.
+    public func recordReceived(_ payload: Data, at now: Int) throws -> Int64 {
+        try database.write { db in
+            let statement = try db.cachedStatement(sql: "INSERT INTO received (payload, receivedAt) VALUES (?, ?)")
+            try statement.execute(arguments: [payload, now])
+            return db.lastInsertedRowID
+        }
+    }
+
+    /// Completions received but not yet decided or answered, oldest first.
+    public func pendingReceived() throws -> [(id: Int64, payload: Data)] {
+        try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, payload FROM received ORDER BY id").map { ($0["id"], $0["payload"]) }
+        }
+    }
+
+    private func forgetReceived(_ id: Int64?, _ db: Database) throws {
+        guard let id else { return }
+        try db.cachedStatement(sql: "DELETE FROM received WHERE id = ?").execute(arguments: [id])
     }
 
     // MARK: Decisions
@@ -111,8 +226,9 @@ public final class AgentStore: Sendable {
 
     /// Records a decided payment (no train, or a finished one) with its result in the outbox
     /// and the counters, in one transaction.
-    public func recordDecision(_ result: PaymentResult, payment: PaymentCompleted) throws {
+    public func recordDecision(_ result: PaymentResult, payment: PaymentCompleted, received: Int64? = nil) throws {
         try database.write { db in
+            try forgetReceived(received, db)
             try db.execute(
                 sql: """
                     INSERT INTO decision (paymentId, status, reason, amount, requestedAmount, userId, plan, pulsesFired, decidedAt)
@@ -131,8 +247,11 @@ public final class AgentStore: Sendable {
 
     /// Commits, synced, that a train is starting. Called on the pulse thread just before the
     /// first pulse; if it throws, nothing fires.
-    public func recordTrainStarted(_ payment: PaymentCompleted, plan: [PulseCount], at now: Int) throws {
+    /// The received record goes in the same transaction: from here on the started train is
+    /// the payment's durable state (a restart reports it `uncertain`, never decides it anew).
+    public func recordTrainStarted(_ payment: PaymentCompleted, plan: [PulseCount], at now: Int, received: Int64? = nil) throws {
         try database.write { db in
+            try forgetReceived(received, db)
             let statement = try db.cachedStatement(
                 sql: """
                     INSERT INTO decision (paymentId, status, amount, requestedAmount, userId, plan, startedAt, decidedAt)
@@ -144,8 +263,11 @@ public final class AgentStore: Sendable {
 
     /// Records a result that is not a decision of its own (refusals before a valid signature,
     /// duplicates): outbox and counters only.
-    public func recordResultOnly(_ result: PaymentResult) throws {
-        try database.write { db in try enqueue(result, db) }
+    public func recordResultOnly(_ result: PaymentResult, received: Int64? = nil) throws {
+        try database.write { db in
+            try forgetReceived(received, db)
+            try enqueue(result, db)
+        }
     }
 
     private func enqueue(_ result: PaymentResult, _ db: Database) throws {

@@ -50,6 +50,12 @@ extension EdgeAgent {
             }
             return .ignored
         }
+        do {
+            try PulsePlan.checkPlannable(outputs: config.outputs, maxAmount: config.maxAmount)
+        } catch {
+            logger.error("configuration \(config.version) rejected: \(error)")
+            return .rejected(version: config.version, reason: .amountNotPayable)
+        }
         if current?.outputs != config.outputs || current?.inhibit != config.inhibit || state.withLock({ $0.lines }) == nil {
             closeLines()
             if let error = openLines(for: config) {
@@ -71,6 +77,8 @@ extension EdgeAgent {
         state.withLock { s in
             s.config = config
             if let rotated { s.trust = rotated }
+            // Signed by the fleet: the clock cannot truly be earlier than this.
+            s.clock.raise(to: config.issuedAt - ProtocolLimits.maxClockLeadMs)
         }
         logger.info(
             "configuration \(config.version) applied",

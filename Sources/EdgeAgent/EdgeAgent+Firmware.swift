@@ -4,8 +4,9 @@ import MQTT
 import MessageSchema
 
 extension EdgeAgent {
-    /// A signed `firmware/desired`, on the pipeline (so never during a train): download,
-    /// verify size and SHA-256 before anything runs, install, restart into it.
+    /// A signed `firmware/desired`, seen on the pipeline: checked here, downloaded and
+    /// verified off the pipeline (payments keep flowing), installed back on the pipeline
+    /// between trains (`install`).
     func handleFirmware(_ payload: Data, client: MQTTClient) async {
         guard !payload.isEmpty else { return }
         let trust = state.withLock { $0.trust }
@@ -27,44 +28,118 @@ extension EdgeAgent {
             await reportFirmware(version: update.version, .installed, reason: nil, client: client)
             return
         }
+        // Each signed update is acted on once: the retained copy that comes back on every
+        // reconnection (after a failure, a stalled download, a rollback) is not tried again,
+        // and an older message never replaces a newer one. The operator publishes again to retry.
+        let lastIssued = ((try? store.meta("firmware.lastIssuedAt")) ?? nil).flatMap(Int.init) ?? 0
+        guard update.issuedAt > lastIssued else {
+            logger.info("firmware \(update.version) (issued \(update.issuedAt)) was handled before; not trying it again")
+            return
+        }
+        do {
+            try store.setMeta("firmware.lastIssuedAt", String(update.issuedAt))
+        } catch {
+            noteJournalFailure("cannot record a firmware update: \(error)")
+            return
+        }
         let attempt = "\(update.version)/\(update.sha256)"
         let failedBefore = ((try? store.meta("firmware.failed")) ?? "").split(separator: "\n")
         if failedBefore.contains(Substring(attempt)) || failedBefore.contains(Substring("\(update.version)/*")) {
             logger.info("firmware \(update.version) failed before on this unit; not trying it again")
             return
         }
-        guard let installDirectory = options.installDirectory else {
+        if FirmwareVersionOrder.isLower(update.version, than: options.firmwareVersion), !update.allowDowngrade {
+            logger.warning("firmware \(update.version) is older than \(options.firmwareVersion); refused (allowDowngrade not set)")
+            await reportFirmware(version: update.version, .failed, reason: "downgrade_refused", client: client)
+            return
+        }
+        guard let downloads = downloadDirectory else {
             await reportFirmware(version: update.version, .failed, reason: "updates_disabled", client: client)
             return
         }
+        // A newer update replaces one still downloading.
+        let task = Task { await self.download(update, into: downloads, client: client) }
+        let previous = state.withLock { s in
+            defer { s.firmwareDownload = task }
+            return s.firmwareDownload
+        }
+        previous?.cancel()
+    }
+
+    /// Where artifacts are downloaded: never the state folder, whose space is the journal's.
+    var downloadDirectory: String? {
+        options.downloadDirectory ?? options.installDirectory.map { $0 + "/downloads" }
+    }
+
+    func cancelFirmwareDownload() {
+        state.withLock { $0.firmwareDownload }?.cancel()
+    }
+
+    /// Off the pipeline: free space, download, size and SHA-256; then the pipeline installs.
+    private func download(_ update: FirmwareUpdate, into downloads: String, client: MQTTClient) async {
         var log = logger
         log[metadataKey: "firmware.version"] = "\(update.version)"
-        let artifact = options.stateDirectory + "/firmware-\(update.version).download"
+        let artifact = downloads + "/edge-agent-\(update.version).download"
         do {
+            try FirmwareDownload.prepare(directory: downloads, room: update.size)
             await reportFirmware(version: update.version, .downloading, reason: nil, client: client)
             let fetched = try await fetchWithRetries(update, to: artifact, log: log)
+            try Task.checkCancellation()
             await reportFirmware(version: update.version, .verifying, reason: nil, client: client)
             try FirmwareDownload.verify(fetched, against: update, at: artifact)
-            log.info("firmware verified", metadata: ["firmware.sha256": "\(fetched.sha256)"])
+            log.info("firmware verified; installing between trains", metadata: ["firmware.sha256": "\(fetched.sha256)"])
+            input.yield(.installFirmware(VerifiedFirmware(update: update, artifact: artifact)))
+        } catch is CancellationError {
+            unlink(artifact)
+            log.info("firmware download cancelled")
+        } catch {
+            unlink(artifact)
+            let failure = error as? FirmwareFailure ?? FirmwareFailure(reason: "download_failed", detail: "\(error)")
+            log.error("firmware update failed: \(failure)")
+            if failure.reason != "download_failed" && failure.reason != "no_space" {
+                rememberFailedFirmware("\(update.version)/\(update.sha256)")
+            }
+            await reportFirmware(version: update.version, .failed, reason: failure.reason, client: client)
+        }
+    }
+
+    /// On the pipeline, between trains: install a verified artifact and restart into it.
+    func install(_ verified: VerifiedFirmware, client: MQTTClient) async {
+        let update = verified.update
+        guard let installDirectory = options.installDirectory else { return }
+        var log = logger
+        log[metadataKey: "firmware.version"] = "\(update.version)"
+        do {
             await reportFirmware(version: update.version, .installing, reason: nil, client: client)
             let layout = FirmwareLayout(installDirectory: installDirectory)
             let previous = layout.currentVersion
             if let command = options.installCommand {
-                try runInstallCommand(command, artifact: artifact, version: update.version)
+                try runInstallCommand(command, artifact: verified.artifact, version: update.version)
             } else {
-                try layout.install(artifact: artifact, version: update.version)
+                try layout.install(artifact: verified.artifact, version: update.version)
             }
             try PendingFirmware(version: update.version, previousVersion: previous, stage: .installed, failedStarts: 0)
                 .save(stateDirectory: options.stateDirectory)
             log.notice("firmware \(update.version) installed; restarting into it")
             restartRequest.yield("firmware \(update.version) installed")
         } catch {
-            unlink(artifact)
+            unlink(verified.artifact)
             let failure = error as? FirmwareFailure ?? FirmwareFailure(reason: "install_failed", detail: "\(error)")
             log.error("firmware update failed: \(failure)")
-            // A download that could not complete may work later; a wrong artifact never will.
-            if failure.reason != "download_failed" { rememberFailedFirmware(attempt) }
+            rememberFailedFirmware("\(update.version)/\(update.sha256)")
             await reportFirmware(version: update.version, .failed, reason: failure.reason, client: client)
+        }
+    }
+
+    /// At power-up: partial downloads a crash left behind (and the state-folder downloads of
+    /// older versions) go.
+    func removeStaleDownloads() {
+        for directory in [downloadDirectory, options.stateDirectory].compactMap({ $0 }) {
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { continue }
+            for name in names where name.hasSuffix(".download") {
+                unlink(directory + "/" + name)
+                logger.info("removed a stale firmware download", metadata: ["firmware.file": "\(directory)/\(name)"])
+            }
         }
     }
 

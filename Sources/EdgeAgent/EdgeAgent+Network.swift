@@ -33,8 +33,15 @@ extension EdgeAgent {
                     continue
                 }
             }
-            await publishOnline(client)
-            onlineSignal.yield()
+            // Results first: a payment server may void a payment once it sees `online` for a
+            // session that began after its expiry with still no result (PROTOCOL.md).
+            // If the outbox cannot be flushed now, `online` waits: the publisher says it once it
+            // has flushed on this session.
+            guard await publishPendingResults(client) else {
+                logger.warning("results are waiting to be published; online follows once they are")
+                continue
+            }
+            await announceOnline(client)
             if !state.withLock({ $0.reportedConfigThisBoot }), let version = state.withLock({ $0.config?.version }) {
                 await reportConfig(version: version, status: .applied, reason: nil, client: client)
             }
@@ -42,21 +49,23 @@ extension EdgeAgent {
         }
     }
 
-    /// Sorts incoming messages: work for the pipeline; our own status, watched for stale wills.
-    func route(_ messages: AsyncStream<MQTTMessage>, into pipeline: AsyncStream<MQTTMessage>.Continuation, client: MQTTClient) async {
+    /// What `receive` left on the client's stream: our own status, watched for stale wills;
+    /// anything else is not for us.
+    func route(_ messages: AsyncStream<MQTTMessage>, client: MQTTClient) async {
         for await message in messages {
-            guard let (target, kind) = topics.parse(message.topic), target == machine else {
+            guard let (target, kind) = topics.parse(message.topic), target == machine, kind == .status else {
                 logger.debug("ignored a message not addressed to this machine", metadata: ["mqtt.topic": "\(message.topic)"])
                 continue
             }
-            switch kind {
-            case .paymentCompleted, .configDesired, .firmwareDesired:
-                pipeline.yield(message)
-            case .status:
-                await checkStatus(message.payload, client: client)
-            default:
-                break
-            }
+            await checkStatus(message.payload, client: client)
+        }
+    }
+
+    /// A problem appeared or cleared: the retained status says so at once.
+    func publishStatusChanges(_ client: MQTTClient) async {
+        for await _ in statusChanges {
+            guard client.connectionState.isConnected, state.withLock({ $0.connected && !$0.stopping }) else { continue }
+            await publishOnline(client)
         }
     }
 
@@ -73,10 +82,12 @@ extension EdgeAgent {
     }
 
     func statusMessage(_ machineState: MachineState) -> StatusMessage {
-        let (session, version) = state.withLock { ($0.session, $0.config?.version ?? 0) }
-        return StatusMessage(
+        let (session, version, problems) = state.withLock { ($0.session, $0.config?.version ?? 0, $0.problems.sorted()) }
+        var status = StatusMessage(
             machineId: machine, state: machineState, bootId: bootId, session: session, firmware: options.firmwareVersion,
             configVersion: version, at: now())
+        status.problems = problems
+        return status
     }
 
     func publishOnline(_ client: MQTTClient) async {
@@ -109,50 +120,91 @@ extension EdgeAgent {
         }
     }
 
-    /// Publishes the outbox in order, removing each result only after the broker's PUBACK.
+    /// Publishes the outbox whenever woken.
     func publishOutbox(_ client: MQTTClient) async {
         for await _ in outboxWakes {
-            while !Task.isCancelled, client.connectionState.isConnected {
-                let entries: [OutboxEntry]
+            let flushed = await publishPendingResults(client)
+            let (connected, session, announced) = state.withLock { ($0.connected, $0.session, $0.onlineSession) }
+            if flushed, connected, announced != session { await announceOnline(client) }
+        }
+    }
+
+    /// `online` for this session, once its results are out.
+    func announceOnline(_ client: MQTTClient) async {
+        let session = state.withLock { $0.session }
+        await publishOnline(client)
+        state.withLock { $0.onlineSession = session }
+        onlineSignal.yield()
+    }
+
+    /// Publishes the outbox in order, removing each result only after the broker's PUBACK,
+    /// then what the journal could not take. True when nothing readable is left. Called on
+    /// every connection before `online` (PROTOCOL.md), and by the publisher loop; a result the
+    /// two send at once goes out twice with the same `seq` (consumers de-duplicate).
+    func publishPendingResults(_ client: MQTTClient) async -> Bool {
+        while !Task.isCancelled, client.connectionState.isConnected {
+            let entries: [OutboxEntry]
+            do {
+                entries = try store.outbox(limit: 64)
+            } catch {
+                logger.error("cannot read the outbox: \(error)")
+                return false
+            }
+            if entries.isEmpty, await publishUnjournaled(client) { continue }
+            if entries.isEmpty {
+                // Rows the store cannot decode are skipped; they stay (and count in
+                // heartbeats' outboxDepth) for someone to look at.
+                if let depth = try? store.outboxDepth(), depth > 0 {
+                    logger.error("\(depth) outbox row(s) cannot be read as results and are not published", metadata: ["state.path": "\(store.path)"])
+                }
+                return state.withLock { $0.unjournaled.isEmpty }
+            }
+            for entry in entries {
+                var result = entry.result
+                result.bootId = bootId
+                result.seq = state.withLock { s in
+                    if let seq = s.seqByOutboxId[entry.id] { return seq }
+                    s.resultSeq += 1
+                    s.seqByOutboxId[entry.id] = s.resultSeq
+                    return s.resultSeq
+                }
                 do {
-                    entries = try store.outbox(limit: 64)
+                    try await client.publish(
+                        topic: topics.topic(.paymentResult, for: machine), payload: WireCoding.encode(result),
+                        qos: .atLeastOnce, retain: false)
+                    try store.removeFromOutbox(entry.id)
+                    _ = state.withLock { $0.seqByOutboxId.removeValue(forKey: entry.id) }
                 } catch {
-                    logger.error("cannot read the outbox: \(error)")
-                    break
+                    logger.warning("result not published yet: \(error)", metadata: ["payment.id": "\(result.paymentId?.rawValue ?? "-")"])
+                    return false
                 }
-                if entries.isEmpty {
-                    // Rows the store cannot decode are skipped; they stay (and count in
-                    // heartbeats' outboxDepth) for someone to look at.
-                    if let depth = try? store.outboxDepth(), depth > 0 {
-                        logger.error("\(depth) outbox row(s) cannot be read as results and are not published", metadata: ["state.path": "\(store.path)"])
-                    }
-                    break
-                }
-                var failed = false
-                for entry in entries {
-                    var result = entry.result
-                    result.bootId = bootId
-                    result.seq = state.withLock { s in
-                        if let seq = s.seqByOutboxId[entry.id] { return seq }
-                        s.resultSeq += 1
-                        s.seqByOutboxId[entry.id] = s.resultSeq
-                        return s.resultSeq
-                    }
-                    do {
-                        try await client.publish(
-                            topic: topics.topic(.paymentResult, for: machine), payload: WireCoding.encode(result),
-                            qos: .atLeastOnce, retain: false)
-                        try store.removeFromOutbox(entry.id)
-                        _ = state.withLock { $0.seqByOutboxId.removeValue(forKey: entry.id) }
-                    } catch {
-                        logger.warning("result not published yet: \(error)", metadata: ["payment.id": "\(result.paymentId?.rawValue ?? "-")"])
-                        failed = true
-                        break
-                    }
-                }
-                if failed { break }
             }
         }
+        return false
+    }
+
+    /// Publishes results the journal could not take (from memory); true if any were sent.
+    private func publishUnjournaled(_ client: MQTTClient) async -> Bool {
+        let results = state.withLock { $0.unjournaled }
+        guard !results.isEmpty else { return false }
+        var sent = 0
+        for var result in results {
+            result.bootId = bootId
+            result.seq = state.withLock { s in
+                s.resultSeq += 1
+                return s.resultSeq
+            }
+            do {
+                try await client.publish(
+                    topic: topics.topic(.paymentResult, for: machine), payload: WireCoding.encode(result), qos: .atLeastOnce)
+                sent += 1
+            } catch {
+                logger.warning("result not published yet: \(error)", metadata: ["payment.id": "\(result.paymentId?.rawValue ?? "-")"])
+                break
+            }
+        }
+        state.withLock { $0.unjournaled.removeFirst(sent) }
+        return sent > 0
     }
 
     /// Every `heartbeatS` seconds while connected, QoS 0.
@@ -178,14 +230,16 @@ extension EdgeAgent {
     func makeHeartbeat() -> Heartbeat {
         let lines = state.withLock { $0.lines }
         let inhibited = (try? lines?.inhibitActive()) ?? false
-        let (seq, version, relay) = state.withLock { s in
+        let (seq, version, relay, problems) = state.withLock { s in
             s.heartbeatSeq += 1
-            return (s.heartbeatSeq, s.config?.version ?? 0, s.relay)
+            return (s.heartbeatSeq, s.config?.version ?? 0, s.relay, s.problems.sorted())
         }
-        return Heartbeat(
+        var heartbeat = Heartbeat(
             machineId: machine, bootId: bootId, seq: seq, at: now(),
             uptimeS: Int((ContinuousClock.now - startedAt).components.seconds), firmware: options.firmwareVersion,
             configVersion: version, inhibited: inhibited, relay: relay, outboxDepth: (try? store.outboxDepth()) ?? 0,
             counters: (try? store.counters()) ?? PaymentCounters())
+        heartbeat.problems = problems
+        return heartbeat
     }
 }

@@ -1,28 +1,64 @@
 import Foundation
 import MQTT
 import MessageSchema
+import Logging
 import RelayOutput
+import Synchronization
+
+/// What the pipeline works on, one at a time in arrival order.
+enum AgentInput: Sendable {
+    /// A completion; `received` is its row in the journal (nil if it could not be written).
+    case payment(Data, received: Int64?)
+    case config(Data)
+    case firmware(Data)
+    /// A firmware artifact downloaded and verified off the pipeline, to install between trains.
+    case installFirmware(VerifiedFirmware)
+}
 
 extension EdgeAgent {
-    /// The single pipeline: payments, configurations and (later) firmware, one at a time and in
-    /// arrival order, so lines are only re-opened between trains.
-    func runPipeline(_ inputs: AsyncStream<MQTTMessage>, client: MQTTClient) async {
-        for await message in inputs {
-            guard let (_, kind) = topics.parse(message.topic) else { continue }
-            switch kind {
-            case .paymentCompleted:
-                await handlePayment(message.payload)
+    /// Runs on the network thread for every incoming message, before the next is read: a
+    /// completion is recorded as received (synced) before anything else happens to it, so a
+    /// crash after the broker's acknowledgement loses nothing (PROTOCOL.md, "received"
+    /// durability). Work for the pipeline goes straight to it; anything else (our status) to
+    /// the client's message stream.
+    func receive(_ message: MQTTMessage) -> Bool {
+        guard let (target, kind) = topics.parse(message.topic), target == machine else { return false }
+        switch kind {
+        case .paymentCompleted:
+            var received: Int64?
+            do {
+                received = try store.recordReceived(message.payload, at: now())
+            } catch {
+                noteJournalFailure("cannot record a received completion: \(error)")
+            }
+            input.yield(.payment(message.payload, received: received))
+        case .configDesired:
+            input.yield(.config(message.payload))
+        case .firmwareDesired:
+            input.yield(.firmware(message.payload))
+        default:
+            return false
+        }
+        return true
+    }
+
+    /// The single pipeline: payments, configurations and firmware installs, one at a time and
+    /// in arrival order, so lines are only re-opened (or the agent restarted) between trains.
+    func runPipeline(_ inputs: AsyncStream<AgentInput>, client: MQTTClient) async {
+        for await input in inputs {
+            switch input {
+            case .payment(let payload, let received):
+                await handlePayment(payload, received: received)
                 checkpointEvery(64)
-            case .configDesired:
-                await handleConfig(message.payload, client: client)
-            case .firmwareDesired:
-                await handleFirmware(message.payload, client: client)
-            default:
-                break
+            case .config(let payload):
+                await handleConfig(payload, client: client)
+            case .firmware(let payload):
+                await handleFirmware(payload, client: client)
+            case .installFirmware(let download):
+                await install(download, client: client)
             }
         }
     }
-
     /// Every `count` payments, between payments: fold the write-ahead log into the database.
     private func checkpointEvery(_ count: Int) {
         let due = state.withLock { s -> Bool in
@@ -36,17 +72,20 @@ extension EdgeAgent {
     }
 
     /// Decides a payment in PROTOCOL.md's order, fires its train if it is payable, and puts the
-    /// result in the outbox.
-    func handlePayment(_ payload: Data) async {
+    /// result in the outbox (with the received record, in one transaction).
+    func handlePayment(_ payload: Data, received: Int64?) async {
         let trust = state.withLock { $0.trust }
         let verified: Verified<PaymentCompleted>
         do {
             verified = try SignedEnvelope.open(payload, as: PaymentCompleted.self, trust: trust)
         } catch {
             // Not a valid signed payment: answered, but not a decision (a forger must not be
-            // able to block a real payment ID by sending it first).
+            // able to block a real payment ID by sending it first). The hash tells the payment
+            // server whether these were its bytes.
             logger.warning("payment refused: \(error)", metadata: ["payment.id": "\(error.paymentId?.rawValue ?? "-")"])
-            emit(result(for: error.paymentId, .rejected, error.reason), payment: nil)
+            var refusal = result(for: error.paymentId, .rejected, error.reason)
+            refusal.payloadSha256 = SHA256Hasher.hex(of: payload)
+            emit(refusal, payment: nil, received: received)
             return
         }
         let payment = verified.body
@@ -55,7 +94,7 @@ extension EdgeAgent {
 
         guard payment.machineId == machine else {
             log.warning("payment for another machine (\(payment.machineId)) refused")
-            emit(result(for: payment.paymentId, .rejected, .wrongMachine), payment: nil)
+            emit(result(for: payment.paymentId, .rejected, .wrongMachine), payment: nil, received: received)
             return
         }
         do {
@@ -65,18 +104,18 @@ extension EdgeAgent {
                 duplicate.original = OriginalDecision(
                     status: first.status ?? .uncertain, reason: first.status == nil ? .interrupted : first.reason,
                     amount: first.amount)
-                emit(duplicate, payment: nil)
+                emit(duplicate, payment: nil, received: received)
                 return
             }
         } catch {
             log.error("cannot read the journal: \(error); refusing the payment")
-            emit(result(for: payment.paymentId, .rejected, .relayFault), payment: nil)
+            emit(result(for: payment.paymentId, .rejected, .relayFault), payment: nil, received: received)
             return
         }
 
-        if let reason = check(payment) {
+        if let reason = check(payment, log: log) {
             log.info("payment rejected: \(reason.rawValue)")
-            emit(result(for: payment.paymentId, .rejected, reason), payment: payment)
+            emit(result(for: payment.paymentId, .rejected, reason), payment: payment, received: received)
             return
         }
         let config = state.withLock { $0.config }!
@@ -85,38 +124,67 @@ extension EdgeAgent {
             plan = try PulsePlan.make(amount: payment.amount, outputs: config.outputs, maxAmount: config.maxAmount)
         } catch {
             log.info("payment rejected: \(error)")
-            emit(result(for: payment.paymentId, .rejected, error.reason), payment: payment)
+            emit(result(for: payment.paymentId, .rejected, error.reason), payment: payment, received: received)
             return
         }
 
-        // Quiet time after the previous train; payments arriving meanwhile wait here.
-        if let end = state.withLock({ $0.lastTrainEnd }) {
-            let ready = end + .milliseconds(config.postVendDelayMs)
-            if ready > .now { try? await Task.sleep(until: ready, clock: .continuous) }
-        }
-        if now() > payment.expiresAt {
-            emit(result(for: payment.paymentId, .rejected, .expired), payment: payment)
+        // The train must be able to end by expiresAt − 2 s if it starts after the quiet time
+        // of the previous one: the payment server voids at expiresAt + 5 s.
+        let quietUntil = state.withLock { $0.lastTrainEnd }.map { $0 + .milliseconds(config.postVendDelayMs) }
+        let waitMs = quietUntil.map { max(0, Self.milliseconds($0 - .now)) } ?? 0
+        if now() + waitMs + plan.durationMs > payment.expiresAt - ProtocolLimits.trainEndMarginMs {
+            log.info("payment rejected: expired (a \(plan.durationMs) ms train starting in \(waitMs) ms would end too late)")
+            var rejected = result(for: payment.paymentId, .rejected, .expired)
+            rejected.pulses = plan.pulseCounts
+            emit(rejected, payment: payment, received: received)
             return
         }
+        // Quiet time after the previous train; payments arriving meanwhile wait here (they are
+        // already durable as received).
+        if let quietUntil, quietUntil > .now { try? await Task.sleep(until: quietUntil, clock: .continuous) }
+
         guard let lines = state.withLock({ $0.lines }) else {
             log.error("payment rejected: relay lines are not open")
             var rejected = result(for: payment.paymentId, .rejected, .relayFault)
             rejected.pulses = plan.pulseCounts
-            emit(rejected, payment: payment)
+            emit(rejected, payment: payment, received: received)
             return
         }
+        guard store.hasWorkingRoom() else {
+            // Without room for its decision, a train must not start: refused, and said so.
+            log.error("payment rejected: the journal's disk is below its working floor")
+            setProblem(UnitProblem.lowDiskSpace, true)
+            var rejected = result(for: payment.paymentId, .rejected, .relayFault)
+            rejected.pulses = plan.pulseCounts
+            emit(rejected, payment: payment, received: received)
+            return
+        }
+        setProblem(UnitProblem.lowDiskSpace, false)
 
         let store = self.store
         let progress = self.progress
         let clock = options.clock
+        let declined = Mutex<RejectionReason?>(nil)
+        let duration = plan.durationMs
         let report = await engine.fire(
             plan, on: lines,
             beforeFirstPulse: {
-                // Never start a train after expiresAt by our own clock.
+                // Checked again at the last moment: never a train that would end after
+                // expiresAt − 2 s by our own clock.
                 let now = clock()
-                guard now <= payment.expiresAt else { throw Declined.expired }
+                guard now + duration <= payment.expiresAt - ProtocolLimits.trainEndMarginMs else {
+                    declined.withLock { $0 = .expired }
+                    throw TrainDeclined.expired
+                }
+                do {
+                    try store.recordTrainStarted(payment, plan: plan.pulseCounts, at: now, received: received)
+                } catch {
+                    declined.withLock { $0 = .relayFault }
+                    throw TrainDeclined.journal(error)
+                }
+                // Only once the start is committed: a failed start must not overwrite the
+                // progress of a train that really ran.
                 progress.record(payment.paymentId, fired: 0)
-                try store.recordTrainStarted(payment, plan: plan.pulseCounts, at: now)
             },
             afterPulse: { progress.record(payment.paymentId, fired: $0) })
         state.withLock { $0.lastTrainEnd = .now }
@@ -138,8 +206,11 @@ extension EdgeAgent {
             outcome.reason = .relayFault
         case .declined(let why):
             outcome.status = .rejected
-            outcome.reason = why == "\(Declined.expired)" ? .expired : .relayFault
-            if outcome.reason == .relayFault { log.error("could not record the train start: \(why)") }
+            outcome.reason = declined.withLock { $0 } ?? .relayFault
+            if outcome.reason == .relayFault {
+                log.error("could not record the train start: \(why)")
+                noteJournalFailure("cannot record a train start: \(why)")
+            }
         case .inhibitedDuringTrain:
             outcome.status = .uncertain
             outcome.reason = .inhibitedDuringTrain
@@ -158,19 +229,41 @@ extension EdgeAgent {
                 "payment.amount": "\(payment.amount)", "payment.pulses_fired": "\(report.pulsesFired)",
                 "payment.reason": "\(outcome.reason?.rawValue ?? "-")",
             ])
-        emit(outcome, payment: payment)
+        emit(outcome, payment: payment, received: received)
     }
 
-    private enum Declined: Error, CustomStringConvertible {
+    /// Why the pulse engine's start hook declined a train.
+    private enum TrainDeclined: Error {
         case expired
-        var description: String { "expired" }
+        case journal(any Error)
+    }
+
+    static func milliseconds(_ duration: Duration) -> Int {
+        Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
     }
 
     /// The checks between the duplicate check and the plan, in PROTOCOL.md's order.
-    private func check(_ payment: PaymentCompleted) -> RejectionReason? {
+    private func check(_ payment: PaymentCompleted, log: Logger) -> RejectionReason? {
         let now = now()
+        switch state.withLock({ $0.clock.check(now: now) }) {
+        case .trusted:
+            setProblem(UnitProblem.clockUntrusted, false)
+        case .behind(let floor):
+            log.error("the clock reads \(now), behind \(floor) that this unit has already seen: refusing as expired")
+            setProblem(UnitProblem.clockUntrusted, true)
+            return .expired
+        case .unsynchronised:
+            log.error("the clock is not synchronised and --require-clock-sync is set: refusing as expired")
+            setProblem(UnitProblem.clockUntrusted, true)
+            return .expired
+        }
         if now > payment.expiresAt { return .expired }
         if payment.issuedAt > now + ProtocolLimits.maxClockLeadMs { return .notYetValid }
+        // Issued before this journal existed: a lost journal may have decided it already.
+        if let created = state.withLock({ $0.journalCreatedAt }), payment.issuedAt < created {
+            log.warning("payment issued before this journal was created (\(created)); refused as expired")
+            return .expired
+        }
         guard let config = state.withLock({ $0.config }) else { return .notConfigured }
         if payment.currency != config.currency { return .currencyMismatch }
         return nil
@@ -182,21 +275,43 @@ extension EdgeAgent {
             pulsesFired: 0, decidedAt: now(), bootId: bootId, seq: 0)
     }
 
-    /// Makes a result durable (a decision when `payment` is given, otherwise an answer only)
-    /// and wakes the outbox publisher.
-    func emit(_ result: PaymentResult, payment: PaymentCompleted?) {
+    /// Makes a result durable (a decision when `payment` is given, otherwise an answer only),
+    /// together with forgetting its received record, and wakes the outbox publisher. If the
+    /// journal cannot take it, the result is still published, from memory, and the unit says
+    /// its journal is unwritable.
+    func emit(_ result: PaymentResult, payment: PaymentCompleted?, received: Int64?) {
         do {
-            if let payment {
-                try store.recordDecision(result, payment: payment)
-            } else {
-                try store.recordResultOnly(result)
+            try store.withReserve {
+                if let payment {
+                    try store.recordDecision(result, payment: payment, received: received)
+                } else {
+                    try store.recordResultOnly(result, received: received)
+                }
             }
+            if payment != nil { state.withLock { $0.clock.raise(to: result.decidedAt - ClockGuard.toleranceMs) } }
+            setProblem(UnitProblem.journalUnwritable, false)
         } catch {
             logger.critical(
-                "cannot write the journal: \(error); the result stays unpublished",
+                "cannot write the journal: \(error); publishing the result from memory",
                 metadata: ["payment.id": "\(result.paymentId?.rawValue ?? "-")"])
-            return
+            noteJournalFailure("\(error)")
+            state.withLock { $0.unjournaled.append(result) }
         }
         outboxWake.yield()
+    }
+
+    /// The journal refused a write: say so in status and heartbeats until a write succeeds.
+    func noteJournalFailure(_ detail: String) {
+        logger.error("journal unwritable: \(detail)", metadata: ["state.path": "\(store.path)"])
+        setProblem(UnitProblem.journalUnwritable, true)
+    }
+
+    /// Sets or clears one of the problems reported in status and heartbeats; a change is
+    /// published in the retained status at once.
+    func setProblem(_ problem: String, _ present: Bool) {
+        let changed = state.withLock { s -> Bool in
+            present ? s.problems.insert(problem).inserted : s.problems.remove(problem) != nil
+        }
+        if changed { statusChanged.yield() }
     }
 }

@@ -31,6 +31,11 @@ public struct AgentOptions: Sendable {
     public var installCommand: String?
     /// How long a new version has to come online before it rolls itself back.
     public var healthTimeout: Duration = .seconds(60)
+    /// Refuse payments while the kernel says the clock is not synchronised (ClockGuard).
+    public var requireClockSync = false
+    /// Where firmware artifacts are downloaded (never the state folder, whose space belongs
+    /// to the journal); default: INSTALL/downloads.
+    public var downloadDirectory: String?
     /// The agent's clock, milliseconds since the Unix epoch.
     public var clock: @Sendable () -> Int = { Int(Date().timeIntervalSince1970 * 1000) }
 
@@ -68,6 +73,12 @@ public final class EdgeAgent: Service, Sendable {
     /// Asks `run()` to stop as if SIGTERM came (to restart into a new version).
     let restartRequest: AsyncStream<String>.Continuation
     let restartRequests: AsyncStream<String>
+    /// The pipeline's input: fed from the network thread (`receive`) and by power-up.
+    let input: AsyncStream<AgentInput>.Continuation
+    let inputs: AsyncStream<AgentInput>
+    /// Wakes the status publisher when a reported problem appears or clears.
+    let statusChanged: AsyncStream<Void>.Continuation
+    let statusChanges: AsyncStream<Void>
     /// Yields each time `online` has been published (for the firmware health check).
     let onlineSignal: AsyncStream<Void>.Continuation
     let onlineSignals: AsyncStream<Void>
@@ -90,17 +101,25 @@ public final class EdgeAgent: Service, Sendable {
         (outboxWakes, outboxWake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         (restartRequests, restartRequest) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(1))
         (onlineSignals, onlineSignal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        (inputs, input) = AsyncStream.makeStream(of: AgentInput.self, bufferingPolicy: .unbounded)
+        (statusChanges, statusChanged) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
     public func run() async throws {
         try powerUp()
+        // Completions received before a crash and not decided: first, in arrival order.
+        let pending = try store.pendingReceived()
+        if !pending.isEmpty { logger.notice("deciding \(pending.count) payment(s) received before the last stop") }
+        for (id, payload) in pending { input.yield(.payment(payload, received: id)) }
         let client = try makeClient()
         try client.start()
-        let (inputs, inputContinuation) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .unbounded)
+        let inputs = self.inputs
+        let inputContinuation = self.input
 
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.watchConnection(client) }
-            group.addTask { await self.route(client.messages, into: inputContinuation, client: client) }
+            group.addTask { await self.route(client.messages, client: client) }
+            group.addTask { await self.publishStatusChanges(client) }
             group.addTask { await self.publishOutbox(client) }
             group.addTask { await self.sendHeartbeats(client) }
             let pipeline = Task { await self.runPipeline(inputs, client: client) }
@@ -130,6 +149,7 @@ public final class EdgeAgent: Service, Sendable {
             }
             await pipeline.value
             stopper.cancel()
+            cancelFirmwareDownload()
             await drainOutbox(within: .seconds(3), client: client)
             await publishOffline(client)
             await client.close()
@@ -144,6 +164,13 @@ public final class EdgeAgent: Service, Sendable {
     /// inactive. The network comes after.
     func powerUp() throws {
         let now = options.clock()
+        try store.noteCreation(now: now)
+        let createdAt = try store.createdAt()
+        var clock = ClockGuard(
+            floor: max(AgentVersion.buildTimeMs, try store.latestRecordedTime() - ClockGuard.toleranceMs),
+            requireSynchronised: options.requireClockSync)
+        if !store.ensureReserve() { logger.error("no room for the journal's reserve; trains are refused until there is") }
+        removeStaleDownloads()
         // Keep decisions at least 30 days; a payment's lifetime is at most 10 minutes.
         let purged = try store.purgeDecisions(decidedBefore: now - 31 * 24 * 3600 * 1000)
         if purged > 0 { logger.info("forgot \(purged) decisions older than 31 days") }
@@ -154,7 +181,7 @@ public final class EdgeAgent: Service, Sendable {
             let result = PaymentResult(
                 paymentId: train.paymentId, machineId: machine, status: .uncertain, reason: .interrupted, amount: 0,
                 pulses: train.plan, pulsesFired: fired, decidedAt: now, bootId: bootId, seq: 0)
-            try store.recordInterrupted(result)
+            try store.withReserve { try store.recordInterrupted(result) }
             logger.error(
                 "a pulse train was interrupted (crash or power loss); reported uncertain",
                 metadata: ["payment.id": "\(train.paymentId)", "payment.pulses_fired": "\(fired)"])
@@ -175,12 +202,18 @@ public final class EdgeAgent: Service, Sendable {
             // dropped the key that signed it, so it is not verified again).
             let config = try WireCoding.decode(MachineConfig.self, from: Data(configBody(envelope).utf8))
             state.withLock { $0.config = config }
+            clock.raise(to: config.issuedAt - ProtocolLimits.maxClockLeadMs)
         } else if let initial = options.bundle.initialConfig {
             switch applyConfig(Data(initial.utf8), now: now) {
             case .applied(let version): logger.info("applied the bundle's initial configuration", metadata: ["config.version": "\(version)"])
             case .rejected(let version, let reason): logger.error("the bundle's initial configuration was rejected: \(reason)", metadata: ["config.version": "\(version)"])
             case .ignored: break
             }
+        }
+        let guardNow = clock
+        state.withLock {
+            $0.clock = guardNow
+            $0.journalCreatedAt = createdAt.flatMap { $0 > 0 ? $0 : nil }
         }
         if let config = state.withLock({ $0.config }), state.withLock({ $0.lines }) == nil {
             openLines(for: config)
@@ -200,6 +233,7 @@ public final class EdgeAgent: Service, Sendable {
         configuration.cleanStart = false
         configuration.sessionExpirySeconds = 7 * 24 * 3600
         configuration.reconnect = options.reconnect
+        configuration.receiveHook = { [self] message in receive(message) }
         if endpoint.tls, let pem = options.bundle.caCertificate {
             let caPath = options.stateDirectory + "/broker-ca.pem"
             try pem.write(toFile: caPath, atomically: true, encoding: .utf8)
@@ -263,6 +297,8 @@ struct AgentState: Sendable {
     var lines: (any RelayLines)?
     var relay: RelayHealth = .ok
     var session = 0
+    /// The session `online` was last published for.
+    var onlineSession: Int?
     var connected = false
     var stopping = false
     var subscribed = false
@@ -274,4 +310,14 @@ struct AgentState: Sendable {
     var lastTrainEnd: ContinuousClock.Instant?
     var reportedConfigThisBoot = false
     var paymentsSinceCheckpoint = 0
+    /// Whether the wall clock can be trusted for expiry.
+    var clock = ClockGuard(floor: 0, requireSynchronised: false)
+    /// Payments issued before this are refused (the journal is newer than they are).
+    var journalCreatedAt: Int?
+    /// What status and heartbeats report in `problems`.
+    var problems: Set<String> = []
+    /// Results the journal could not take, published from memory.
+    var unjournaled: [PaymentResult] = []
+    /// The firmware download under way, off the pipeline.
+    var firmwareDownload: Task<Void, Never>?
 }

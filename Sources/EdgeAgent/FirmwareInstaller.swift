@@ -13,6 +13,20 @@ public struct FirmwareFailure: Error, Sendable, CustomStringConvertible {
     public var description: String { "\(reason): \(detail)" }
 }
 
+/// A downloaded artifact whose size and SHA-256 match its signed update.
+struct VerifiedFirmware: Sendable {
+    var update: FirmwareUpdate
+    var artifact: String
+}
+
+/// fsync of a file or folder, so a switch survives power loss.
+func syncPath(_ path: String) {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return }
+    fsync(fd)
+    close(fd)
+}
+
 /// The install folder of a unit that updates itself:
 ///
 ///     INSTALL/versions/<version>/edge-agent    each version's binary
@@ -43,6 +57,7 @@ public struct FirmwareLayout: Sendable {
         guard symlink("versions/\(version)", temporary) == 0, rename(temporary, link) == 0 else {
             throw FirmwareFailure(reason: "install_failed", detail: "cannot switch \(link): \(String(cString: strerror(errno)))")
         }
+        syncPath(installDirectory)
     }
 
     /// Installs a verified artifact as `version`: its own folder, `previous` := what ran,
@@ -55,6 +70,9 @@ public struct FirmwareLayout: Sendable {
             if FileManager.default.fileExists(atPath: binary) { try FileManager.default.removeItem(atPath: binary) }
             try FileManager.default.moveItem(atPath: artifact, toPath: binary)
             chmod(binary, 0o755)
+            // The binary's bytes and its name are on disk before any link points at it.
+            syncPath(binary)
+            syncPath(directory)
         } catch {
             throw FirmwareFailure(reason: "install_failed", detail: "\(error)")
         }
@@ -127,6 +145,26 @@ public enum FirmwareDownload {
         return Fetched(size: size, sha256: sha256)
     }
 
+    /// Makes the download folder and checks it has room for `room` bytes and a margin: a
+    /// download must never fill the disk the unit runs from.
+    public static func prepare(directory: String, room: Int) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw FirmwareFailure(reason: "download_failed", detail: "cannot make \(directory): \(error)")
+        }
+        var stats = statvfs()
+        guard statvfs(directory, &stats) == 0 else {
+            throw FirmwareFailure(reason: "download_failed", detail: "cannot read free space of \(directory): \(String(cString: strerror(errno)))")
+        }
+        let free = Int(stats.f_bavail) * Int(stats.f_frsize)
+        let margin = 16 << 20
+        guard free >= room + margin else {
+            throw FirmwareFailure(
+                reason: "no_space", detail: "\(directory) has \(free) bytes free; the artifact needs \(room) and \(margin) to spare")
+        }
+    }
+
     /// Throws unless `fetched` is exactly the announced artifact; removes it if not.
     public static func verify(_ fetched: Fetched, against update: FirmwareUpdate, at path: String) throws {
         let (size, sha256) = (fetched.size, fetched.sha256)
@@ -147,7 +185,7 @@ private final class CappedDownload: NSObject, URLSessionDataDelegate, @unchecked
     private let lock = NSLock()
     private let path: String
     private let limit: Int
-    private var handle: FileHandle?
+    private var fd: Int32 = -1
     private let hasher = SHA256Hasher()
     private var received = 0
     private var failure: FirmwareFailure?
@@ -159,8 +197,10 @@ private final class CappedDownload: NSObject, URLSessionDataDelegate, @unchecked
     }
 
     func run(_ task: URLSessionDataTask) async throws {
-        _ = FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
-        handle = FileHandle(forWritingAtPath: path)
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw FirmwareFailure(reason: "download_failed", detail: "cannot create \(path): \(String(cString: strerror(errno)))")
+        }
         try await withCheckedThrowingContinuation { continuation in
             lock.withLock { self.continuation = continuation }
             task.resume()
@@ -187,14 +227,38 @@ private final class CappedDownload: NSObject, URLSessionDataDelegate, @unchecked
                 return
             }
             hasher.update(data)
-            handle?.write(data)
+            // write(2), not FileHandle.write: a full disk is an error to report, not a trap.
+            let written = data.withUnsafeBytes { bytes -> Int in
+                var offset = 0
+                while offset < bytes.count {
+                    let n = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+                    if n < 0 {
+                        if errno == EINTR { continue }
+                        return -Int(errno)
+                    }
+                    offset += n
+                }
+                return offset
+            }
+            if written < 0 {
+                let code = Int32(-written)
+                failure = FirmwareFailure(
+                    reason: code == ENOSPC ? "no_space" : "download_failed", detail: "writing \(path): \(String(cString: strerror(code)))")
+                dataTask.cancel()
+            }
         }
     }
 
     func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: (any Error)?) {
         let (continuation, failure) = lock.withLock { () -> (CheckedContinuation<Void, any Error>?, FirmwareFailure?) in
             defer { self.continuation = nil }
-            try? handle?.close()
+            if fd >= 0 {
+                if self.failure == nil, error == nil, fsync(fd) != 0 {
+                    self.failure = FirmwareFailure(reason: "download_failed", detail: "fsync \(path): \(String(cString: strerror(errno)))")
+                }
+                close(fd)
+                fd = -1
+            }
             return (self.continuation, self.failure)
         }
         if let failure {

@@ -82,6 +82,12 @@ public struct MQTTConfiguration: Sendable {
     public var will: (@Sendable (_ session: UInt64) -> MQTTOutgoingMessage)?
     /// Backoff between reconnection attempts.
     public var reconnect = MQTTReconnectPolicy()
+    /// Called on the network thread with each incoming message before the next one is read;
+    /// returns true if it took the message (it is then not queued on `messages`). For work
+    /// that must be done before the client reads on, e.g. making a payment durable: libmosquitto
+    /// has acknowledged a QoS 1 message already when it is handed over, so the broker will not
+    /// send it again. Keep it short: it holds up every later message.
+    public var receiveHook: (@Sendable (MQTTMessage) -> Bool)?
     /// How long `connect()` waits for the first CONNACK.
     public var connectTimeout: Duration = .seconds(10)
 

@@ -465,10 +465,11 @@ final class MosquittoConnection: @unchecked Sendable {
             contentType = String(cString: contentTypePointer)
             free(contentTypePointer)  // read_string allocates a copy
         }
-        messageContinuation.yield(
-            MQTTMessage(
-                topic: topic, payload: payload, qos: MQTTQoS(rawValue: message.qos) ?? .atMostOnce,
-                retain: message.retain, messageExpirySeconds: hasExpiry ? expiry : nil, contentType: contentType))
+        let received = MQTTMessage(
+            topic: topic, payload: payload, qos: MQTTQoS(rawValue: message.qos) ?? .atMostOnce,
+            retain: message.retain, messageExpirySeconds: hasExpiry ? expiry : nil, contentType: contentType)
+        if let hook = configuration.receiveHook, hook(received) { return }
+        messageContinuation.yield(received)
     }
 
     /// libmosquitto logs every packet at debug level: build a Swift string only for errors

@@ -99,19 +99,26 @@ public struct Ed25519PrivateKey: Sendable {
 
     /// From a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
     public init(pem: String) throws(KeyError) {
-        let bytes = Array(pem.utf8)
-        guard let bio = BIO_new_mem_buf(bytes, Int32(bytes.count)) else {
-            throw .openSSL(operation: "BIO_new_mem_buf", detail: openSSLError())
+        // BIO_new_mem_buf keeps the pointer it is given (no copy): the bytes must stay alive
+        // across every read of the BIO, not only the call that made it. A Swift array passed
+        // straight to the C parameter is valid only during that one call (release builds
+        // free it at once).
+        let made = Array(pem.utf8).withUnsafeBufferPointer { bytes -> Result<OpaquePointer, KeyError> in
+            guard let bio = BIO_new_mem_buf(bytes.baseAddress, Int32(bytes.count)) else {
+                return .failure(.openSSL(operation: "BIO_new_mem_buf", detail: openSSLError()))
+            }
+            defer { BIO_free(bio) }
+            guard let made = PEM_read_bio_PrivateKey(bio, nil, nil, nil) else {
+                return .failure(.invalidPrivateKey("not a PKCS#8 PEM private key (\(openSSLError()))"))
+            }
+            return .success(made)
         }
-        defer { BIO_free(bio) }
-        guard let made = PEM_read_bio_PrivateKey(bio, nil, nil, nil) else {
-            throw .invalidPrivateKey("not a PKCS#8 PEM private key (\(openSSLError()))")
-        }
-        guard EVP_PKEY_get_base_id(made) == EVP_PKEY_ED25519 else {
-            EVP_PKEY_free(made)
+        let key = try made.get()
+        guard EVP_PKEY_get_base_id(key) == EVP_PKEY_ED25519 else {
+            EVP_PKEY_free(key)
             throw .invalidPrivateKey("the PEM holds a key that is not Ed25519")
         }
-        try self.init(owning: made)
+        try self.init(owning: key)
     }
 
     private init(owning made: OpaquePointer) throws(KeyError) {

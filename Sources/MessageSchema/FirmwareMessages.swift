@@ -12,6 +12,9 @@ public struct FirmwareUpdate: Codable, Sendable, Hashable, SignedBody {
     /// Bytes; the download stops at this size.
     public var size: Int
     public var issuedAt: Int
+    /// Extension (docs/protocol.md): the operator allows installing a version lower than the
+    /// one running. Without it an agent refuses a downgrade (`downgrade_refused`).
+    public var allowDowngrade = false
 
     public init(machineId: MachineID, version: String, url: String, sha256: String, size: Int, issuedAt: Int) {
         self.machineId = machineId
@@ -43,6 +46,7 @@ public struct FirmwareUpdate: Codable, Sendable, Hashable, SignedBody {
         sha256 = hash.lowercased()
         size = try c.int("size", in: 1...(4 << 30))
         issuedAt = try c.time("issuedAt")
+        allowDowngrade = try c.optionalField("allowDowngrade") ?? false
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -54,6 +58,7 @@ public struct FirmwareUpdate: Codable, Sendable, Hashable, SignedBody {
         try c.encode(sha256, forKey: "sha256")
         try c.encode(size, forKey: "size")
         try c.encode(issuedAt, forKey: "issuedAt")
+        if allowDowngrade { try c.encode(true, forKey: "allowDowngrade") }
     }
 }
 
@@ -101,5 +106,19 @@ public struct FirmwareReported: Codable, Sendable, Hashable {
         try c.encode(state, forKey: "state")
         try c.encodeOrNull(reason, forKey: "reason")
         try c.encode(at, forKey: "at")
+    }
+}
+
+/// Orders firmware versions: dot-separated parts, numerically where both are numbers
+/// (`1.10.0` > `1.9.2`), otherwise as text.
+public enum FirmwareVersionOrder {
+    public static func isLower(_ lhs: String, than rhs: String) -> Bool {
+        let a = lhs.split(separator: ".", omittingEmptySubsequences: false)
+        let b = rhs.split(separator: ".", omittingEmptySubsequences: false)
+        for (x, y) in zip(a, b) where x != y {
+            if let i = Int(x), let j = Int(y) { return i < j }
+            return x < y
+        }
+        return a.count < b.count
     }
 }

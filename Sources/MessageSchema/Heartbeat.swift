@@ -53,6 +53,8 @@ public struct Heartbeat: Codable, Sendable, Hashable {
     public var relay: RelayHealth
     public var outboxDepth: Int
     public var counters: PaymentCounters
+    /// Extension: as in `status` (``UnitProblem``); always present, empty when healthy.
+    public var problems: [String] = []
 
     public init(
         machineId: MachineID, bootId: String, seq: Int, at: Int, uptimeS: Int, firmware: String,
@@ -84,6 +86,7 @@ public struct Heartbeat: Codable, Sendable, Hashable {
         configVersion = try c.int("configVersion", in: 0...Int.max)
         inhibited = try c.field("inhibited")
         relay = try c.field("relay")
+        problems = try c.optionalField("problems") ?? []
         outboxDepth = try c.int("outboxDepth", in: 0...Int.max)
         counters = try c.field("counters")
     }
@@ -101,6 +104,7 @@ public struct Heartbeat: Codable, Sendable, Hashable {
         try c.encode(configVersion, forKey: "configVersion")
         try c.encode(inhibited, forKey: "inhibited")
         try c.encode(relay, forKey: "relay")
+        try c.encode(problems, forKey: "problems")
         try c.encode(outboxDepth, forKey: "outboxDepth")
         try c.encode(counters, forKey: "counters")
     }

@@ -4,6 +4,21 @@ public enum NameRules {
     public static func isLowerAlnum(_ b: UInt8) -> Bool { (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) }
     static func isAlnum(_ b: UInt8) -> Bool { isLowerAlnum(b) || (b >= 0x41 && b <= 0x5A) }
 
+    static func isLowerHexDigit(_ b: UInt8) -> Bool { (b >= 0x30 && b <= 0x39) || (b >= 0x61 && b <= 0x66) }
+
+    /// Names a machine may never have: they are (or could become) service identities on the
+    /// broker (PROTOCOL.md, "Topics": identities are bound to client IDs). Exact names, and
+    /// every name under a service prefix.
+    public static let reservedMachineNames: Set<String> = [
+        "admin", "fleet-manager", "fleet-admin", "payment-server", "pulsebridge", "mosquitto", "root", "broker",
+    ]
+    public static let reservedMachinePrefixes = ["fleet-manager-", "payment-server-", "pulsebridge-", "admin-"]
+
+    /// Whether `name` is reserved for a service identity.
+    public static func isReservedMachineName(_ name: String) -> Bool {
+        reservedMachineNames.contains(name) || reservedMachinePrefixes.contains { name.hasPrefix($0) }
+    }
+
     static func isHexDigit(_ b: UInt8) -> Bool {
         (b >= 0x30 && b <= 0x39) || (b >= 0x61 && b <= 0x66) || (b >= 0x41 && b <= 0x46)
     }
@@ -90,6 +105,9 @@ public struct MachineID: ValidatedIdentifier {
     public init(unchecked raw: String) { rawValue = raw }
     public static let rule = "^[a-z0-9][a-z0-9-]{1,62}$"
     public static func isValid(_ raw: String) -> Bool { NameRules.isMachineID(raw) }
+    /// A service identity's name (`admin`, `fleet-manager`, `payment-server-…`): never a
+    /// machine's. Provisioning refuses it.
+    public var isReserved: Bool { NameRules.isReservedMachineName(rawValue) }
 }
 
 /// A payment's ID, unique for all time. `^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`.
@@ -135,4 +153,6 @@ public enum ProtocolLimits {
     public static let paymentLifetimeMs = 1_000...600_000
     /// How far `issuedAt` may be ahead of the agent's clock.
     public static let maxClockLeadMs = 30_000
+    /// A train must be able to end this long before `expiresAt` (PROTOCOL.md, the expiry row).
+    public static let trainEndMarginMs = 2_000
 }

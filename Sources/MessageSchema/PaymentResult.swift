@@ -68,11 +68,20 @@ public struct PaymentResult: Codable, Sendable, Hashable {
     public var seq: Int
     /// For `duplicate`: the first decision.
     public var original: OriginalDecision?
+    /// For the refusals made before a signature holds (`malformed`, `unknown_key`,
+    /// `bad_signature`): lower-case hex SHA-256 of the payload bytes refused. A payment server
+    /// counts such a refusal only if it is the hash of what it sent.
+    public var payloadSha256: String?
+
+    /// The refusals made before a signature holds: their `paymentId` was never verified.
+    public var isRefusalBeforeSignature: Bool {
+        status == .rejected && (reason == .malformed || reason == .unknownKey || reason == .badSignature)
+    }
 
     public init(
         paymentId: PaymentID?, machineId: MachineID, status: PaymentStatus, reason: RejectionReason?,
         amount: Int, pulses: [PulseCount], pulsesFired: Int, decidedAt: Int, bootId: String, seq: Int,
-        original: OriginalDecision? = nil
+        original: OriginalDecision? = nil, payloadSha256: String? = nil
     ) {
         self.paymentId = paymentId
         self.machineId = machineId
@@ -85,6 +94,7 @@ public struct PaymentResult: Codable, Sendable, Hashable {
         self.bootId = bootId
         self.seq = seq
         self.original = original
+        self.payloadSha256 = payloadSha256
     }
 
     public init(from decoder: any Decoder) throws {
@@ -102,6 +112,10 @@ public struct PaymentResult: Codable, Sendable, Hashable {
         bootId = try c.field("bootId")
         seq = try c.int("seq", in: 0...Int.max)
         original = try c.optionalField("original")
+        payloadSha256 = try c.optionalField("payloadSha256")
+        if let sha = payloadSha256, !(sha.utf8.count == 64 && sha.utf8.allSatisfy(NameRules.isLowerHexDigit)) {
+            throw c.invalid("payloadSha256", "must be 64 lower-case hex digits")
+        }
         if (status == .rejected || status == .uncertain) && reason == nil {
             throw c.invalid("reason", "is required when status is \(status.rawValue)")
         }
@@ -128,5 +142,6 @@ public struct PaymentResult: Codable, Sendable, Hashable {
         try c.encode(bootId, forKey: "bootId")
         try c.encode(seq, forKey: "seq")
         if let original { try c.encode(original, forKey: "original") }
+        if let payloadSha256 { try c.encode(payloadSha256, forKey: "payloadSha256") }
     }
 }

@@ -17,6 +17,9 @@ public struct StatusMessage: Codable, Sendable, Hashable {
     /// The applied configuration's version; 0 before any.
     public var configVersion: Int
     public var at: Int
+    /// Extension (docs/protocol.md): what keeps the unit from taking payments safely while it
+    /// is connected, e.g. `journal_unwritable`; empty when healthy. See ``UnitProblem``.
+    public var problems: [String] = []
 
     public init(
         machineId: MachineID, state: MachineState, bootId: String, session: Int, firmware: String,
@@ -42,6 +45,7 @@ public struct StatusMessage: Codable, Sendable, Hashable {
         firmware = try c.field("firmware")
         configVersion = try c.int("configVersion", in: 0...Int.max)
         at = try c.time("at")
+        problems = try c.optionalField("problems") ?? []
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -55,5 +59,18 @@ public struct StatusMessage: Codable, Sendable, Hashable {
         try c.encode(firmware, forKey: "firmware")
         try c.encode(configVersion, forKey: "configVersion")
         try c.encode(at, forKey: "at")
+        if !problems.isEmpty { try c.encode(problems, forKey: "problems") }
     }
+}
+
+/// What a unit reports in `problems` (status and heartbeat; docs/protocol.md).
+public enum UnitProblem {
+    /// The journal cannot be written (disk full, I/O error): no train starts; results are
+    /// published from memory.
+    public static let journalUnwritable = "journal_unwritable"
+    /// Free space is below the journal's working floor: no new train starts.
+    public static let lowDiskSpace = "low_disk_space"
+    /// The clock is not trusted (behind what the unit has seen, or not synchronised where
+    /// synchronisation is required): payments are refused as `expired`.
+    public static let clockUntrusted = "clock_untrusted"
 }

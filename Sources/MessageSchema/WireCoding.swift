@@ -9,8 +9,15 @@ public enum WireCoding {
         guard data.count <= ProtocolLimits.maxPayloadBytes else {
             throw .malformed(field: nil, problem: "payload is \(data.count) bytes, over the 8 KiB limit")
         }
+        let strictProblem = data.withUnsafeBytes { raw in
+            StrictJSON.problem(in: raw.bindMemory(to: UInt8.self))
+        }
         do {
-            return try JSONDecoder().decode(T.self, from: data)
+            let value = try JSONDecoder().decode(T.self, from: data)
+            // Text the strict pass refuses is refused even where Foundation is lenient (its
+            // own errors come first: they name the field).
+            if let strictProblem { throw ProtocolError.malformed(field: nil, problem: strictProblem) }
+            return value
         } catch let error as ProtocolError {
             throw error
         } catch let error as DecodingError {

@@ -8,6 +8,10 @@ public enum PlanError: Error, Sendable, Hashable, CustomStringConvertible {
     case overLimit(amount: Int, maxAmount: Int)
     /// No combination of the outputs' pulse values sums exactly to the amount.
     case notPayable(amount: Int, values: [Int])
+    /// Finding the least-time plan would need a table larger than ``PulsePlan/maxTableEntries``
+    /// (pulse values that are large and have no common divisor). Refused rather than risk the
+    /// unit's memory; the configuration is refused the same way when it is applied.
+    case tooComplex(amount: Int, values: [Int], entries: Int)
 
     /// The wire reason (`over_limit`, `amount_not_payable`; an invalid amount never passes
     /// message validation, so it maps to `malformed`).
@@ -15,7 +19,7 @@ public enum PlanError: Error, Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .invalidAmount: .malformed
         case .overLimit: .overLimit
-        case .notPayable: .amountNotPayable
+        case .notPayable, .tooComplex: .amountNotPayable
         }
     }
 
@@ -25,6 +29,8 @@ public enum PlanError: Error, Sendable, Hashable, CustomStringConvertible {
         case .overLimit(let amount, let maxAmount): "amount \(amount) is over the configured maximum \(maxAmount)"
         case .notPayable(let amount, let values):
             "amount \(amount) cannot be made exactly from pulses worth \(values.map(String.init).joined(separator: ", "))"
+        case .tooComplex(let amount, let values, let entries):
+            "planning \(amount) from pulses worth \(values.map(String.init).joined(separator: ", ")) needs a \(entries)-entry table (limit \(PulsePlan.maxTableEntries)); choose pulse values with a larger common divisor"
         }
     }
 }
@@ -60,6 +66,10 @@ public struct PulsePlan: Sendable, Hashable {
     /// swapping that many of `j`'s pulses for `v_j / gcd` of `b`'s would not be slower). So
     /// only a bounded amount, at most `Σ (v_b/gcd − 1)·v_j`, comes from outputs other than
     /// `b`: an exact-change dynamic programme over that bound, and `b` pays the rest.
+    /// The largest planning table allowed (17 bytes an entry: about 17 MB). Ordinary coin and
+    /// bill values need a few hundred entries.
+    public static let maxTableEntries = 1 << 20
+
     public static func make(amount: Int, outputs: [OutputConfig], maxAmount: Int? = nil) throws(PlanError) -> PulsePlan {
         guard amount > 0 else { throw .invalidAmount(amount) }
         if let maxAmount, amount > maxAmount { throw .overLimit(amount: amount, maxAmount: maxAmount) }
@@ -69,25 +79,13 @@ public struct PulsePlan: Sendable, Hashable {
         let unit = values.reduce(0, gcd)
         guard amount % unit == 0 else { throw .notPayable(amount: amount, values: values) }
 
-        // The most time-efficient output: least (pulseMs + gapMs) / valuePerPulse; on a tie the
-        // larger value (fewer pulses), then the earlier output.
-        var best = 0
-        for j in outputs.indices.dropFirst() {
-            let lhs = outputs[j].periodMs * outputs[best].valuePerPulse
-            let rhs = outputs[best].periodMs * outputs[j].valuePerPulse
-            if lhs < rhs || (lhs == rhs && outputs[j].valuePerPulse > outputs[best].valuePerPulse) { best = j }
-        }
+        let best = fastestOutput(outputs)
         let vb = outputs[best].valuePerPulse
-        var bound = 0
-        for j in outputs.indices where j != best {
-            let limit = vb / gcd(vb, outputs[j].valuePerPulse) - 1
-            bound += limit * outputs[j].valuePerPulse
-            if bound >= amount { break }
-        }
-        bound = min(bound, amount)
+        let bound = otherOutputsBound(amount: amount, outputs: outputs, best: best)
 
         // time[x] / pulses[x]: the fastest way to make x·unit from the other outputs.
         let size = bound / unit + 1
+        guard size <= maxTableEntries else { throw .tooComplex(amount: amount, values: values, entries: size) }
         var time = [Int](repeating: .max, count: size)
         var pulses = [Int](repeating: .max, count: size)
         var choice = [Int8](repeating: -1, count: size)
@@ -140,6 +138,41 @@ public struct PulsePlan: Sendable, Hashable {
             return Step(output: i, channel: o.channel, count: counts[i], pulseMs: o.pulseMs, gapMs: o.gapMs, valuePerPulse: o.valuePerPulse)
         }
         return PulsePlan(steps: steps, amount: amount)
+    }
+
+    /// The most time-efficient output: least (pulseMs + gapMs) / valuePerPulse; on a tie the
+    /// larger value (fewer pulses), then the earlier output.
+    static func fastestOutput(_ outputs: [OutputConfig]) -> Int {
+        var best = 0
+        for j in outputs.indices.dropFirst() {
+            let lhs = outputs[j].periodMs * outputs[best].valuePerPulse
+            let rhs = outputs[best].periodMs * outputs[j].valuePerPulse
+            if lhs < rhs || (lhs == rhs && outputs[j].valuePerPulse > outputs[best].valuePerPulse) { best = j }
+        }
+        return best
+    }
+
+    /// The most value the other outputs pay in some optimal plan (see ``make(amount:outputs:maxAmount:)``).
+    static func otherOutputsBound(amount: Int, outputs: [OutputConfig], best: Int) -> Int {
+        let vb = outputs[best].valuePerPulse
+        var bound = 0
+        for j in outputs.indices where j != best {
+            let limit = vb / gcd(vb, outputs[j].valuePerPulse) - 1
+            bound += limit * outputs[j].valuePerPulse
+            if bound >= amount { break }
+        }
+        return min(bound, amount)
+    }
+
+    /// Throws ``PlanError/tooComplex(amount:values:entries:)`` when some amount up to
+    /// `maxAmount` would need a planning table over the limit: checked when a configuration
+    /// is applied, so such a configuration is refused rather than found out at a payment.
+    public static func checkPlannable(outputs: [OutputConfig], maxAmount: Int) throws(PlanError) {
+        let values = outputs.map(\.valuePerPulse)
+        guard !outputs.isEmpty, values.allSatisfy({ $0 > 0 }) else { return }
+        let unit = values.reduce(0, gcd)
+        let entries = otherOutputsBound(amount: maxAmount, outputs: outputs, best: fastestOutput(outputs)) / unit + 1
+        guard entries <= maxTableEntries else { throw .tooComplex(amount: maxAmount, values: values, entries: entries) }
     }
 }
 

@@ -44,6 +44,12 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Seconds a new firmware version has to come online before it rolls back.")
     var healthTimeout = 60
 
+    @Option(help: "Folder for firmware downloads (default: INSTALL_DIR/downloads; never the state folder).")
+    var downloadDir: String?
+
+    @Flag(help: "Refuse payments (as expired) while the kernel says the clock is not synchronised (NTP).")
+    var requireClockSync = false
+
     func run() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
@@ -74,6 +80,8 @@ struct Run: AsyncParsableCommand {
             options.installDirectory = installDir
             options.installCommand = installCommand
             options.healthTimeout = .seconds(healthTimeout)
+            options.downloadDirectory = downloadDir
+            options.requireClockSync = requireClockSync
             agent = try EdgeAgent(options: options, logger: logger)
         } catch {
             fail("cannot open the state in \(stateDir): \(error)")

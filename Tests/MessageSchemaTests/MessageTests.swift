@@ -76,7 +76,7 @@ import Testing
         #expect(try keys(Self.status) == ["v", "type", "machineId", "state", "bootId", "session", "firmware", "configVersion", "at"])
         #expect(try keys(Self.heartbeat) == [
             "v", "type", "machineId", "bootId", "seq", "at", "uptimeS", "firmware", "configVersion", "inhibited", "relay",
-            "outboxDepth", "counters",
+            "outboxDepth", "counters", "problems",
         ])
         #expect(try keys(Self.config) == [
             "type", "machineId", "version", "issuedAt", "currency", "maxAmount", "heartbeatS", "postVendDelayMs", "outputs",
