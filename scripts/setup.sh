@@ -10,7 +10,7 @@ as_root apt-get install -y --no-install-recommends \
   mosquitto mosquitto-clients libmosquitto-dev \
   libgpiod-dev gpiod \
   libssl-dev openssl \
-  libqrencode-dev zbar-tools libsqlite3-dev \
+  libqrencode-dev zbar-tools librsvg2-bin libsqlite3-dev \
   stress-ng pkg-config python3 python3-pip
 # The interop fixtures are checked against an independent Ed25519 implementation.
 if ! python3 -c 'import cryptography' 2>/dev/null; then

@@ -82,11 +82,14 @@ extension EdgeAgent {
     }
 
     func statusMessage(_ machineState: MachineState) -> StatusMessage {
-        let (session, version, problems) = state.withLock { ($0.session, $0.config?.version ?? 0, $0.problems.sorted()) }
+        let (session, version, problems, began) = state.withLock {
+            ($0.session, $0.config?.version ?? 0, $0.problems.sorted(), $0.sessionStartedAt)
+        }
         var status = StatusMessage(
             machineId: machine, state: machineState, bootId: bootId, session: session, firmware: options.firmwareVersion,
             configVersion: version, at: now())
         status.problems = problems
+        status.sessionStartedAt = began
         return status
     }
 
@@ -131,7 +134,11 @@ extension EdgeAgent {
 
     /// `online` for this session, once its results are out.
     func announceOnline(_ client: MQTTClient) async {
-        let session = state.withLock { $0.session }
+        let now = now()
+        let session = state.withLock { s in
+            if s.onlineSession != s.session { s.sessionStartedAt = now }
+            return s.session
+        }
         await publishOnline(client)
         state.withLock { $0.onlineSession = session }
         onlineSignal.yield()

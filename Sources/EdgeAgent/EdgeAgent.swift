@@ -299,6 +299,8 @@ struct AgentState: Sendable {
     var session = 0
     /// The session `online` was last published for.
     var onlineSession: Int?
+    /// When this session's first `online` was published (agent clock).
+    var sessionStartedAt: Int?
     var connected = false
     var stopping = false
     var subscribed = false

@@ -189,14 +189,45 @@ public final class DynamicSecurityBackend: ProvisioningBackend {
             try await run([["command": .string("deleteRole"), "rolename": .string(name)]], tolerating: { _, _ in true })
             try await run([["command": .string("createRole"), "rolename": .string(name), "acls": acls]])
         }
-        for (identity, roleNames) in [(manager, ["fleet-manager", "fleet-admin"]), (paymentServer, ["payment-server"])] {
-            try await run([["command": .string("deleteClient"), "username": .string(identity.username)]], tolerating: { _, _ in true })
-            try await run([
-                [
-                    "command": .string("createClient"), "username": .string(identity.username), "password": .string(identity.password),
-                    "roles": .array(roleNames.map { .object(["rolename": .string($0)]) }),
-                ]
-            ])
+        // The manager's identity is the broker's administrator (it can change any password), so
+        // pinning its client ID would protect nothing; it connects with several client IDs.
+        try await run([["command": .string("deleteClient"), "username": .string(manager.username)]], tolerating: { _, _ in true })
+        try await run([
+            [
+                "command": .string("createClient"), "username": .string(manager.username), "password": .string(manager.password),
+                "roles": .array(["fleet-manager", "fleet-admin"].map { .object(["rolename": .string($0)]) }),
+            ]
+        ])
+        try await run([["command": .string("deleteClient"), "username": .string(paymentServer.username)]], tolerating: { _, _ in true })
+        try await createPaymentServer(paymentServer)
+    }
+
+    /// Every payment server is its own client, pinned to the client ID equal to its username,
+    /// so its credentials can never take over a unit's session (a unit's client ID is its
+    /// machine ID, and machine IDs never name a service).
+    public func createPaymentServer(_ identity: BrokerIdentity) async throws {
+        try await run([
+            [
+                "command": .string("createClient"), "username": .string(identity.username), "clientid": .string(identity.username),
+                "password": .string(identity.password), "roles": .array([.object(["rolename": .string("payment-server")])]),
+            ]
+        ])
+    }
+
+    public func deletePaymentServer(username: String) async throws {
+        try await run([["command": .string("deleteClient"), "username": .string(username)]])
+    }
+
+    public func isDeviceIdentity(_ machine: MachineID) async throws -> Bool {
+        let responses = try await run(
+            [["command": .string("getClient"), "username": .string(machine.rawValue)]], tolerating: { _, _ in true })
+        guard let response = responses.first, response["error"] == nil,
+            case .object(let data)? = response["data"], case .object(let client)? = data["client"]
+        else { return false }
+        guard case .string(machine.rawValue)? = client["clientid"], case .array(let roles)? = client["roles"] else { return false }
+        return roles.contains { role in
+            if case .object(let fields) = role, case .string("device-\(machine.rawValue)")? = fields["rolename"] { return true }
+            return false
         }
     }
 

@@ -114,7 +114,11 @@ public struct FirmwareManager: Sendable {
         try await client.subscribe(topics.filter(.firmwareReported))
         let listener = Task {
             for await message in client.messages {
-                guard let reported = try? WireCoding.decode(FirmwareReported.self, from: message.payload), reported.version == version else { continue }
+                // Attributed to the machine its topic names; a body naming another is ignored.
+                guard let (machine, _) = topics.parse(message.topic),
+                    let reported = try? WireCoding.decode(FirmwareReported.self, from: message.payload),
+                    reported.machineId == machine, reported.version == version
+                else { continue }
                 reports.add(reported)
             }
         }

@@ -90,21 +90,41 @@ public final class FleetMonitor: Service, Sendable {
         }
     }
 
+    /// One message as an event, attributed to the machine its **topic** names (the only part
+    /// the broker authenticates): a body naming another machine is ignored and counted.
     func decode(_ message: MQTTMessage) -> FleetEvent? {
         guard let (machine, kind) = home.topics.parse(message.topic), !message.payload.isEmpty else { return nil }
         do {
             let event: FleetEvent
+            let named: MachineID
             switch kind {
-            case .status: event = .status(try WireCoding.decode(StatusMessage.self, from: message.payload))
-            case .heartbeat: event = .heartbeat(try WireCoding.decode(Heartbeat.self, from: message.payload))
-            case .paymentResult: event = .result(try WireCoding.decode(PaymentResult.self, from: message.payload))
-            case .configReported: event = .configReported(try WireCoding.decode(ConfigReported.self, from: message.payload))
-            case .firmwareReported: event = .firmwareReported(try WireCoding.decode(FirmwareReported.self, from: message.payload))
+            case .status:
+                let status = try WireCoding.decode(StatusMessage.self, from: message.payload)
+                (event, named) = (.status(status), status.machineId)
+            case .heartbeat:
+                let heartbeat = try WireCoding.decode(Heartbeat.self, from: message.payload)
+                (event, named) = (.heartbeat(heartbeat), heartbeat.machineId)
+            case .paymentResult:
+                let result = try WireCoding.decode(PaymentResult.self, from: message.payload)
+                (event, named) = (.result(result), result.machineId)
+            case .configReported:
+                let report = try WireCoding.decode(ConfigReported.self, from: message.payload)
+                (event, named) = (.configReported(report), report.machineId)
+            case .firmwareReported:
+                let report = try WireCoding.decode(FirmwareReported.self, from: message.payload)
+                (event, named) = (.firmwareReported(report), report.machineId)
             case .paymentCompleted:
                 // Who paid: recorded only from completions signed by one of the fleet's payment keys.
-                event = .completion(try openCompletion(message.payload))
+                let payment = try openCompletion(message.payload)
+                (event, named) = (.completion(payment, payloadSha256: SHA256Hasher.hex(of: message.payload)), payment.machineId)
             case .configDesired, .firmwareDesired:
                 return nil
+            }
+            guard named == machine else {
+                logger.warning(
+                    "ignored a \(kind.rawValue) on \(machine)'s topic that names \(named)",
+                    metadata: ["machine": "\(machine)", "body.machine": "\(named)"])
+                return .ignored(machine: machine, kind: kind.rawValue)
             }
             return event
         } catch {

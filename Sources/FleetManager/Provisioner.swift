@@ -24,7 +24,7 @@ public struct BulkReport: Sendable {
 /// configuration (retained), device bundle.
 public final class Provisioner: Sendable {
     let home: FleetHome
-    let backend: any ProvisioningBackend
+    public let backend: any ProvisioningBackend
     /// Connected as the fleet manager: publishes retained configurations, clears topics.
     let publisher: MQTTClient
     let logger: Logger
@@ -36,7 +36,7 @@ public final class Provisioner: Sendable {
         self.logger = logger
     }
 
-    static func newPassword() -> String {
+    public static func newPassword() -> String {
         var bytes = [UInt8](repeating: 0, count: 24)
         for i in bytes.indices { bytes[i] = UInt8.random(in: 0...255) }
         return Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
@@ -47,6 +47,11 @@ public final class Provisioner: Sendable {
     public func provision(
         _ machine: MachineID, profile: MachineProfile? = nil, rotateCredentials: Bool = false, bundlePath: String? = nil
     ) async throws -> ProvisionOutcome {
+        guard !machine.isReserved else {
+            throw FleetError(
+                "'\(machine)' is reserved for a service identity and cannot name a machine",
+                hint: "choose another ID; reserved: \(NameRules.reservedMachineNames.sorted().joined(separator: ", ")) and names starting \(NameRules.reservedMachinePrefixes.joined(separator: ", "))")
+        }
         let existing = try home.registry.machine(machine)
         if let existing, existing.state == .revoked {
             throw FleetError("\(machine) was revoked", hint: "machine IDs are not reused; provision the unit under a new ID")
@@ -56,6 +61,10 @@ public final class Provisioner: Sendable {
         if existing != nil {
             guard rotateCredentials else {
                 throw FleetError("\(machine) is already provisioned", hint: "use --rotate-credentials to issue new credentials and a new bundle")
+            }
+            guard try await backend.isDeviceIdentity(machine) else {
+                throw FleetError(
+                    "the broker identity '\(machine)' is not this unit's", hint: "it was not made by provisioning; nothing was changed")
             }
             try await backend.setDevicePassword(machine, password: password)
             let envelope = try existing?.desiredConfig.map { try sign($0) }
@@ -71,7 +80,12 @@ public final class Provisioner: Sendable {
         do {
             try await backend.createDevice(machine, password: password, topics: home.topics)
         } catch let error as FleetError where error.problem.contains("already exists") {
-            // Left over from an interrupted run: take it over with a fresh password.
+            // Left over from an interrupted run: take it over with a fresh password, but only
+            // if it is this unit's own identity (never a service's or anyone else's).
+            guard try await backend.isDeviceIdentity(machine) else {
+                throw FleetError(
+                    "a broker identity named '\(machine)' exists and is not a unit's", hint: "nothing was changed; choose another machine ID")
+            }
             try await backend.setDevicePassword(machine, password: password)
         }
         try home.registry.upsertMachine(machine)

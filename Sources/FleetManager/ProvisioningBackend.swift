@@ -12,6 +12,12 @@ public protocol ProvisioningBackend: Sendable {
     func createDevice(_ machine: MachineID, password: String, topics: TopicScheme) async throws
     /// Whether the broker knows a client for `machine`.
     func deviceExists(_ machine: MachineID) async throws -> Bool
+    /// Whether the broker identity named `machine` is that unit's own (made by
+    /// `createDevice`): provisioning never takes over any other identity.
+    func isDeviceIdentity(_ machine: MachineID) async throws -> Bool
+    /// A payment server's own identity: its username is also the only client ID it may use.
+    func createPaymentServer(_ identity: BrokerIdentity) async throws
+    func deletePaymentServer(username: String) async throws
     /// Replaces the unit's password (the old one stops working, its connection is dropped).
     func setDevicePassword(_ machine: MachineID, password: String) async throws
     /// Deletes the unit's client and role; a connected unit is disconnected.

@@ -7,8 +7,12 @@ public enum FleetEvent: Sendable {
     case status(StatusMessage)
     case heartbeat(Heartbeat)
     case result(PaymentResult)
-    /// A completion whose signature verified with a fleet payment key.
-    case completion(PaymentCompleted)
+    /// A completion whose signature verified with a fleet payment key, and the SHA-256 of its
+    /// bytes.
+    case completion(PaymentCompleted, payloadSha256: String)
+    /// A message that could not be attributed (its body names another machine than its
+    /// topic): counted per (topic machine, kind).
+    case ignored(machine: MachineID, kind: String)
     case configReported(ConfigReported)
     case firmwareReported(FirmwareReported)
 }
@@ -54,6 +58,11 @@ public struct PaymentRecord: Sendable, Codable, Hashable {
     public var creditedAmount: Int
     public var decidedAt: Int?
     public var duplicates: Int
+    /// capture | void | hold; nil while unknown (no result, no proof of no credit yet).
+    public var settlement: String?
+    /// What settled it: `result`, `online_after_expiry`, or `operator:NAME`.
+    public var settledBy: String?
+    public var expiresAt: Int?
 }
 
 extension Registry {
@@ -69,18 +78,25 @@ extension Registry {
                     try applyHeartbeat(heartbeat, now: now, skewLimitMs: skewLimitMs, db, &alerts)
                 case .result(let result):
                     try applyResult(result, now: now, db, &alerts)
-                case .completion(let payment):
+                case .completion(let payment, let sha):
                     try db.execute(
                         sql: """
-                            INSERT INTO paymentRecord (paymentId, machineId, userId, requestedAmount, currency, issuedAt, expiresAt, updatedAt)
-                            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                            ON CONFLICT(paymentId) DO UPDATE SET userId = excluded.userId, requestedAmount = excluded.requestedAmount,
-                                currency = excluded.currency, issuedAt = excluded.issuedAt, expiresAt = excluded.expiresAt, updatedAt = excluded.updatedAt
+                            INSERT INTO paymentRecord (paymentId, machineId, userId, requestedAmount, currency, issuedAt, expiresAt, updatedAt, payloadSha256)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                            ON CONFLICT(machineId, paymentId) DO UPDATE SET userId = excluded.userId, requestedAmount = excluded.requestedAmount,
+                                currency = excluded.currency, issuedAt = excluded.issuedAt, expiresAt = excluded.expiresAt, updatedAt = excluded.updatedAt,
+                                payloadSha256 = COALESCE(payloadSha256, excluded.payloadSha256)
                             """,
                         arguments: [
                             payment.paymentId.rawValue, payment.machineId.rawValue, payment.userId.rawValue, payment.amount,
-                            payment.currency.rawValue, payment.issuedAt, payment.expiresAt, now,
+                            payment.currency.rawValue, payment.issuedAt, payment.expiresAt, now, sha,
                         ])
+                case .ignored(let machine, let kind):
+                    try db.execute(
+                        sql: """
+                            INSERT INTO ignoredMessage (machineId, kind, count, lastAt) VALUES (?, ?, 1, ?)
+                            ON CONFLICT(machineId, kind) DO UPDATE SET count = count + 1, lastAt = excluded.lastAt
+                            """, arguments: [machine.rawValue, kind, now])
                 case .configReported(let report):
                     try db.execute(
                         sql: "UPDATE machine SET reportedVersion = ?, reportedStatus = ?, reportedReason = ?, reportedAt = ? WHERE id = ?",
@@ -122,6 +138,7 @@ extension Registry {
 
     private func applyStatus(_ status: StatusMessage, now: Int, _ db: Database, _ alerts: inout [FleetAlert]) throws {
         try ensureUnit(status.machineId, db)
+        if status.state == .online { try settleUnanswered(status.machineId, sessionBegan: status.sessionBegan, now: now, db) }
         let row = try unitRow(status.machineId, db)
         let state: String? = row?["state"]
         let bootId: String? = row?["bootId"]
@@ -178,37 +195,72 @@ extension Registry {
 
     private func applyResult(_ result: PaymentResult, now: Int, _ db: Database, _ alerts: inout [FleetAlert]) throws {
         guard let paymentId = result.paymentId else { return }  // a malformed message: nothing to attach it to
-        if result.status == .duplicate {
+        if result.isRefusalBeforeSignature {
+            // Its payment ID was never verified: it settles the payment only if the unit
+            // refused the very bytes of the completion we recorded (PROTOCOL.md).
             try db.execute(
                 sql: """
-                    INSERT INTO paymentRecord (paymentId, machineId, status, reason, creditedAmount, duplicates, updatedAt)
-                    VALUES (?, ?, ?, ?, ?, 1, ?)
-                    ON CONFLICT(paymentId) DO UPDATE SET duplicates = duplicates + 1, updatedAt = excluded.updatedAt,
-                        status = COALESCE(status, excluded.status), reason = COALESCE(reason, excluded.reason)
+                    UPDATE paymentRecord SET status = 'rejected', reason = ?, creditedAmount = 0, pulsesFired = 0, decidedAt = ?,
+                        updatedAt = ?, settlement = 'void', settledBy = 'result'
+                    WHERE machineId = ? AND paymentId = ? AND status IS NULL AND payloadSha256 IS NOT NULL AND payloadSha256 = ?
+                    """,
+                arguments: [result.reason?.rawValue, result.decidedAt, now, result.machineId.rawValue, paymentId.rawValue, result.payloadSha256])
+            return
+        }
+        if result.status == .duplicate {
+            let original = result.original
+            try db.execute(
+                sql: """
+                    INSERT INTO paymentRecord (paymentId, machineId, status, reason, creditedAmount, duplicates, updatedAt, settlement, settledBy)
+                    VALUES (?, ?, ?, ?, ?, 1, ?, ?, 'result')
+                    ON CONFLICT(machineId, paymentId) DO UPDATE SET duplicates = duplicates + 1, updatedAt = excluded.updatedAt,
+                        status = COALESCE(status, excluded.status), reason = COALESCE(reason, excluded.reason),
+                        settlement = COALESCE(settlement, excluded.settlement), settledBy = COALESCE(settledBy, excluded.settledBy)
                     """,
                 arguments: [
-                    paymentId.rawValue, result.machineId.rawValue, result.original?.status.rawValue, result.original?.reason?.rawValue,
-                    result.original?.status == .credited ? result.original?.amount ?? 0 : 0, now,
+                    paymentId.rawValue, result.machineId.rawValue, original?.status.rawValue, original?.reason?.rawValue,
+                    original?.status == .credited ? original?.amount ?? 0 : 0, now,
+                    original.map { Self.settlement(for: $0.status) },
                 ])
             return
         }
         // The first decision stands; a result published again after a restart changes nothing.
         try db.execute(
             sql: """
-                INSERT INTO paymentRecord (paymentId, machineId, status, reason, creditedAmount, pulsesFired, decidedAt, updatedAt)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT(paymentId) DO UPDATE SET status = excluded.status, reason = excluded.reason,
+                INSERT INTO paymentRecord (paymentId, machineId, status, reason, creditedAmount, pulsesFired, decidedAt, updatedAt, settlement, settledBy)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'result')
+                ON CONFLICT(machineId, paymentId) DO UPDATE SET status = excluded.status, reason = excluded.reason,
                     creditedAmount = excluded.creditedAmount, pulsesFired = excluded.pulsesFired, decidedAt = excluded.decidedAt,
-                    updatedAt = excluded.updatedAt
+                    updatedAt = excluded.updatedAt, settlement = excluded.settlement, settledBy = 'result'
                 WHERE paymentRecord.status IS NULL
                 """,
             arguments: [
                 paymentId.rawValue, result.machineId.rawValue, result.status.rawValue, result.reason?.rawValue, result.amount,
-                result.pulsesFired, result.decidedAt, now,
+                result.pulsesFired, result.decidedAt, now, Self.settlement(for: result.status),
             ])
         if result.status == .uncertain {
             alerts.append(FleetAlert(machine: result.machineId, kind: .uncertain, detail: "payment \(paymentId) uncertain (\(result.reason?.rawValue ?? "?")): hold it for review"))
         }
+    }
+
+    /// PROTOCOL.md's settlement rule for a decided payment.
+    static func settlement(for status: PaymentStatus) -> String {
+        switch status {
+        case .credited: "capture"
+        case .rejected: "void"
+        case .uncertain, .duplicate: "hold"
+        }
+    }
+
+    /// `online` for a session that began at `sessionBegan`: every payment of that machine that
+    /// expired before it and still has no result cannot have been credited (the outbox is
+    /// published before `online`, nothing is credited after `expiresAt`): void.
+    private func settleUnanswered(_ machine: MachineID, sessionBegan: Int, now: Int, _ db: Database) throws {
+        try db.execute(
+            sql: """
+                UPDATE paymentRecord SET settlement = 'void', settledBy = 'online_after_expiry', updatedAt = ?
+                WHERE machineId = ? AND settlement IS NULL AND status IS NULL AND expiresAt IS NOT NULL AND expiresAt < ?
+                """, arguments: [now, machine.rawValue, sessionBegan])
     }
 
     /// Units that sent nothing for 3 × heartbeatS are offline.
@@ -307,7 +359,34 @@ extension Registry {
                 PaymentRecord(
                     paymentId: row["paymentId"], machineId: row["machineId"], userId: row["userId"], requestedAmount: row["requestedAmount"],
                     currency: row["currency"], issuedAt: row["issuedAt"], status: row["status"], reason: row["reason"],
-                    creditedAmount: row["creditedAmount"], decidedAt: row["decidedAt"], duplicates: row["duplicates"])
+                    creditedAmount: row["creditedAmount"], decidedAt: row["decidedAt"], duplicates: row["duplicates"],
+                    settlement: row["settlement"], settledBy: row["settledBy"], expiresAt: row["expiresAt"])
+            }
+        }
+    }
+
+    /// Payments with no settlement yet (no result, no proof the machine did not credit).
+    public func unsettledPayments() throws -> [PaymentRecord] {
+        try payments().filter { $0.settlement == nil }
+    }
+
+    /// An operator settles a held or unknown payment by hand (after review).
+    public func settleByOperator(machine: MachineID, payment: PaymentID, settlement: String, operator name: String, now: Int) throws -> Bool {
+        try database.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE paymentRecord SET settlement = ?, settledBy = ?, updatedAt = ?
+                    WHERE machineId = ? AND paymentId = ? AND (settlement IS NULL OR settlement = 'hold')
+                    """, arguments: [settlement, "operator:\(name)", now, machine.rawValue, payment.rawValue])
+            return db.changesCount > 0
+        }
+    }
+
+    /// Messages ignored because their body named another machine than their topic.
+    public func ignoredMessages() throws -> [(machine: String, kind: String, count: Int)] {
+        try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT machineId, kind, count FROM ignoredMessage ORDER BY machineId, kind").map {
+                ($0["machineId"], $0["kind"], $0["count"])
             }
         }
     }

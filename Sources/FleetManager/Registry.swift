@@ -146,6 +146,54 @@ public final class Registry: Sendable {
                     );
                     """)
         }
+        migrator.registerMigration("v4-attribution") { db in
+            // Payments are a machine's: keyed by (machine, payment), the machine being the one
+            // the topic named (PROTOCOL.md, "Who said it"). `payloadSha256` is the hash of the
+            // verified completion (a refusal before a signature holds counts only for it);
+            // `settlement` is what the payment server should do: capture | void | hold, NULL
+            // while unknown.
+            try db.execute(
+                sql: """
+                    CREATE TABLE paymentRecordNew (
+                        paymentId TEXT NOT NULL,
+                        machineId TEXT NOT NULL,
+                        userId TEXT,
+                        requestedAmount INTEGER,
+                        currency TEXT,
+                        issuedAt INTEGER,
+                        expiresAt INTEGER,
+                        status TEXT,
+                        reason TEXT,
+                        creditedAmount INTEGER NOT NULL DEFAULT 0,
+                        pulsesFired INTEGER,
+                        decidedAt INTEGER,
+                        duplicates INTEGER NOT NULL DEFAULT 0,
+                        updatedAt INTEGER NOT NULL,
+                        payloadSha256 TEXT,
+                        settlement TEXT,
+                        settledBy TEXT,
+                        PRIMARY KEY (machineId, paymentId)
+                    );
+                    INSERT INTO paymentRecordNew (paymentId, machineId, userId, requestedAmount, currency, issuedAt, expiresAt, status,
+                        reason, creditedAmount, pulsesFired, decidedAt, duplicates, updatedAt)
+                        SELECT paymentId, machineId, userId, requestedAmount, currency, issuedAt, expiresAt, status, reason,
+                            creditedAmount, pulsesFired, decidedAt, duplicates, updatedAt FROM paymentRecord;
+                    DROP TABLE paymentRecord;
+                    ALTER TABLE paymentRecordNew RENAME TO paymentRecord;
+                    CREATE INDEX paymentRecord_machine ON paymentRecord(machineId, issuedAt);
+                    CREATE INDEX paymentRecord_user ON paymentRecord(userId);
+                    CREATE INDEX paymentRecord_unsettled ON paymentRecord(machineId, expiresAt) WHERE settlement IS NULL;
+                    UPDATE paymentRecord SET settlement = CASE status WHEN 'credited' THEN 'capture' WHEN 'rejected' THEN 'void'
+                        WHEN 'uncertain' THEN 'hold' END, settledBy = 'result' WHERE status IS NOT NULL;
+                    CREATE TABLE ignoredMessage (
+                        machineId TEXT NOT NULL,
+                        kind TEXT NOT NULL,
+                        count INTEGER NOT NULL,
+                        lastAt INTEGER NOT NULL,
+                        PRIMARY KEY (machineId, kind)
+                    );
+                    """)
+        }
         return migrator
     }
 

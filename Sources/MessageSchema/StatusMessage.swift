@@ -20,6 +20,10 @@ public struct StatusMessage: Codable, Sendable, Hashable {
     /// Extension (docs/protocol.md): what keeps the unit from taking payments safely while it
     /// is connected, e.g. `journal_unwritable`; empty when healthy. See ``UnitProblem``.
     public var problems: [String] = []
+    /// Extension: when this connection session's first `online` was published (agent clock).
+    /// A payment server voids a payment without a result once it sees `online` for a session
+    /// that began after the payment's `expiresAt`.
+    public var sessionStartedAt: Int?
 
     public init(
         machineId: MachineID, state: MachineState, bootId: String, session: Int, firmware: String,
@@ -46,6 +50,7 @@ public struct StatusMessage: Codable, Sendable, Hashable {
         configVersion = try c.int("configVersion", in: 0...Int.max)
         at = try c.time("at")
         problems = try c.optionalField("problems") ?? []
+        sessionStartedAt = try c.optionalField("sessionStartedAt")
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -60,6 +65,7 @@ public struct StatusMessage: Codable, Sendable, Hashable {
         try c.encode(configVersion, forKey: "configVersion")
         try c.encode(at, forKey: "at")
         if !problems.isEmpty { try c.encode(problems, forKey: "problems") }
+        if let sessionStartedAt { try c.encode(sessionStartedAt, forKey: "sessionStartedAt") }
     }
 }
 

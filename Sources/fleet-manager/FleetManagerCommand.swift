@@ -11,7 +11,7 @@ struct FleetManagerCommand: AsyncParsableCommand {
         abstract: "PulseBridge fleet manager: provision units, watch them, configure them, take payments.",
         subcommands: [
             Init.self, Provision.self, Revoke.self, Keys.self, Serve.self, Devices.self, Device.self, Config.self, Pay.self,
-            Report.self, Code.self, Firmware.self,
+            Report.self, Code.self, Firmware.self, PaymentServers.self, Payments.self,
         ])
 }
 

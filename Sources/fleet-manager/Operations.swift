@@ -230,7 +230,12 @@ struct Config: AsyncParsableCommand {
 struct Pay: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Act as a payment server: sign and publish a payment, wait for the result.",
-        discussion: "Exit codes: 0 credited; 2 rejected; 3 duplicate; 4 uncertain; 5 no result in time; 6 machine not online.")
+        discussion: """
+            Exit codes: 0 credited; 2 rejected; 3 duplicate; 4 uncertain; 5 no result yet (unknown: keep the
+            authorisation, `serve` settles it when the result comes or the machine is back online after the
+            payment expired); 6 machine not online; 7 no result, and the machine came back online after the
+            payment expired (void).
+            """)
     @OptionGroup var options: HomeOptions
     @Argument(help: "The machine ID.") var machineId: String
     @Argument(help: "Amount in minor units of the fleet's currency.") var amount: Int
@@ -239,6 +244,8 @@ struct Pay: AsyncParsableCommand {
     @Option(help: "Payment ID (default: generated). Reuse one to send the same payment again.") var paymentId: String?
     @Flag(help: "Pay even if the machine's status is not online.") var force = false
     @Flag(help: "Print the result as JSON.") var json = false
+    @Option(help: "Seconds to keep waiting past expiresAt + 5 s for a late result, or for proof that there is none.")
+    var unknownWait = 30
 
     func run() async throws {
         options.bootstrapLogging()
@@ -260,14 +267,24 @@ struct Pay: AsyncParsableCommand {
                     "\(machine) is \(status?.state.rawValue ?? "unknown (no status)"): not charging for a machine that cannot credit",
                     hint: "check the unit; --force pays anyway", exitCode: 6)
             }
-            let outcome = try await payments.pay(machine, amount: amount, currency: currency, userId: userId, ttl: .seconds(ttl), paymentId: id)
+            let outcome = try await payments.pay(
+                machine, amount: amount, currency: currency, userId: userId, ttl: .seconds(ttl), paymentId: id,
+                unknownWait: .seconds(max(0, unknownWait)))
             await payments.close()
             guard let result = outcome.result else {
-                print("\(outcome.payment.paymentId): no result by expiresAt + 5 s → void")
-                throw ExitCode(5)
+                if json {
+                    print("{\"paymentId\":\"\(outcome.payment.paymentId)\",\"result\":null,\"action\":\"\(outcome.action.rawValue)\"}")
+                } else if outcome.action == .void {
+                    print("\(outcome.payment.paymentId): no result, and \(machine) came back online after the payment expired → void")
+                } else {
+                    print("\(outcome.payment.paymentId): no result yet → unknown: keep the authorisation (no result is not a void); `fleet-manager payments --open` shows it until it settles")
+                }
+                throw ExitCode(outcome.action == .void ? 7 : 5)
             }
             if json {
-                print(String(decoding: WireCoding.encode(result), as: UTF8.self))
+                var object = (try? JSONSerialization.jsonObject(with: WireCoding.encode(result))) as? [String: Any] ?? [:]
+                object["action"] = outcome.action.rawValue
+                print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
             } else {
                 var line = "\(outcome.payment.paymentId): \(result.status.rawValue)"
                 if let reason = result.reason { line += " (\(reason.rawValue))" }

@@ -110,7 +110,7 @@ struct ProvisioningTests {
             await impostor.close()
 
             // The payment server: completions for any unit, results and status; nothing else.
-            let payment = try await fleet.home.settings.paymentServer.connect(clientID: "pay-1")
+            let payment = try await fleet.home.settings.paymentServer.connect(clientID: fleet.home.settings.paymentServer.username)
             try await payment.publish(topic: topics.topic(.paymentCompleted, for: b), payload: Data("{}".utf8))
             try await payment.subscribe(topics.filter(.paymentResult))
             try await payment.subscribe(topics.filter(.status))
@@ -129,6 +129,76 @@ struct ProvisioningTests {
             await payment.close()
             await device.close()
             await watcher.close()
+        }
+    }
+
+    /// Finding 5 of the integrity review: a payment server's credentials connecting with a
+    /// unit's client ID took over the unit's session. Now refused; the unit stays connected.
+    @Test func serviceCredentialsCannotTakeAUnitsClientID() async throws {
+        try await DynsecFleet.with { fleet in
+            let unit: MachineID = "unit-t"
+            _ = try await fleet.provisioner.provision(unit)
+            let device = try fleet.deviceClient(unit)
+            try await device.connect()
+            let states = device.connectionStates()
+
+            let payment = fleet.home.settings.paymentServer
+            let error = await #expect(throws: FleetError.self) {
+                let impostor = try await payment.connect(clientID: unit.rawValue)
+                await impostor.close()
+            }
+            #expect(error?.description.contains("Not authorized") == true)
+            // A second payment server has its own identity, pinned to its own client ID.
+            let backend = fleet.provisioner.backend
+            var second = payment
+            second.username = "payment-server-kiosk"
+            second.password = "kiosk-password"
+            try await backend.createPaymentServer(second)
+            await #expect(throws: FleetError.self) {
+                let impostor = try await second.connect(clientID: unit.rawValue)
+                await impostor.close()
+            }
+            let own = try await second.connect(clientID: second.username)
+            await own.close()
+            // The unit was never knocked off: its first state is its only connected state.
+            #expect(device.connectionState.isConnected)
+            var seen: [MQTTConnectionState] = []
+            for await state in states {
+                seen.append(state)
+                break
+            }
+            #expect(seen.allSatisfy { $0.isConnected })
+            await device.close()
+        }
+    }
+
+    /// Finding 6: `provision payment-server` reset the payment server's password and wrote it
+    /// into a bundle. Reserved names are refused everywhere, and provisioning never takes over
+    /// an identity that is not that unit's.
+    @Test func reservedNamesAndForeignIdentitiesAreNeverProvisioned() async throws {
+        try await DynsecFleet.with { fleet in
+            for name in ["payment-server", "fleet-manager", "admin", "payment-server-kiosk", "fleet-manager-serve"] {
+                let error = await #expect(throws: FleetError.self) { _ = try await fleet.provisioner.provision(MachineID(unchecked: name)) }
+                #expect(error?.description.contains("reserved") == true, "\(name)")
+            }
+            // The payment server still connects with its own password.
+            let payment = try await fleet.home.settings.paymentServer.connect(clientID: fleet.home.settings.paymentServer.username)
+            await payment.close()
+            // A broker identity that is not a unit's is never taken over, even under a free name.
+            var foreign = fleet.home.settings.paymentServer
+            foreign.username = "kiosk-7"
+            foreign.password = "kiosk-7-password"
+            try await fleet.provisioner.backend.createPaymentServer(foreign)
+            let error = await #expect(throws: FleetError.self) { _ = try await fleet.provisioner.provision("kiosk-7") }
+            #expect(error?.description.contains("not a unit's") == true)
+            let still = try await foreign.connect(clientID: "kiosk-7")
+            await still.close()
+            // In a CSV too.
+            let csv = NSTemporaryDirectory() + "reserved-\(UUID().uuidString).csv"
+            try "machineId\npayment-server\nunit-ok\n".write(toFile: csv, atomically: true, encoding: .utf8)
+            let report = try await fleet.provisioner.provisionAll(csv: csv)
+            #expect(report.failed.map(\.line) == [2])
+            #expect(report.failed.first?.reason.contains("reserved") == true)
         }
     }
 
@@ -188,7 +258,7 @@ struct ProvisioningTests {
             #expect(bundle.brokerUrl == "mqtts://localhost:\(tlsPort)")
             #expect(bundle.caCertificate?.contains("BEGIN CERTIFICATE") == true)
 
-            let watcher = try await fleet.home.settings.paymentServer.connect(clientID: "pay-watch")
+            let watcher = try await fleet.home.settings.paymentServer.connect(clientID: fleet.home.settings.paymentServer.username)
             let inbox = Inbox(watcher)
             try await watcher.subscribe(fleet.home.topics.filter(.status))
             let dir = NSTemporaryDirectory() + "pb-unit-\(UUID().uuidString)"

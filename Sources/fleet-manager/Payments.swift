@@ -1,0 +1,154 @@
+import ArgumentParser
+import FleetManager
+import Foundation
+import MessageSchema
+
+/// `fleet-manager payment-servers`: one broker identity per payment server.
+struct PaymentServers: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "payment-servers",
+        abstract: "Broker identities for payment servers: one each, pinned to its own client ID.",
+        subcommands: [Add.self, Remove.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make a payment server's identity and write its credentials file (0600).",
+            discussion: """
+                The identity is `payment-server-NAME`; it may publish completions and read results and
+                statuses, and it can connect only with the client ID `payment-server-NAME`, so its
+                credentials can never take over a unit's session.
+                """)
+        @OptionGroup var options: HomeOptions
+        @Argument(help: "A short name for the server (lower-case letters, digits, '-').") var name: String
+        @Option(help: "Where to write the credentials (default: HOME/payment-servers/NAME.json).") var out: String?
+
+        func run() async throws {
+            options.bootstrapLogging()
+            try await operatorErrors {
+                let home = try options.open()
+                guard let id = MachineID(rawValue: name) else {
+                    throw FleetError("'\(name)' is not a valid name", hint: "use 2–63 lower-case letters, digits and '-', starting with a letter or digit")
+                }
+                var identity = home.settings.paymentServer
+                identity.username = "payment-server-\(id.rawValue)"
+                identity.password = Provisioner.newPassword()
+                let path = out ?? home.path + "/payment-servers/\(id.rawValue).json"
+                guard !FileManager.default.fileExists(atPath: path) else {
+                    throw FleetError("\(path) exists", hint: "remove the payment server first, or pick another name")
+                }
+                let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
+                do {
+                    try await backend.createPaymentServer(identity)
+                    await backend.close()
+                } catch {
+                    await backend.close()
+                    throw FleetError("cannot create \(identity.username): \(error)", hint: "does a payment server of that name exist already?")
+                }
+                try FileManager.default.createDirectory(
+                    atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                _ = FileManager.default.createFile(atPath: path, contents: try encoder.encode(identity), attributes: [.posixPermissions: 0o600])
+                print("payment server \(identity.username): credentials in \(path) (0600); its client ID must be \(identity.username)")
+            }
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a payment server's identity; it can no longer connect.")
+        @OptionGroup var options: HomeOptions
+        @Argument(help: "The name given to `payment-servers add`.") var name: String
+
+        func run() async throws {
+            options.bootstrapLogging()
+            try await operatorErrors {
+                let home = try options.open()
+                let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
+                do {
+                    try await backend.deletePaymentServer(username: "payment-server-\(name)")
+                    await backend.close()
+                } catch {
+                    await backend.close()
+                    throw FleetError("cannot remove payment-server-\(name): \(error)", hint: "check the name (`payment-servers add` made it)")
+                }
+                unlink(home.path + "/payment-servers/\(name).json")
+                print("removed payment-server-\(name)")
+            }
+        }
+    }
+}
+
+/// `fleet-manager payments`: what the payment servers should do with each payment.
+struct Payments: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Payments and their settlement; held and unknown ones, and settling them after review.",
+        subcommands: [List.self, Settle.self], defaultSubcommand: List.self)
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List payments with their settlement (capture, void, hold, or unknown: no result yet).",
+            discussion: """
+                `serve` settles a payment from its result, or voids one without a result once its machine
+                comes back online for a session that began after the payment expired (the unit publishes
+                its results before `online`). Unknown ones are kept authorised until then.
+                """)
+        @OptionGroup var options: HomeOptions
+        @Flag(help: "Only payments not settled yet or held for review.") var open = false
+        @Flag(help: "JSON instead of a table.") var json = false
+
+        func run() async throws {
+            options.bootstrapLogging()
+            try await operatorErrors {
+                let home = try options.open()
+                var records = try home.registry.payments()
+                if open { records = records.filter { $0.settlement == nil || $0.settlement == "hold" } }
+                if json {
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                    print(String(decoding: try encoder.encode(records), as: UTF8.self))
+                    return
+                }
+                let header = ["PAYMENT", "MACHINE", "USER", "AMOUNT", "STATUS", "REASON", "SETTLEMENT", "BY"]
+                let rows = records.map {
+                    [
+                        $0.paymentId, $0.machineId, $0.userId ?? "-", $0.requestedAmount.map(String.init) ?? "-", $0.status ?? "-",
+                        $0.reason ?? "-", $0.settlement ?? "unknown", $0.settledBy ?? "-",
+                    ]
+                }
+                let widths = header.indices.map { i in ([header[i]] + rows.map { $0[i] }).map(\.count).max() ?? 0 }
+                for row in [header] + rows {
+                    print(row.indices.map { row[$0].padding(toLength: widths[$0] + 2, withPad: " ", startingAt: 0) }.joined())
+                }
+            }
+        }
+    }
+
+    struct Settle: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Settle a held (uncertain) or unknown payment by hand, after review.")
+        @OptionGroup var options: HomeOptions
+        @Argument(help: "The machine the payment was for.") var machine: String
+        @Argument(help: "The payment ID.") var payment: String
+        @Option(help: "capture or void.") var action: String
+        @Option(help: "Who decided (recorded with the settlement).") var by = NSUserName()
+
+        func run() async throws {
+            options.bootstrapLogging()
+            try await operatorErrors {
+                guard action == "capture" || action == "void" else {
+                    throw FleetError("--action must be capture or void, not '\(action)'")
+                }
+                guard let machineId = MachineID(rawValue: machine), let paymentId = PaymentID(rawValue: payment) else {
+                    throw FleetError("'\(machine)' / '\(payment)' is not a machine ID and payment ID", hint: "see `fleet-manager payments --open`")
+                }
+                let home = try options.open()
+                let now = Int(Date().timeIntervalSince1970 * 1000)
+                guard try home.registry.settleByOperator(machine: machineId, payment: paymentId, settlement: action, operator: by, now: now) else {
+                    throw FleetError(
+                        "\(payment) on \(machine) is not held or unknown", hint: "only payments listed by `fleet-manager payments --open` can be settled by hand")
+                }
+                print("\(payment) on \(machine): \(action) (by \(by))")
+            }
+        }
+    }
+}
