@@ -146,7 +146,9 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "EdgeAgentTests",
-            dependencies: ["EdgeAgent", "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "TestSupport"],
+            dependencies: ["EdgeAgent", "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "FleetManagerTests",

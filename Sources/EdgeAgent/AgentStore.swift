@@ -174,11 +174,12 @@ public final class AgentStore: Sendable {
 
     /// Runs a write; if the disk is full, gives back the reserve and tries once more. For the
     /// writes that must not be lost: a decision after pulses have fired.
-    public func withReserve<T>(_ write: () throws -> T) throws -> T {
+    public func withReserve<T>(onRelease: () -> Void = {}, _ write: () throws -> T) throws -> T {
         do {
             return try write()
         } catch let error as DatabaseError where error.resultCode == .SQLITE_FULL || error.resultCode == .SQLITE_IOERR {
             guard unlink(reservePath) == 0 else { throw error }
+            onRelease()
             return try write()
         }
     }

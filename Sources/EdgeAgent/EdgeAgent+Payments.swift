@@ -281,7 +281,7 @@ extension EdgeAgent {
     /// its journal is unwritable.
     func emit(_ result: PaymentResult, payment: PaymentCompleted?, received: Int64?) {
         do {
-            try store.withReserve {
+            try store.withReserve(onRelease: { self.noteReserveUsed(result) }) {
                 if let payment {
                     try store.recordDecision(result, payment: payment, received: received)
                 } else {
@@ -298,6 +298,15 @@ extension EdgeAgent {
             state.withLock { $0.unjournaled.append(result) }
         }
         outboxWake.yield()
+    }
+
+    /// The disk was full and the journal's reserve was given back so that this result could be
+    /// written; trains stay refused until there is room again (`hasWorkingRoom`).
+    func noteReserveUsed(_ result: PaymentResult) {
+        logger.error(
+            "disk full: the journal's reserve was given back so this result could be written",
+            metadata: ["payment.id": "\(result.paymentId?.rawValue ?? "-")", "state.path": "\(store.path)"])
+        setProblem(UnitProblem.lowDiskSpace, true)
     }
 
     /// The journal refused a write: say so in status and heartbeats until a write succeeds.

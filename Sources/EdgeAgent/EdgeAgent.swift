@@ -181,7 +181,9 @@ public final class EdgeAgent: Service, Sendable {
             let result = PaymentResult(
                 paymentId: train.paymentId, machineId: machine, status: .uncertain, reason: .interrupted, amount: 0,
                 pulses: train.plan, pulsesFired: fired, decidedAt: now, bootId: bootId, seq: 0)
-            try store.withReserve { try store.recordInterrupted(result) }
+            try store.withReserve(onRelease: { logger.error("disk full: the journal's reserve was given back to record an interrupted train") }) {
+                try store.recordInterrupted(result)
+            }
             logger.error(
                 "a pulse train was interrupted (crash or power loss); reported uncertain",
                 metadata: ["payment.id": "\(train.paymentId)", "payment.pulses_fired": "\(fired)"])

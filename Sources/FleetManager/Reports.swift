@@ -21,17 +21,25 @@ public struct MachineReportRow: Sendable, Codable, Hashable {
     public var uncertain: Int
 }
 
-/// `fleet-manager report`: built from the payments `serve` recorded.
+/// `fleet-manager report`: built from the payments `serve` recorded. Only payments backed by
+/// a completion signed with a fleet payment key count: a unit's result for a payment nobody
+/// sent it (its own claim) is no revenue; what a unit credited counts up to what was paid.
 public enum FleetReports {
+    /// The amount a recorded payment adds to revenue.
+    static func revenue(_ payment: PaymentRecord) -> Int? {
+        guard payment.status == "credited", let requested = payment.requestedAmount else { return nil }
+        return min(payment.creditedAmount, requested)
+    }
+
     public static func customers(_ payments: [PaymentRecord]) -> [CustomerReportRow] {
         var rows: [String: CustomerReportRow] = [:]
         for payment in payments {
             guard let user = payment.userId else { continue }
             let at = payment.issuedAt ?? payment.decidedAt ?? 0
             var row = rows[user] ?? CustomerReportRow(userId: user, payments: 0, amount: 0, machines: [], firstSeen: at, lastSeen: at)
-            if payment.status == "credited" {
+            if let amount = revenue(payment) {
                 row.payments += 1
-                row.amount += payment.creditedAmount
+                row.amount += amount
             }
             if !row.machines.contains(payment.machineId) { row.machines.append(payment.machineId) }
             row.firstSeen = min(row.firstSeen, at)
@@ -45,7 +53,7 @@ public enum FleetReports {
         var rows: [String: MachineReportRow] = [:]
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withFullDate]
-        for payment in payments {
+        for payment in payments where payment.requestedAmount != nil {
             let at = payment.issuedAt ?? payment.decidedAt ?? 0
             let day = formatter.string(from: Date(timeIntervalSince1970: Double(at) / 1000))
             let key = payment.machineId + "|" + day
@@ -53,7 +61,7 @@ public enum FleetReports {
             switch payment.status {
             case "credited":
                 row.credited += 1
-                row.revenue += payment.creditedAmount
+                row.revenue += revenue(payment) ?? 0
             case "rejected": row.rejected += 1
             case "uncertain": row.uncertain += 1
             default: break

@@ -39,6 +39,7 @@ public final class FleetHarness: Sendable {
         try await server.subscribe([
             MQTTSubscription("fleet/+/payment/result"), MQTTSubscription("fleet/+/status"),
             MQTTSubscription("fleet/+/heartbeat", qos: .atMostOnce), MQTTSubscription("fleet/+/config/reported"),
+            MQTTSubscription("fleet/+/firmware/reported"),
         ])
         let directory = NSTemporaryDirectory() + "pb-fleet-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -135,6 +136,24 @@ public final class FleetHarness: Sendable {
             messageExpirySeconds: expiry)
     }
 
+    /// A signed `firmware/desired`, retained, as the manager publishes it.
+    public func publishFirmware(_ update: FirmwareUpdate, to machine: MachineID) async throws {
+        let envelope = SignedEnvelope.sign(update, kid: fleetKid, key: fleetKey).encoded()
+        try await server.publish(topic: topics.topic(.firmwareDesired, for: machine), payload: envelope, qos: .atLeastOnce, retain: true)
+    }
+
+    /// The next `firmware.reported` of `machine` matching `predicate`.
+    public func firmwareReport(
+        _ machine: MachineID, timeout: Duration = .seconds(15), where predicate: @escaping @Sendable (FirmwareReported) -> Bool
+    ) async throws -> FirmwareReported {
+        let topic = topics.topic(.firmwareReported, for: machine)
+        let message = try await inbox.next("firmware report of \(machine)", timeout: timeout) { message in
+            guard message.topic == topic, let report = try? WireCoding.decode(FirmwareReported.self, from: message.payload) else { return false }
+            return predicate(report)
+        }
+        return try WireCoding.decode(FirmwareReported.self, from: message.payload)
+    }
+
     public func publishConfig(_ payload: Data, to machine: MachineID) async throws {
         try await server.publish(topic: topics.topic(.configDesired, for: machine), payload: payload, qos: .atLeastOnce, retain: true)
     }
@@ -207,12 +226,12 @@ public final class AgentUnit: Sendable {
     }
 
     /// Starts `edge-agent run` with the simulated driver.
-    public func start(binary: String = AgentUnit.binary, environment extra: [String: String] = [:]) throws {
+    public func start(binary: String = AgentUnit.binary, environment extra: [String: String] = [:], arguments: [String] = []) throws {
         var environment = ProcessInfo.processInfo.environment
         for (key, value) in extra { environment[key] = value }
         let child = try ChildProcess.spawn(
             binary,
-            ["run", "--bundle", bundlePath, "--state-dir", stateDirectory, "--gpio", "sim:\(edgeLogPath)", "--log-level", "debug"],
+            ["run", "--bundle", bundlePath, "--state-dir", stateDirectory, "--gpio", "sim:\(edgeLogPath)", "--log-level", "debug"] + arguments,
             environment: environment, outputPath: logPath)
         process.value = child
     }

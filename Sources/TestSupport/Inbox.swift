@@ -8,6 +8,10 @@ public struct InboxTimeout: Error, CustomStringConvertible {
     public var description: String {
         "no message \(waitedFor) arrived in time; received: \(received.isEmpty ? "nothing" : received.joined(separator: ", "))"
     }
+    public init(waitedFor: String, received: [String]) {
+        self.waitedFor = waitedFor
+        self.received = received
+    }
 }
 
 /// Collects a client's incoming messages so a test can wait for the one it expects, with a

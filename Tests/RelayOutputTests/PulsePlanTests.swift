@@ -105,3 +105,31 @@ import Testing
         return best
     }
 }
+
+/// Finding 9: large pulse values with no common divisor made the planner allocate ~170 MB.
+@Suite struct PulsePlanMemoryTests {
+    static let coprime = [
+        OutputConfig(channel: "a", chip: "gpiochip0", line: 1, valuePerPulse: 9_999_991, pulseMs: 10, gapMs: 10),
+        OutputConfig(channel: "b", chip: "gpiochip0", line: 2, valuePerPulse: 9_999_989, pulseMs: 10, gapMs: 10),
+    ]
+
+    @Test func coprimeLargeValuesAreRefusedWithoutTheTable() {
+        #expect(throws: PlanError.self) { try PulsePlan.make(amount: 9_999_990, outputs: Self.coprime) }
+        do {
+            _ = try PulsePlan.make(amount: 9_999_990, outputs: Self.coprime)
+        } catch {
+            #expect(error.reason == .amountNotPayable)
+            #expect("\(error)".contains("larger common divisor"))
+        }
+        #expect(throws: PlanError.self) { try PulsePlan.checkPlannable(outputs: Self.coprime, maxAmount: 10_000_000) }
+    }
+
+    @Test func ordinaryValuesStayPlannable() throws {
+        let coinAndBill = [
+            OutputConfig(channel: "coin", chip: "gpiochip0", line: 17, valuePerPulse: 100, pulseMs: 50, gapMs: 50),
+            OutputConfig(channel: "bill", chip: "gpiochip0", line: 27, valuePerPulse: 1000, pulseMs: 100, gapMs: 150),
+        ]
+        try PulsePlan.checkPlannable(outputs: coinAndBill, maxAmount: 10_000_000)
+        #expect(try PulsePlan.make(amount: 1500, outputs: coinAndBill).totalPulses == 6)
+    }
+}
