@@ -11,11 +11,24 @@ public final class ArtifactServer: Sendable {
     private let listener: Int32
     private let stopped = Atomic<Bool>(false)
     private let logger: Logger
+    /// Connections served at once; more wait in the kernel's backlog.
+    public let maxConnections: Int
+    private let slots: DispatchSemaphore
+    /// A connection that sends no complete request (or takes no bytes) this long is closed.
+    public let ioTimeout: Duration
+    /// Connections being served now (for tests and logs).
+    public let active = Atomic<Int>(0)
 
     /// Listens on `host:port` (port 0: any free port).
-    public init(root: String, host: String = "0.0.0.0", port: Int = 0, logger: Logger = Logger(label: "pulsebridge.artifacts")) throws {
+    public init(
+        root: String, host: String = "0.0.0.0", port: Int = 0, maxConnections: Int = 32, ioTimeout: Duration = .seconds(10),
+        logger: Logger = Logger(label: "pulsebridge.artifacts")
+    ) throws {
         self.root = root
         self.logger = logger
+        self.maxConnections = maxConnections
+        self.slots = DispatchSemaphore(value: maxConnections)
+        self.ioTimeout = ioTimeout
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw FleetError("cannot open a socket: \(String(cString: strerror(errno)))") }
         var yes: Int32 = 1
@@ -49,14 +62,34 @@ public final class ArtifactServer: Sendable {
         close(listener)
     }
 
+    /// Accepts until stopped: at most `maxConnections` at once, each on its own thread with
+    /// read and write deadlines. An accept error (out of descriptors, memory, a connection
+    /// aborted) is logged and retried after a pause; only `stop()` ends the loop.
     private func acceptLoop() {
+        var pause = 10
         while !stopped.load(ordering: .relaxed) {
+            slots.wait()
             let connection = accept(listener, nil, nil)
             if connection < 0 {
-                if errno == EINTR { continue }
-                return
+                let code = errno
+                slots.signal()
+                if stopped.load(ordering: .relaxed) { return }
+                if code == EINTR { continue }
+                logger.error("cannot accept a firmware download connection: \(String(cString: strerror(code))); retrying in \(pause) ms")
+                usleep(UInt32(pause * 1000))
+                pause = min(pause * 2, 1000)
+                continue
             }
-            let thread = Thread { [self] in serve(connection) }
+            pause = 10
+            var timeout = timeval(tv_sec: Int(ioTimeout.components.seconds), tv_usec: Int(ioTimeout.components.attoseconds / 1_000_000_000_000))
+            setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(connection, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            active.add(1, ordering: .relaxed)
+            let thread = Thread { [self] in
+                serve(connection)
+                active.subtract(1, ordering: .relaxed)
+                slots.signal()
+            }
             thread.start()
         }
     }

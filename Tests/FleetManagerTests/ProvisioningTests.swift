@@ -7,6 +7,13 @@ import MessageSchema
 import Testing
 import TestSupport
 
+/// The `tls_version` line of the shipped broker-config/mosquitto.conf, so TLS tests run with
+/// the production setting.
+let productionTLSVersionLine: String = {
+    let text = (try? String(contentsOfFile: LocalMosquitto.brokerConfigDirectory + "/mosquitto.conf", encoding: .utf8)) ?? ""
+    return text.split(separator: "\n").first { $0.hasPrefix("tls_version") }.map(String.init) ?? ""
+}()
+
 /// A fleet on a real mosquitto with dynamic security, set up as `fleet-manager init` does.
 struct DynsecFleet {
     let broker: LocalMosquitto
@@ -23,6 +30,7 @@ struct DynsecFleet {
                 cafile \(caDirectory)/ca.crt
                 certfile \(caDirectory)/server.crt
                 keyfile \(caDirectory)/server.key
+                \(productionTLSVersionLine)
                 """
         }
         try await LocalMosquitto.with(extraConfiguration: extra, template: "dynsec") { broker in
@@ -256,6 +264,12 @@ struct ProvisioningTests {
             #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
             let bundle = try fleet.bundle(machine)
             #expect(bundle.brokerUrl == "mqtts://localhost:\(tlsPort)")
+            // Finding 9: the shipped TLS settings must not rule out TLS 1.3.
+            let handshake = NSTemporaryDirectory() + "pb-tls13-\(UUID().uuidString).txt"
+            let probe = try ChildProcess.spawn(
+                "/bin/sh", ["-c", "echo | openssl s_client -connect 127.0.0.1:\(tlsPort) -tls1_3 -CAfile \(ca)/ca.crt"], outputPath: handshake)
+            _ = await probe.waitForExit()
+            #expect(((try? String(contentsOfFile: handshake, encoding: .utf8)) ?? "").contains("New, TLSv1.3"))
             #expect(bundle.caCertificate?.contains("BEGIN CERTIFICATE") == true)
 
             let watcher = try await fleet.home.settings.paymentServer.connect(clientID: fleet.home.settings.paymentServer.username)
