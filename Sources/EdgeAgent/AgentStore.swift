@@ -227,7 +227,7 @@ public final class AgentStore: Sendable {
 
     /// Records a decided payment (no train, or a finished one) with its result in the outbox
     /// and the counters, in one transaction.
-    public func recordDecision(_ result: PaymentResult, payment: PaymentCompleted, received: Int64? = nil) throws {
+    public func recordDecision(_ result: PaymentResult, payment: PaymentCompleted, received: Int64? = nil, enqueue: Bool = true) throws {
         try database.write { db in
             try forgetReceived(received, db)
             try db.execute(
@@ -242,7 +242,7 @@ public final class AgentStore: Sendable {
                     payment.paymentId.rawValue, result.status.rawValue, result.reason?.rawValue, result.amount, payment.amount,
                     payment.userId.rawValue, Self.json(result.pulses), result.pulsesFired, result.decidedAt,
                 ])
-            try enqueue(result, db)
+            if enqueue { try self.enqueue(result, db) }
         }
     }
 

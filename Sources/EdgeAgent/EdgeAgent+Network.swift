@@ -126,6 +126,7 @@ extension EdgeAgent {
     /// Publishes the outbox whenever woken.
     func publishOutbox(_ client: MQTTClient) async {
         for await _ in outboxWakes {
+            retryJournal()
             let flushed = await publishPendingResults(client)
             let (connected, session, announced) = state.withLock { ($0.connected, $0.session, $0.onlineSession) }
             if flushed, connected, announced != session { await announceOnline(client) }
@@ -164,7 +165,7 @@ extension EdgeAgent {
                 if let depth = try? store.outboxDepth(), depth > 0 {
                     logger.error("\(depth) outbox row(s) cannot be read as results and are not published", metadata: ["state.path": "\(store.path)"])
                 }
-                return state.withLock { $0.unjournaled.isEmpty }
+                return state.withLock { !$0.unjournaled.contains { $0.publishFromMemory && !$0.published } }
             }
             for entry in entries {
                 var result = entry.result
@@ -190,12 +191,13 @@ extension EdgeAgent {
         return false
     }
 
-    /// Publishes results the journal could not take (from memory); true if any were sent.
+    /// Publishes, from memory, the results the journal could not take that must not wait
+    /// (pulses fired, or answers that decide nothing); true if any were sent.
     private func publishUnjournaled(_ client: MQTTClient) async -> Bool {
-        let results = state.withLock { $0.unjournaled }
-        guard !results.isEmpty else { return false }
-        var sent = 0
-        for var result in results {
+        let waiting = state.withLock { s in s.unjournaled.indices.filter { s.unjournaled[$0].publishFromMemory && !s.unjournaled[$0].published } }
+        var sent = false
+        for index in waiting {
+            guard var result = state.withLock({ $0.unjournaled.indices.contains(index) ? $0.unjournaled[index].result : nil }) else { break }
             result.bootId = bootId
             result.seq = state.withLock { s in
                 s.resultSeq += 1
@@ -204,14 +206,18 @@ extension EdgeAgent {
             do {
                 try await client.publish(
                     topic: topics.topic(.paymentResult, for: machine), payload: WireCoding.encode(result), qos: .atLeastOnce)
-                sent += 1
+                state.withLock { s in
+                    if let i = s.unjournaled.firstIndex(where: { $0.result.paymentId == result.paymentId && $0.result.decidedAt == result.decidedAt }) {
+                        s.unjournaled[i].published = true
+                    }
+                }
+                sent = true
             } catch {
                 logger.warning("result not published yet: \(error)", metadata: ["payment.id": "\(result.paymentId?.rawValue ?? "-")"])
                 break
             }
         }
-        state.withLock { $0.unjournaled.removeFirst(sent) }
-        return sent > 0
+        return sent
     }
 
     /// Every `heartbeatS` seconds while connected, QoS 0.
@@ -223,6 +229,7 @@ extension EdgeAgent {
             } catch {
                 return
             }
+            if state.withLock({ !$0.unjournaled.isEmpty }) { outboxWake.yield() }
             guard client.connectionState.isConnected else { continue }
             let heartbeat = makeHeartbeat()
             do {

@@ -97,6 +97,16 @@ extension EdgeAgent {
             emit(result(for: payment.paymentId, .rejected, .wrongMachine), payment: nil, received: received)
             return
         }
+        // A decision the journal has not taken yet is a decision all the same.
+        retryJournal()
+        if let kept = state.withLock({ s in s.unjournaled.first { $0.payment != nil && $0.result.paymentId == payment.paymentId }?.result }) {
+            log.info("duplicate payment; its first decision is still waiting for the journal")
+            var duplicate = result(for: payment.paymentId, .duplicate, nil)
+            duplicate.original = OriginalDecision(status: kept.status, reason: kept.reason, amount: kept.amount)
+            // It tells of a decision that is not durable: it waits with it.
+            emit(duplicate, payment: nil, received: received, publishFromMemory: kept.pulsesFired > 0)
+            return
+        }
         do {
             if let first = try store.decision(payment.paymentId) {
                 log.info("duplicate payment; answering with the first decision")
@@ -277,27 +287,55 @@ extension EdgeAgent {
 
     /// Makes a result durable (a decision when `payment` is given, otherwise an answer only),
     /// together with forgetting its received record, and wakes the outbox publisher. If the
-    /// journal cannot take it, the result is still published, from memory, and the unit says
-    /// its journal is unwritable.
-    func emit(_ result: PaymentResult, payment: PaymentCompleted?, received: Int64?) {
+    /// journal cannot take it, it is kept and written again later (`retryJournal`); a result
+    /// of pulses that fired, or an answer that decides nothing, is published from memory
+    /// meanwhile; a rejection waits until it is durable.
+    func emit(_ result: PaymentResult, payment: PaymentCompleted?, received: Int64?, publishFromMemory: Bool? = nil) {
         do {
-            try store.withReserve(onRelease: { self.noteReserveUsed(result) }) {
-                if let payment {
-                    try store.recordDecision(result, payment: payment, received: received)
-                } else {
-                    try store.recordResultOnly(result, received: received)
-                }
-            }
-            if payment != nil { state.withLock { $0.clock.raise(to: result.decidedAt - ClockGuard.toleranceMs) } }
+            try journal(result, payment: payment, received: received, enqueue: true)
             setProblem(UnitProblem.journalUnwritable, false)
         } catch {
+            let fired = publishFromMemory ?? (result.pulsesFired > 0 || result.status == .credited || result.status == .uncertain)
+            let decides = payment != nil || publishFromMemory != nil
             logger.critical(
-                "cannot write the journal: \(error); publishing the result from memory",
+                "cannot write the journal: \(error); \(fired || !decides ? "publishing the result from memory" : "the result waits until it can be written")",
                 metadata: ["payment.id": "\(result.paymentId?.rawValue ?? "-")"])
             noteJournalFailure("\(error)")
-            state.withLock { $0.unjournaled.append(result) }
+            state.withLock {
+                $0.unjournaled.append(
+                    UnjournaledResult(result: result, payment: payment, received: received, publishFromMemory: fired || !decides))
+            }
         }
         outboxWake.yield()
+    }
+
+    private func journal(_ result: PaymentResult, payment: PaymentCompleted?, received: Int64?, enqueue: Bool) throws {
+        try store.withReserve(onRelease: { self.noteReserveUsed(result) }) {
+            if let payment {
+                try store.recordDecision(result, payment: payment, received: received, enqueue: enqueue)
+            } else if enqueue {
+                try store.recordResultOnly(result, received: received)
+            }
+        }
+        if payment != nil { state.withLock { $0.clock.raise(to: result.decidedAt - ClockGuard.toleranceMs) } }
+    }
+
+    /// Writes what the journal refused before, oldest first; stops at the first failure.
+    /// Called whenever the outbox publisher wakes and with every heartbeat.
+    func retryJournal() {
+        var wrote = false
+        while let entry = state.withLock({ $0.unjournaled.first }) {
+            do {
+                // One already published from memory goes into the journal but not the outbox again.
+                try journal(entry.result, payment: entry.payment, received: entry.received, enqueue: !entry.published)
+            } catch {
+                return
+            }
+            state.withLock { _ = $0.unjournaled.removeFirst() }
+            wrote = true
+            logger.notice("a result kept in memory is now in the journal", metadata: ["payment.id": "\(entry.result.paymentId?.rawValue ?? "-")"])
+        }
+        if wrote { setProblem(UnitProblem.journalUnwritable, false) }
     }
 
     /// The disk was full and the journal's reserve was given back so that this result could be

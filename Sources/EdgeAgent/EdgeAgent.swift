@@ -292,6 +292,18 @@ public final class EdgeAgent: Service, Sendable {
     func now() -> Int { options.clock() }
 }
 
+/// A result the journal refused (disk full, I/O error), kept until a retry writes it.
+struct UnjournaledResult: Sendable {
+    var result: PaymentResult
+    var payment: PaymentCompleted?
+    var received: Int64?
+    /// Published from memory (pulses fired: the payment server must hear now). A rejection
+    /// is published only once it is durable: until then the server holds the payment as
+    /// unknown, and if the unit dies meanwhile it voids it once the unit is back online.
+    var publishFromMemory: Bool
+    var published = false
+}
+
 /// What the agent's tasks share.
 struct AgentState: Sendable {
     var config: MachineConfig?
@@ -320,8 +332,9 @@ struct AgentState: Sendable {
     var journalCreatedAt: Int?
     /// What status and heartbeats report in `problems`.
     var problems: Set<String> = []
-    /// Results the journal could not take, published from memory.
-    var unjournaled: [PaymentResult] = []
+    /// Results the journal could not take yet (retried), and whether each is published from
+    /// memory meanwhile.
+    var unjournaled: [UnjournaledResult] = []
     /// The firmware download under way, off the pipeline.
     var firmwareDownload: Task<Void, Never>?
 }

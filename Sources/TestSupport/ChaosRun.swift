@@ -20,6 +20,13 @@ public enum ChaosRun {
         /// Share of publishes that repeat an earlier payment (same signed envelope).
         public var duplicateRate = 0.1
         public var ttl: Duration = .seconds(90)
+        /// A unit whose credentials were stolen publishes, on its own result topic, results
+        /// naming the other machines' payments, and badly signed completions with real
+        /// payment IDs are sent to the machines (as anyone who may publish completions could).
+        public var forger = true
+        /// Machine 0's state lives on a small file system that is filled for this long, a
+        /// third of the way through the payments, then freed (nil: no disk-full phase).
+        public var diskFullPhase: Duration? = .seconds(2)
         public init() {}
     }
 
@@ -52,6 +59,10 @@ public enum ChaosRun {
         /// Every broken rule; empty when no money was lost or made up.
         public var violations: [String] = []
         public var reasons: [String: Int] = [:]
+        /// Forged results and refusals of forged bytes that the payment server ignored.
+        public var forgeriesIgnored = 0
+        public var forgeriesSent = 0
+        public var diskFullPhases = 0
     }
 
     /// What the chaos tasks share.
@@ -62,14 +73,29 @@ public enum ChaosRun {
         let lastSent = Mutex<[PaymentID: ContinuousClock.Instant]>([:])
     }
 
-    /// What the payment server saw.
+    /// What the payment server saw, attributed as PROTOCOL.md says: to the machine in the
+    /// topic, for the machine the payment was sent to, and a refusal before the signature
+    /// only for the bytes this server sent.
     final class Ledger: @unchecked Sendable {
         private let lock = NSLock()
         var results: [PaymentID: [PaymentResult]] = [:]
-        func add(_ result: PaymentResult) {
+        var ignored = 0
+        /// Where each payment went and the SHA-256 of the envelope sent.
+        let sent: [PaymentID: (machine: MachineID, sha: String)]
+        init(sent: [PaymentID: (machine: MachineID, sha: String)]) { self.sent = sent }
+        func add(_ result: PaymentResult, topicMachine: MachineID) {
             guard let id = result.paymentId else { return }
-            lock.withLock { results[id, default: []].append(result) }
+            lock.withLock {
+                guard let target = sent[id], result.machineId == topicMachine, topicMachine == target.machine,
+                    !result.isRefusalBeforeSignature || result.payloadSha256 == target.sha
+                else {
+                    ignored += 1
+                    return
+                }
+                results[id, default: []].append(result)
+            }
         }
+        func ignoredCount() -> Int { lock.withLock { ignored } }
         func has(_ id: PaymentID) -> Bool { lock.withLock { results[id] != nil } }
         func snapshot() -> [PaymentID: [PaymentResult]] { lock.withLock { results } }
     }
@@ -80,12 +106,16 @@ public enum ChaosRun {
         var report = Report()
         do {
             let pulse = OutputConfig(channel: "coin", chip: "gpiochip0", line: 17, valuePerPulse: 100, pulseMs: 10, gapMs: 10)
+            let smallDisk = try options.diskFullPhase.map { _ in
+                try SmallFileSystem(at: fleet.directory + "/chaos-0/state", megabytes: 40)
+            }
             let units: [AgentUnit] = try (0..<options.machines).map { i in
                 let machine = MachineID(unchecked: "chaos-\(i)")
-                let unit = try fleet.unit(machine, initialConfig: fleet.config(machine, outputs: [pulse], maxAmount: 10_000, heartbeatS: 30))
+                let unit = try fleet.unit(machine, initialConfig: fleet.config(machine, outputs: [pulse], maxAmount: 10_000, heartbeatS: 1))
                 try unit.start()
                 return unit
             }
+            defer { smallDisk?.unmount() }
             for unit in units { _ = try await fleet.status(unit.machine, .online, timeout: .seconds(30)) }
             log("\(units.count) agents online")
 
@@ -95,19 +125,22 @@ public enum ChaosRun {
             let server = try MQTTClient(serverConfiguration)
             try await server.connect()
             try await server.subscribe("fleet/+/payment/result")
-            let ledger = Ledger()
-            let listener = Task {
-                for await message in server.messages {
-                    if let result = try? WireCoding.decode(PaymentResult.self, from: message.payload) { ledger.add(result) }
-                }
-            }
-
             // Payments, signed once each.
             let ttlMs = Int(options.ttl.components.seconds * 1000)
             let payments: [(payment: PaymentCompleted, envelope: Data)] = (0..<options.payments).map { i in
                 let machine = units[i % units.count].machine
                 let payment = fleet.payment(machine, amount: 100 * Int.random(in: 1...5), ttlMs: ttlMs, userId: UserID(unchecked: "u-\(i % 37)"))
                 return (payment, SignedEnvelope.sign(payment, kid: fleet.paymentKid, key: fleet.paymentKey).encoded())
+            }
+            let ledger = Ledger(
+                sent: Dictionary(uniqueKeysWithValues: payments.map { ($0.payment.paymentId, ($0.payment.machineId, SHA256Hasher.hex(of: $0.envelope))) }))
+            let listener = Task {
+                for await message in server.messages {
+                    guard let (machine, _) = fleet.topics.parse(message.topic),
+                        let result = try? WireCoding.decode(PaymentResult.self, from: message.payload)
+                    else { continue }
+                    ledger.add(result, topicMachine: machine)
+                }
             }
             let shared = Shared()
             @Sendable func send(_ index: Int) async -> Bool {
@@ -134,6 +167,50 @@ public enum ChaosRun {
                     try? await Task.sleep(for: .milliseconds(Int.random(in: 50...400)))
                     try? unit.start()
                 }
+            }
+            // A forging unit, and forged completions with real payment IDs.
+            let forgeriesSent = Atomic<Int>(0)
+            let forger = Task {
+                guard options.forger else { return }
+                let forgerMachine = MachineID(unchecked: "chaos-forger")
+                let forgerKey = try? Ed25519PrivateKey()
+                while !shared.stop.load(ordering: .relaxed) {
+                    try? await Task.sleep(for: .milliseconds(150))
+                    let sentSoFar = shared.lastSent.withLock { Array($0.keys) }
+                    guard let id = sentSoFar.randomElement(), let victim = payments.first(where: { $0.payment.paymentId == id })?.payment else { continue }
+                    let claims: [PaymentResult] = [
+                        PaymentResult(
+                            paymentId: id, machineId: victim.machineId, status: .rejected, reason: .expired, amount: 0, pulses: [], pulsesFired: 0,
+                            decidedAt: FleetHarness.nowMs(), bootId: "forged", seq: 1),
+                        PaymentResult(
+                            paymentId: id, machineId: forgerMachine, status: .credited, reason: nil, amount: 9_999_999, pulses: [], pulsesFired: 0,
+                            decidedAt: FleetHarness.nowMs(), bootId: "forged", seq: 2),
+                    ]
+                    for claim in claims {
+                        if (try? await server.publish(topic: fleet.topics.topic(.paymentResult, for: forgerMachine), payload: WireCoding.encode(claim))) != nil {
+                            forgeriesSent.add(1, ordering: .relaxed)
+                        }
+                    }
+                    if let forgerKey {
+                        let forged = SignedEnvelope.sign(victim, kid: fleet.paymentKid, key: forgerKey).encoded()
+                        if (try? await server.publish(topic: fleet.topics.topic(.paymentCompleted, for: victim.machineId), payload: forged)) != nil {
+                            forgeriesSent.add(1, ordering: .relaxed)
+                        }
+                    }
+                }
+            }
+            // The disk-full phase on machine 0.
+            let diskFull = Task {
+                guard let smallDisk, let phase = options.diskFullPhase else { return false }
+                let third = Duration.seconds(Double(options.payments) / options.rate / 3)
+                try? await Task.sleep(for: third)
+                let filler = smallDisk.path + "/chaos-filler"
+                smallDisk.fill(filler)
+                log("disk of \(units[0].machine) full")
+                try? await Task.sleep(for: phase)
+                unlink(filler)
+                log("disk of \(units[0].machine) freed")
+                return true
             }
             let restarter = Task {
                 while !shared.stop.load(ordering: .relaxed) {
@@ -174,8 +251,11 @@ public enum ChaosRun {
             shared.stop.store(true, ordering: .relaxed)
             killer.cancel()
             restarter.cancel()
+            forger.cancel()
             _ = await killer.result
             _ = await restarter.result
+            _ = await forger.result
+            if await diskFull.value { report.diskFullPhases += 1 }
             // Let any agent that is down come back and answer what is left.
             for unit in units where unit.child?.isRunning != true { try unit.start() }
             let settle = ContinuousClock.now + .seconds(20)
@@ -191,6 +271,8 @@ public enum ChaosRun {
             report.payments = payments.count
             report.kills = shared.kills.withLock { $0.values.reduce(0, +) }
             report.brokerRestarts = shared.restarts.load(ordering: .relaxed)
+            report.forgeriesSent = forgeriesSent.load(ordering: .relaxed)
+            report.forgeriesIgnored = ledger.ignoredCount()
             let results = ledger.snapshot()
             var booksByMachine = Dictionary(uniqueKeysWithValues: units.map { ($0.machine, MachineBooks(machine: $0.machine)) })
             for (payment, _) in payments {

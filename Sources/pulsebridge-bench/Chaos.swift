@@ -37,6 +37,8 @@ struct Chaos: AsyncParsableCommand {
             ("without a result", Double(report.withoutResult), ""), ("duplicates injected", Double(report.duplicatesInjected), ""),
             ("duplicate results", Double(report.duplicateResults), ""), ("re-sent by the server", Double(report.republished), ""),
             ("agent kills", Double(report.kills), ""), ("broker restarts", Double(report.brokerRestarts), ""),
+            ("forgeries sent", Double(report.forgeriesSent), ""), ("forged or foreign results ignored", Double(report.forgeriesIgnored), ""),
+            ("disk-full phases", Double(report.diskFullPhases), ""),
             ("violations", Double(report.violations.count), ""), ("wall time", report.seconds, "s"),
         ].map { Measurement(benchmark: "chaos", metric: $0.0, value: $0.1, unit: $0.2) }
     }

@@ -22,6 +22,11 @@ struct ChaosTests {
         #expect(report.kills > 0)
         #expect(report.brokerRestarts > 0)
         #expect(report.credited > 0)
+        // The forging unit and the forged completions were all sent and all ignored, and the
+        // full disk was survived, with the books above still balanced.
+        #expect(report.forgeriesSent > 0)
+        #expect(report.forgeriesIgnored > 0)
+        #expect(report.diskFullPhases == 1)
         for books in report.books { #expect(books.activations >= books.creditedPulses, "\(books)") }
     }
 }

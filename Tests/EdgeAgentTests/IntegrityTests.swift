@@ -284,18 +284,25 @@ struct IntegrityTests {
             #expect(unit.activations(line: 17) == 30)
 
             // Completely full (the reserve is gone too): nothing can be journaled, not even the
-            // received record; the answer is published from memory and the unit says so.
+            // received record. The unit says so; its rejection is not published until it is
+            // durable (a payment server holds the payment as unknown meanwhile).
             mount.fill(filler + "-2")
             let stuck = fleet.payment(machine, amount: 100)
             try await fleet.publish(stuck)
-            let fromMemory = try await fleet.result(stuck.paymentId, machine: machine)
-            #expect(fromMemory.status == .rejected)
             _ = try await fleet.status(machine, .online) { $0.problems.contains(UnitProblem.journalUnwritable) }
+            _ = try await fleet.heartbeat(machine) { $0.problems.contains(UnitProblem.journalUnwritable) }
+            let stuckTopic = fleet.topics.topic(.paymentResult, for: machine)
+            #expect(await !fleet.inbox.pending.contains { message in
+                message.topic == stuckTopic && (try? WireCoding.decode(PaymentResult.self, from: message.payload))?.paymentId == stuck.paymentId
+            })
             #expect(unit.activations(line: 17) == 30)
 
-            // Room again: payments are credited and the problems clear.
+            // Room again: the kept rejection is written and published, payments are credited
+            // and the problems clear.
             unlink(filler)
             unlink(filler + "-2")
+            let late = try await fleet.result(stuck.paymentId, machine: machine)
+            #expect(late.status == .rejected)
             let after = fleet.payment(machine, amount: 200)
             try await fleet.publish(after)
             #expect(try await fleet.result(after.paymentId, machine: machine).status == .credited)
@@ -316,38 +323,6 @@ struct IntegrityTests {
             #expect(unit.activations(line: 17) == 32)
         }
     }
-}
-
-/// A tmpfs of a given size mounted for one test (root only, as CI runs): a real file system
-/// that really fills up.
-final class SmallFileSystem: Sendable {
-    let path: String
-
-    init(at path: String, megabytes: Int) throws {
-        self.path = path
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        guard mount("tmpfs", path, "tmpfs", 0, "size=\(megabytes)m") == 0 else {
-            throw SmallFileSystemError(detail: "mount tmpfs at \(path): \(String(cString: strerror(errno))) (the tests run as root)")
-        }
-    }
-
-    /// Writes `file` until the disk is full.
-    func fill(_ file: String) {
-        let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        guard fd >= 0 else { return }
-        defer { close(fd) }
-        let chunk = [UInt8](repeating: 0x55, count: 1 << 16)
-        while chunk.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) > 0 {}
-    }
-
-    func unmount() {
-        umount2(path, Int32(MNT_DETACH))
-    }
-}
-
-struct SmallFileSystemError: Error, CustomStringConvertible {
-    var detail: String
-    var description: String { detail }
 }
 
 /// A loopback TCP listener that never accepts: connections complete in the kernel's backlog
