@@ -119,6 +119,43 @@ struct CLITests {
             #expect(list.status == .exited(0))
             #expect(list.output.contains("payment") && list.output.contains("fleet"))
 
+            // Service names never name a machine, in the CLI too.
+            let reserved = try await run(["provision", "payment-server", "--home", home])
+            #expect(reserved.status == .exited(1))
+            #expect(reserved.output.contains("reserved for a service identity"))
+            expectNoStackTrace(reserved.output)
+
+            // A payment server of its own, pinned to its client ID.
+            let added = try await run(["payment-servers", "add", "kiosk", "--home", home])
+            #expect(added.status == .exited(0), "\(added.output)")
+            let credentials = home + "/payment-servers/kiosk.json"
+            #expect((try FileManager.default.attributesOfItem(atPath: credentials)[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+            let kiosk = try JSONDecoder().decode(BrokerIdentity.self, from: Data(contentsOf: URL(fileURLWithPath: credentials)))
+            #expect(kiosk.username == "payment-server-kiosk")
+            let own = try await kiosk.connect(clientID: kiosk.username)
+            await own.close()
+            await #expect(throws: FleetError.self) { _ = try await kiosk.connect(clientID: "laundry-01") }
+
+            // A payment with no result yet is unknown; an operator settles it after review.
+            let fleetHome = try FleetHome.open(at: home)
+            let now = Int(Date().timeIntervalSince1970 * 1000)
+            let open = PaymentCompleted(
+                paymentId: "p-open-1", machineId: "laundry-01", amount: 300, currency: "JPY", userId: "u-9", issuedAt: now,
+                expiresAt: now + 30_000)
+            _ = try fleetHome.registry.apply([.completion(open, payloadSha256: String(repeating: "0", count: 64))], now: now)
+            let listed = try await run(["payments", "--open", "--home", home])
+            #expect(listed.status == .exited(0))
+            #expect(listed.output.contains("p-open-1") && listed.output.contains("unknown"))
+            let badAction = try await run(["payments", "settle", "laundry-01", "p-open-1", "--action", "refund", "--home", home])
+            #expect(badAction.status == .exited(1))
+            #expect(badAction.output.contains("--action must be capture or void"))
+            let settled = try await run(["payments", "settle", "laundry-01", "p-open-1", "--action", "void", "--by", "alice", "--home", home])
+            #expect(settled.status == .exited(0), "\(settled.output)")
+            let after = try await run(["payments", "--json", "--home", home])
+            #expect(after.output.contains("\"settlement\" : \"void\"") && after.output.contains("operator:alice"))
+            let nothingOpen = try await run(["payments", "--open", "--home", home])
+            #expect(!nothingOpen.output.contains("p-open-1"))
+
             let revoke = try await run(["revoke", "laundry-01", "--home", home])
             #expect(revoke.status == .exited(0), "\(revoke.output)")
             let revokeAgain = try await run(["revoke", "laundry-01", "--home", home])
