@@ -44,6 +44,8 @@ let package = Package(
             providers: [.apt(["libqrencode-dev"])]),
 
         // Libraries.
+        // The one version of a build: a marker in the binary, stamped per release.
+        .target(name: "PulseBridgeVersion", swiftSettings: strict),
         .target(
             name: "MQTT",
             dependencies: ["CMosquitto", .product(name: "Logging", package: "swift-log")],
@@ -59,7 +61,7 @@ let package = Package(
         .target(
             name: "EdgeAgent",
             dependencies: [
-                "MQTT", "MessageSchema", "RelayOutput",
+                "MQTT", "MessageSchema", "RelayOutput", "PulseBridgeVersion",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "GRDB", package: "GRDB.swift"),
@@ -68,7 +70,7 @@ let package = Package(
         .target(
             name: "FleetManager",
             dependencies: [
-                "MQTT", "MessageSchema", "RelayOutput", "EdgeAgent", "CQREncode",
+                "MQTT", "MessageSchema", "RelayOutput", "EdgeAgent", "CQREncode", "PulseBridgeVersion",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -92,7 +94,7 @@ let package = Package(
         .executableTarget(
             name: "edge-agent",
             dependencies: [
-                "EdgeAgent", "MessageSchema", "RelayOutput", "LocalServices",
+                "EdgeAgent", "MessageSchema", "RelayOutput", "LocalServices", "PulseBridgeVersion",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -101,7 +103,7 @@ let package = Package(
         .executableTarget(
             name: "fleet-manager",
             dependencies: [
-                "FleetManager", "MessageSchema", "MQTT",
+                "FleetManager", "MessageSchema", "MQTT", "PulseBridgeVersion",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -152,7 +154,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "FleetManagerTests",
-            dependencies: ["FleetManager", "EdgeAgent", "MQTT", "MessageSchema", "LocalServices", "TestSupport"],
+            dependencies: ["FleetManager", "EdgeAgent", "MQTT", "MessageSchema", "LocalServices", "TestSupport", "PulseBridgeVersion"],
             swiftSettings: strict),
         .testTarget(
             name: "ChaosTests",

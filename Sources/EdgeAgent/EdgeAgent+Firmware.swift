@@ -186,6 +186,19 @@ extension EdgeAgent {
     /// get there in time. The previous version, started again after a rollback, says so.
     func watchFirmwareHealth(_ client: MQTTClient) async {
         guard var pending = PendingFirmware.load(stateDirectory: options.stateDirectory) else { return }
+        if pending.stage == .installed, pending.version != options.firmwareVersion, let installDirectory = options.installDirectory,
+            FirmwareLayout(installDirectory: installDirectory).currentVersion == pending.version
+        {
+            // `current` points at the new version, but what runs from it reports another: the
+            // artifact was mislabelled. Back to the previous version, for real.
+            logger.error("firmware \(pending.version) reports itself as \(options.firmwareVersion); rolling back")
+            try? FirmwareLayout(installDirectory: installDirectory).rollBack()
+            rememberFailedFirmware(pending.version + "/*")
+            pending.stage = .rolledBack
+            try? pending.save(stateDirectory: options.stateDirectory)
+            restartRequest.yield("rolled back from mislabelled firmware \(pending.version)")
+            return
+        }
         if pending.stage == .rolledBack || pending.version != options.firmwareVersion {
             // We are the version that was rolled back to (powerUp already noted the failure).
             await waitOnline(client)

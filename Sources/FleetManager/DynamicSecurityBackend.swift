@@ -161,6 +161,16 @@ public final class DynamicSecurityBackend: ProvisioningBackend {
         return .array(acls)
     }
 
+    /// The name of a PulseBridge service client already on this broker (`fleet-manager` or
+    /// `payment-server`), or nil: `init` refuses a broker that holds a fleet.
+    public func existingFleetIdentity() async throws -> String? {
+        for username in ["fleet-manager", "payment-server"] {
+            let responses = try await run([["command": .string("getClient"), "username": .string(username)]], tolerating: { _, _ in true })
+            if let response = responses.first, response["error"] == nil { return username }
+        }
+        return nil
+    }
+
     public func bootstrap(topics: TopicScheme, manager: BrokerIdentity, paymentServer: BrokerIdentity) async throws {
         let admin: JSONValue = .array([
             .object(["acltype": .string("publishClientSend"), "topic": .string("$CONTROL/dynamic-security/#"), "allow": .bool(true)]),
@@ -185,21 +195,46 @@ public final class DynamicSecurityBackend: ProvisioningBackend {
             ]
         ])
         for (name, acls) in roles {
-            // Recreate so the ACLs are exactly these (a changed root or rule takes effect).
-            try await run([["command": .string("deleteRole"), "rolename": .string(name)]], tolerating: { _, _ in true })
-            try await run([["command": .string("createRole"), "rolename": .string(name), "acls": acls]])
+            // A role left by an init that failed before its clients existed is recreated so its
+            // ACLs are exactly these. A role a client holds is never deleted (mosquitto 2.0.11
+            // crashes then, upstream issue 2660): `init` refused a broker with our clients.
+            let holders = try await roleHolders(name)
+            if holders.isEmpty {
+                try await run([["command": .string("deleteRole"), "rolename": .string(name)]], tolerating: { _, _ in true })
+                try await run([["command": .string("createRole"), "rolename": .string(name), "acls": acls]])
+            } else {
+                throw FleetError(
+                    "the broker's role '\(name)' is held by \(holders.joined(separator: ", "))",
+                    hint: "this broker holds another fleet; nothing was changed")
+            }
         }
         // The manager's identity is the broker's administrator (it can change any password), so
         // pinning its client ID would protect nothing; it connects with several client IDs.
-        try await run([["command": .string("deleteClient"), "username": .string(manager.username)]], tolerating: { _, _ in true })
         try await run([
             [
                 "command": .string("createClient"), "username": .string(manager.username), "password": .string(manager.password),
                 "roles": .array(["fleet-manager", "fleet-admin"].map { .object(["rolename": .string($0)]) }),
             ]
         ])
-        try await run([["command": .string("deleteClient"), "username": .string(paymentServer.username)]], tolerating: { _, _ in true })
         try await createPaymentServer(paymentServer)
+    }
+
+    /// The clients that hold `role` (dynsec `listClients` in verbose form).
+    func roleHolders(_ role: String) async throws -> [String] {
+        let responses = try await run([["command": .string("listClients"), "verbose": .bool(true)]])
+        guard let response = responses.first, case .object(let data)? = response["data"], case .array(let clients)? = data["clients"] else {
+            return []
+        }
+        return clients.compactMap { client in
+            guard case .object(let fields) = client, case .string(let username)? = fields["username"], case .array(let roles)? = fields["roles"] else {
+                return nil
+            }
+            let holds = roles.contains { entry in
+                if case .object(let role_) = entry, case .string(role)? = role_["rolename"] { return true }
+                return false
+            }
+            return holds ? username : nil
+        }
     }
 
     /// Every payment server is its own client, pinned to the client ID equal to its username,

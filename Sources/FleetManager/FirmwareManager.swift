@@ -1,4 +1,5 @@
 import Foundation
+import PulseBridgeVersion
 import GRDB
 import MQTT
 import MessageSchema
@@ -80,6 +81,13 @@ public struct FirmwareManager: Sendable {
         }
         guard let data = FileManager.default.contents(atPath: artifact), !data.isEmpty else {
             throw FleetError("cannot read the artifact \(artifact)")
+        }
+        // The version a unit will report is the one stamped in the binary: they must agree,
+        // or the rollout would end `not_healthy` on every unit.
+        if let stamped = VersionStamp.version(ofBinaryAt: artifact), stamped != version {
+            throw FleetError(
+                "the artifact reports version \(stamped), not \(version)",
+                hint: "stamp it first: fleet-manager firmware stamp --artifact \(artifact) --version \(version) --out edge-agent-\(version)")
         }
         guard let base = urlBase ?? home.settings.firmwareUrlBase else {
             throw FleetError("no URL base for firmware downloads", hint: "pass --url-base http://HOST:PORT (where `serve --firmware-listen` runs)")

@@ -12,6 +12,8 @@ public final class FleetHome: Sendable {
     public var settingsPath: String { path + "/settings.json" }
     public var keysDirectory: String { path + "/keys" }
     public var bundlesDirectory: String { path + "/bundles" }
+    /// Copies of the CA files given to `init`, so the home does not depend on where they were.
+    public var pkiDirectory: String { path + "/pki" }
 
     /// `$PULSEBRIDGE_HOME`, else `~/.pulsebridge`.
     public static var defaultPath: String {
@@ -22,7 +24,13 @@ public final class FleetHome: Sendable {
     private init(path: String, settings: FleetSettings) throws {
         self.path = path
         self.settings = settings
-        self.registry = try Registry(path: path + "/registry.sqlite")
+        // The registry holds every customer's user ID: the owner's only.
+        let registryPath = path + "/registry.sqlite"
+        if !FileManager.default.fileExists(atPath: registryPath) {
+            _ = FileManager.default.createFile(atPath: registryPath, contents: nil, attributes: [.posixPermissions: 0o600])
+        }
+        self.registry = try Registry(path: registryPath)
+        for suffix in ["", "-wal", "-shm"] { chmod(registryPath + suffix, 0o600) }
         self.topics = try TopicScheme(root: settings.topicRoot)
     }
 
@@ -49,7 +57,7 @@ public final class FleetHome: Sendable {
             throw FleetError(
                 "a fleet already exists at \(path)", hint: "use it, or choose another --home; an existing fleet is never overwritten")
         }
-        for dir in [path, path + "/keys", path + "/bundles"] {
+        for dir in [path, path + "/keys", path + "/bundles", path + "/pki"] {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         }
         let encoder = JSONEncoder()
@@ -78,6 +86,28 @@ public final class FleetHome: Sendable {
         guard rename(temporary, path) == 0 else {
             throw FleetError("cannot write \(path): \(String(cString: strerror(errno)))")
         }
+    }
+
+    // MARK: The lock of `serve`
+
+    /// Takes the home's `serve.lock` (an exclusive `flock`, released when the process ends):
+    /// two `serve` processes on one home would share a client ID and knock each other off
+    /// the broker. Throws naming the holder's pid if another process has it.
+    public func lockForServe() throws -> Int32 {
+        let lockPath = path + "/serve.lock"
+        let fd = Glibc.open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw FleetError("cannot open \(lockPath): \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let holder = (try? String(contentsOfFile: lockPath, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+            close(fd)
+            throw FleetError(
+                "another `fleet-manager serve` (pid \(holder)) is already watching the fleet at \(path)",
+                hint: "stop it first; one serve per fleet home")
+        }
+        ftruncate(fd, 0)
+        let pid = "\(getpid())\n"
+        _ = pid.withCString { write(fd, $0, strlen($0)) }
+        return fd
     }
 
     // MARK: Keys

@@ -66,17 +66,28 @@ public enum FleetSetup {
             throw FleetError("cannot read \(file)")
         }
 
+        // The CA files are copied into the home (pki/), and the settings name the copies by
+        // absolute path: commands work from any folder, and after the originals move.
+        let home = URL(fileURLWithPath: options.home).standardizedFileURL.path
+        let deviceCA = options.deviceCAFile.map { _ in home + "/pki/device-ca.pem" }
+        let brokerCA = options.brokerCAFile.map { _ in home + "/pki/broker-ca.pem" }
+
         let manager = BrokerIdentity(
-            host: options.brokerHost, port: options.brokerPort, caFile: options.brokerCAFile, username: "fleet-manager",
+            host: options.brokerHost, port: options.brokerPort, caFile: brokerCA, username: "fleet-manager",
             password: Provisioner.newPassword())
         let paymentServer = BrokerIdentity(
-            host: options.brokerHost, port: options.brokerPort, caFile: options.brokerCAFile, username: "payment-server",
+            host: options.brokerHost, port: options.brokerPort, caFile: brokerCA, username: "payment-server",
             password: Provisioner.newPassword())
         let admin = BrokerIdentity(
             host: options.brokerHost, port: options.brokerPort, caFile: options.brokerCAFile, username: options.adminUser,
             password: options.adminPassword)
         let backend = try await DynamicSecurityBackend.connect(admin, logger: logger)
         do {
+            if let existing = try await backend.existingFleetIdentity() {
+                throw FleetError(
+                    "this broker already holds a PulseBridge fleet (its dynamic security has the client '\(existing)')",
+                    hint: "use that fleet's home; one broker serves one fleet, and init never replaces one")
+            }
             try await backend.bootstrap(topics: topics, manager: manager, paymentServer: paymentServer)
             await backend.close()
         } catch {
@@ -84,10 +95,16 @@ public enum FleetSetup {
             throw error
         }
         let settings = FleetSettings(
-            topicRoot: options.topicRoot, deviceBrokerUrl: options.deviceBrokerUrl, deviceCAFile: options.deviceCAFile,
+            topicRoot: options.topicRoot, deviceBrokerUrl: options.deviceBrokerUrl, deviceCAFile: deviceCA,
             manager: manager, paymentServer: paymentServer, paymentUrlTemplate: options.paymentUrlTemplate,
             currency: options.currency)
-        return try FleetHome.create(at: options.home, settings: settings)
+        let created = try FleetHome.create(at: home, settings: settings)
+        for (source, copy) in [(options.deviceCAFile, deviceCA), (options.brokerCAFile, brokerCA)] {
+            guard let source, let copy else { continue }
+            try? FileManager.default.removeItem(atPath: copy)
+            try FileManager.default.copyItem(atPath: source, toPath: copy)
+        }
+        return created
     }
 }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import EdgeAgent
 import Foundation
 import Logging
+import PulseBridgeVersion
 import RelayOutput
 import ServiceLifecycle
 
@@ -10,6 +11,7 @@ struct EdgeAgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "edge-agent",
         abstract: "PulseBridge edge agent: turns signed payments into coin pulses on this machine.",
+        version: PulseBridgeVersion.current,
         subcommands: [Run.self, Supervise.self])
 }
 
@@ -73,7 +75,7 @@ struct Run: AsyncParsableCommand {
         } else {
             fail("--gpio '\(gpio)' is neither 'gpiod' nor 'sim:EDGE_LOG'")
         }
-        let firmware = ProcessInfo.processInfo.environment["PULSEBRIDGE_FIRMWARE_VERSION"] ?? AgentVersion.built
+        let firmware = AgentVersion.built
         let agent: EdgeAgent
         do {
             var options = AgentOptions(bundle: loaded, stateDirectory: stateDir, lineDriver: driver, firmwareVersion: firmware)

@@ -2,10 +2,30 @@ import ArgumentParser
 import FleetManager
 import Foundation
 import MessageSchema
+import PulseBridgeVersion
 
 struct Firmware: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Firmware releases and staged rollouts.", subcommands: [Publish.self, Rollout.self, Status.self])
+        abstract: "Firmware releases and staged rollouts.", subcommands: [Stamp.self, Publish.self, Rollout.self, Status.self])
+
+    struct Stamp: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write a copy of an edge-agent binary that reports VERSION (what `firmware publish` then records).")
+        @Option(help: "The edge-agent binary (e.g. .build/release/edge-agent).") var artifact: String
+        @Option(help: "The version to stamp.") var version: String
+        @Option(help: "Where to write the stamped copy.") var out: String
+
+        func run() async throws {
+            try await operatorErrors {
+                do {
+                    try VersionStamp.stamp(artifact, version: version, to: out)
+                } catch let failure as VersionStamp.Failure {
+                    throw FleetError(failure.description, hint: "pass an edge-agent binary built from this source")
+                }
+                print("\(out): edge-agent \(VersionStamp.version(ofBinaryAt: out) ?? "?")")
+            }
+        }
+    }
 
     struct Publish: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Record an artifact as a version (hash, size, download URL).")

@@ -2,6 +2,7 @@ import ArgumentParser
 import FleetManager
 import Foundation
 import Logging
+import PulseBridgeVersion
 import MQTT
 
 @main
@@ -9,6 +10,7 @@ struct FleetManagerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fleet-manager",
         abstract: "PulseBridge fleet manager: provision units, watch them, configure them, take payments.",
+        version: PulseBridgeVersion.current,
         subcommands: [
             Init.self, Provision.self, Revoke.self, Keys.self, Serve.self, Devices.self, Device.self, Config.self, Pay.self,
             Report.self, Code.self, Firmware.self, PaymentServers.self, Payments.self,

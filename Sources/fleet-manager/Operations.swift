@@ -2,6 +2,7 @@ import ArgumentParser
 import FleetManager
 import Foundation
 import Logging
+import PulseBridgeVersion
 import MessageSchema
 import ServiceLifecycle
 
@@ -16,6 +17,8 @@ struct Serve: AsyncParsableCommand {
         options.bootstrapLogging()
         try await operatorErrors {
             let home = try options.open()
+            let lock = try home.lockForServe()
+            defer { close(lock) }
             var monitorOptions = FleetMonitor.Options()
             monitorOptions.configPendingAlert = .seconds(configAlertMinutes * 60)
             let logger = Logger(label: "pulsebridge.serve")
@@ -27,6 +30,10 @@ struct Serve: AsyncParsableCommand {
                 artifacts = try ArtifactServer(root: FirmwareManager(home: home).artifactsDirectory, host: String(parts[0]), port: port)
             }
             defer { artifacts?.stop() }
+            // One line at any log level: what this process watches and serves.
+            let manager = home.settings.manager
+            FileHandle.standardError.write(Data(
+                "fleet-manager serve \(PulseBridgeVersion.current): watching '\(home.settings.topicRoot)' at \(manager.host):\(manager.port) for the fleet at \(home.path)\(artifacts.map { "; firmware artifacts on port \($0.port)" } ?? "")\n".utf8))
             let group = ServiceGroup(
                 configuration: .init(
                     services: [.init(service: monitor, successTerminationBehavior: .gracefullyShutdownGroup)],

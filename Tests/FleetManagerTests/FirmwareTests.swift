@@ -4,12 +4,13 @@ import Foundation
 import LocalServices
 import MQTT
 import MessageSchema
+import PulseBridgeVersion
 import Testing
 import TestSupport
 
-/// Self-updating units: each runs `edge-agent supervise` over its own install folder; the
-/// versions are small launchers around the real agent that report a given version (a real
-/// update would ship a new binary; the mechanism is the same).
+/// Self-updating units: each runs `edge-agent supervise` over its own install folder; each
+/// version is the real agent binary stamped with that version (`VersionStamp`, as
+/// `fleet-manager firmware stamp` does); a version that crashes at start is a script.
 struct UpdatingUnit {
     let machine: MachineID
     let directory: String
@@ -18,11 +19,15 @@ struct UpdatingUnit {
     var layout: FirmwareLayout { FirmwareLayout(installDirectory: install) }
     var supervisor: ChildProcess
 
-    /// An artifact: a launcher that runs the agent reporting `version`, or one that crashes.
-    static func artifact(version: String, crashes: Bool = false) -> String {
-        crashes
-            ? "#!/bin/sh\necho \"version \(version) crashes at start\" >&2\nexit 3\n"
-            : "#!/bin/sh\nPULSEBRIDGE_FIRMWARE_VERSION=\(version) exec \(AgentUnit.binary) \"$@\"\n"
+    /// Writes an artifact at `path`: the agent stamped as `version`, or one that crashes at
+    /// start (before any of its code runs).
+    static func writeArtifact(version: String, crashes: Bool = false, to path: String) throws {
+        if crashes {
+            try "#!/bin/sh\necho \"version \(version) crashes at start\" >&2\nexit 3\n".write(toFile: path, atomically: true, encoding: .utf8)
+            chmod(path, 0o755)
+        } else {
+            try VersionStamp.stamp(AgentUnit.binary, version: version, to: path)
+        }
     }
 
     static func start(_ fleet: DynsecFleet, _ machine: MachineID) throws -> UpdatingUnit {
@@ -30,7 +35,7 @@ struct UpdatingUnit {
         let layout = FirmwareLayout(installDirectory: directory + "/install")
         let initial = directory + "/initial"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try artifact(version: "0.1.0").write(toFile: initial, atomically: true, encoding: .utf8)
+        try writeArtifact(version: "0.1.0", to: initial)
         try layout.install(artifact: initial, version: "0.1.0")
         let supervisor = try ChildProcess.spawn(
             AgentUnit.binary,
@@ -88,8 +93,30 @@ struct FirmwareTests {
 
     func release(_ fleet: DynsecFleet, _ server: ArtifactServer, version: String, crashes: Bool = false) throws -> FirmwareRelease {
         let file = NSTemporaryDirectory() + "artifact-\(UUID().uuidString)"
-        try UpdatingUnit.artifact(version: version, crashes: crashes).write(toFile: file, atomically: true, encoding: .utf8)
+        try UpdatingUnit.writeArtifact(version: version, crashes: crashes, to: file)
         return try FirmwareManager(home: fleet.home).publish(version: version, artifact: file, urlBase: "http://127.0.0.1:\(server.port)")
+    }
+
+    /// One version per build, stamped in the binary: `--version` says it, the agent reports it,
+    /// and `firmware publish` refuses an artifact published under another version.
+    @Test func theStampedVersionIsTheVersion() async throws {
+        let stamped = NSTemporaryDirectory() + "edge-agent-stamped-\(UUID().uuidString)"
+        try VersionStamp.stamp(AgentUnit.binary, version: "7.8.9", to: stamped)
+        #expect(VersionStamp.version(ofBinaryAt: stamped) == "7.8.9")
+        #expect(VersionStamp.version(ofBinaryAt: AgentUnit.binary) == PulseBridgeVersion.current)
+        let run = try ChildProcess.spawn(stamped, ["--version"], outputPath: stamped + ".out")
+        #expect(await run.waitForExit() == .exited(0))
+        #expect(run.output().trimmingCharacters(in: .whitespacesAndNewlines) == "7.8.9")
+        #expect(throws: VersionStamp.Failure.self) { try VersionStamp.stamp(AgentUnit.binary, version: "../x", to: stamped + "-bad") }
+        #expect(throws: VersionStamp.Failure.self) { try VersionStamp.stamp("/bin/sh", version: "1.0.0", to: stamped + "-sh") }
+        try await DynsecFleet.with { fleet in
+            let error = #expect(throws: FleetError.self) {
+                try FirmwareManager(home: fleet.home).publish(version: "7.8.10", artifact: stamped, urlBase: "http://127.0.0.1:1")
+            }
+            #expect(error?.description.contains("reports version 7.8.9") == true)
+            let release = try FirmwareManager(home: fleet.home).publish(version: "7.8.9", artifact: stamped, urlBase: "http://127.0.0.1:1")
+            #expect(release.version == "7.8.9")
+        }
     }
 
     @Test func rolloutToTenUnitsInWavesOfThirtyPercent() async throws {
