@@ -141,7 +141,7 @@ let package = Package(
         .testTarget(
             name: "MessageSchemaTests",
             dependencies: [
-                "MessageSchema",
+                "MessageSchema", "LocalServices",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             resources: [.copy("Fixtures")],
@@ -162,7 +162,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "DemoTests",
-            dependencies: ["LocalServices", "TestSupport"],
+            dependencies: ["LocalServices", "TestSupport", "MessageSchema"],
             swiftSettings: strict),
         .testTarget(
             name: "RelayOutputTests",

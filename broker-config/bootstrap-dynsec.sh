@@ -16,4 +16,8 @@ if [ -e "$file" ]; then
 fi
 mosquitto_ctrl dynsec init "$file" admin "$password" >/dev/null
 chmod 600 "$file"
+# mosquitto started as root drops to its own user: the file and folder must be its own.
+if id mosquitto >/dev/null 2>&1; then
+  chown mosquitto: "$dir" "$file"
+fi
 echo "created $file with the admin account 'admin'"

@@ -19,4 +19,8 @@ openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
   -out server.crt -days 825 -extfile server.ext 2>/dev/null
 rm -f server.csr server.ext ca.srl
 chmod 600 ca.key server.key
+# mosquitto started as root drops to its own user, which must read the broker's key.
+if id mosquitto >/dev/null 2>&1; then
+  chgrp mosquitto server.key && chmod 640 server.key
+fi
 echo "wrote $out/ca.crt, ca.key, server.crt, server.key"

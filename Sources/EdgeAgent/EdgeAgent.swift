@@ -22,7 +22,8 @@ public struct AgentOptions: Sendable {
     /// How long a graceful stop lets a running train continue before stopping it between pulses.
     public var trainStopGrace: Duration = .seconds(30)
     /// Backoff between broker connection attempts.
-    public var reconnect = MQTTReconnectPolicy(initialDelay: .milliseconds(250), maximumDelay: .seconds(30))
+    /// Refused credentials (a revoked unit, a rotated password) are retried every 2 to 3 minutes.
+    public var reconnect = MQTTReconnectPolicy(initialDelay: .milliseconds(250), maximumDelay: .seconds(30), refusedDelay: .seconds(120))
     /// Where firmware versions are installed (docs/firmware.md); nil: this unit does not update
     /// itself and reports firmware updates `failed` (`updates_disabled`).
     public var installDirectory: String?

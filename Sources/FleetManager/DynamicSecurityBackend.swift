@@ -20,6 +20,8 @@ public final class DynamicSecurityBackend: ProvisioningBackend {
         case expected
         case waiting(CheckedContinuation<[String: JSONValue], any Error>)
         case arrived([String: JSONValue])
+        /// Failed before anyone waited (timed out, closed): the waiter gets this error.
+        case failed(any Error)
     }
     private let listener: Task<Void, Never>
     private let timeout: Duration
@@ -45,7 +47,21 @@ public final class DynamicSecurityBackend: ProvisioningBackend {
         }
     }
 
-    private init(client: MQTTClient, timeout: Duration = .seconds(10)) {
+    /// Connects, retrying for up to `wait` while the broker refuses TCP connections (it is
+    /// still starting); a broker that answers and refuses the credentials fails at once.
+    public static func connect(_ identity: BrokerIdentity, waitingUpTo wait: Duration, logger: Logger) async throws -> DynamicSecurityBackend {
+        let deadline = ContinuousClock.now + wait
+        while true {
+            do {
+                return try await connect(identity, logger: logger)
+            } catch let error as FleetError where error.problem.contains("Connection refused") && ContinuousClock.now < deadline {
+                logger.info("the broker does not accept connections yet; retrying")
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+
+    private init(client: MQTTClient, timeout: Duration = .seconds(30)) {
         self.client = client
         self.timeout = timeout
         let messages = client.messages
@@ -69,8 +85,15 @@ public final class DynamicSecurityBackend: ProvisioningBackend {
         let waiting = slots.withLock { slots -> [CheckedContinuation<[String: JSONValue], any Error>] in
             var found: [CheckedContinuation<[String: JSONValue], any Error>] = []
             for id in ids ?? Array(slots.keys) {
-                if case .waiting(let continuation)? = slots[id] { found.append(continuation) }
-                slots[id] = nil
+                switch slots[id] {
+                case .waiting(let continuation)?:
+                    found.append(continuation)
+                    slots[id] = nil
+                case .expected?:
+                    slots[id] = .failed(error)
+                default:
+                    break
+                }
             }
             return found
         }
@@ -128,6 +151,7 @@ public final class DynamicSecurityBackend: ProvisioningBackend {
                     switch slots[id] {
                     case .arrived(let response): slots[id] = nil; return .success(response)
                     case .expected: slots[id] = .waiting(continuation); return nil
+                    case .failed(let error): slots[id] = nil; return .failure(error)
                     default: return .failure(MQTTError.closed)
                     }
                 }

@@ -20,6 +20,8 @@ public enum FleetSetup {
         public var topicRoot: String
         public var paymentUrlTemplate: String
         public var currency: String
+        /// How long to wait for a broker that does not accept connections yet (starting).
+        public var waitForBroker: Duration = .seconds(10)
 
         public init(
             home: String, brokerHost: String, brokerPort: Int, brokerCAFile: String? = nil, adminUser: String = "admin",
@@ -81,7 +83,7 @@ public enum FleetSetup {
         let admin = BrokerIdentity(
             host: options.brokerHost, port: options.brokerPort, caFile: options.brokerCAFile, username: options.adminUser,
             password: options.adminPassword)
-        let backend = try await DynamicSecurityBackend.connect(admin, logger: logger)
+        let backend = try await DynamicSecurityBackend.connect(admin, waitingUpTo: options.waitForBroker, logger: logger)
         do {
             if let existing = try await backend.existingFleetIdentity() {
                 throw FleetError(

@@ -118,8 +118,8 @@ public final class Provisioner: Sendable {
         try FleetHome.writePrivate(encoder.encode(bundle), to: path)
     }
 
-    /// Provisions every row of a CSV (`machineId[,profileFile]`, `#` comments, optional
-    /// header). A bad row does not stop the rest; units already provisioned are skipped, so a
+    /// Provisions every row of a CSV (`machineId[,profileFile]`, `,` or `;`, RFC 4180 quoting,
+    /// `#` comments, optional header). A bad row does not stop the rest; units already provisioned are skipped, so a
     /// re-run is safe. `progress` is called after each row.
     public func provisionAll(
         csv path: String, concurrency: Int = 16, progress: @escaping @Sendable (Int, Int) -> Void = { _, _ in }
@@ -131,11 +131,17 @@ public final class Provisioner: Sendable {
         var report = BulkReport()
         var jobs: [(line: Int, machine: MachineID, profile: MachineProfile?)] = []
         var seen: [MachineID: Int] = [:]
-        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = index + 1
-            let row = raw.trimmingCharacters(in: .whitespacesAndNewlines)
-            if row.isEmpty || row.hasPrefix("#") || (line == 1 && row.lowercased().hasPrefix("machineid")) { continue }
-            let fields = row.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        let rows: [CSVRows.Row]
+        do {
+            rows = try CSVRows.parse(text)
+        } catch {
+            throw FleetError("\(path) is not CSV: \(error)", hint: "machineId[,profileFile] per line; quote fields as RFC 4180 says")
+        }
+        for (index, record) in rows.enumerated() {
+            let line = record.line
+            let row = record.text
+            let fields = record.fields
+            if index == 0, fields[0].lowercased() == "machineid" { continue }
             guard fields.count <= 2 else {
                 report.failed.append((line, row, "expected machineId[,profileFile], found \(fields.count) fields"))
                 continue

@@ -41,9 +41,15 @@ public struct MQTTReconnectPolicy: Sendable, Hashable {
     /// The largest delay cap.
     public var maximumDelay: Duration
 
-    public init(initialDelay: Duration = .milliseconds(250), maximumDelay: Duration = .seconds(30)) {
+    /// After the broker refused the connection (credentials not authorized, a revoked unit,
+    /// a banned client ID), wait at least this long, jittered: retrying every few seconds only
+    /// loads the broker and its logs. Nil: the ordinary backoff.
+    public var refusedDelay: Duration?
+
+    public init(initialDelay: Duration = .milliseconds(250), maximumDelay: Duration = .seconds(30), refusedDelay: Duration? = nil) {
         self.initialDelay = initialDelay
         self.maximumDelay = maximumDelay
+        self.refusedDelay = refusedDelay
     }
 
     /// The delay before retry number `attempt` (0-based): uniformly random in

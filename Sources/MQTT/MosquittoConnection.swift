@@ -259,7 +259,10 @@ final class MosquittoConnection: @unchecked Sendable {
                 case .idle, .disconnected, .closed: break
                 }
                 if s.stopRequested { return nil }
-                let delay = configuration.reconnect.delay(attempt: s.failedAttempts)
+                var delay = configuration.reconnect.delay(attempt: s.failedAttempts)
+                if case .refused = failure, let floor = configuration.reconnect.refusedDelay {
+                    delay = max(delay, floor + .milliseconds(Int.random(in: 0...Int(floor.seconds * 500))))
+                }
                 s.failedAttempts += 1
                 return delay
             }

@@ -13,7 +13,7 @@ struct FleetManagerCommand: AsyncParsableCommand {
         version: PulseBridgeVersion.current,
         subcommands: [
             Init.self, Provision.self, Revoke.self, Keys.self, Serve.self, Devices.self, Device.self, Config.self, Pay.self,
-            Report.self, Code.self, Firmware.self, PaymentServers.self, Payments.self,
+            Report.self, Code.self, Firmware.self, PaymentServers.self, Payments.self, Wait.self,
         ])
 }
 
@@ -22,8 +22,14 @@ struct HomeOptions: ParsableArguments {
     @Option(help: "The fleet home (default: $PULSEBRIDGE_HOME or ~/.pulsebridge).")
     var home: String = FleetHome.defaultPath
 
-    @Option(help: "Log level for diagnostics on standard error.")
+    @Option(help: "Log level for diagnostics on standard error: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "warning"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
+        }
+    }
 
     func bootstrapLogging() {
         let level = Logger.Level(rawValue: logLevel) ?? .warning

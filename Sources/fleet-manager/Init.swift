@@ -18,16 +18,18 @@ struct Init: AsyncParsableCommand {
     @Option(help: "Topic root.") var topicRoot = "fleet"
     @Option(help: "Payment page URL for payment codes; {machineId} is replaced.") var paymentUrl = "https://pay.example.com/m/{machineId}"
     @Option(help: "Currency (ISO 4217) of new configurations.") var currency = "JPY"
+    @Option(help: "Seconds to wait for a broker that is still starting.") var waitForBroker = 10
 
     func run() async throws {
         options.bootstrapLogging()
         try await operatorErrors {
             let password = try readSecret(file: adminPasswordFile, value: adminPassword, name: "admin-password")
-            let home = try await FleetSetup.initialize(
-                FleetSetup.Options(
-                    home: options.home, brokerHost: brokerHost, brokerPort: brokerPort, brokerCAFile: brokerCaFile,
-                    adminUser: adminUser, adminPassword: password, deviceBrokerUrl: deviceBrokerUrl, deviceCAFile: deviceCaFile,
-                    topicRoot: topicRoot, paymentUrlTemplate: paymentUrl, currency: currency))
+            var setup = FleetSetup.Options(
+                home: options.home, brokerHost: brokerHost, brokerPort: brokerPort, brokerCAFile: brokerCaFile,
+                adminUser: adminUser, adminPassword: password, deviceBrokerUrl: deviceBrokerUrl, deviceCAFile: deviceCaFile,
+                topicRoot: topicRoot, paymentUrlTemplate: paymentUrl, currency: currency)
+            setup.waitForBroker = .seconds(max(0, waitForBroker))
+            let home = try await FleetSetup.initialize(setup)
             let keys = try home.registry.keys()
             print("fleet created at \(home.path)")
             for key in keys {

@@ -10,11 +10,19 @@ struct Keys: AsyncParsableCommand {
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List the keys and what they sign.")
         @OptionGroup var options: HomeOptions
+        @Flag(help: "JSON: [{kid, purpose, state, publicKey, createdAt}].") var json = false
 
         func run() async throws {
             options.bootstrapLogging()
             try await operatorErrors {
                 let home = try options.open()
+                if json {
+                    let objects: [[String: Any]] = try home.registry.keys().map {
+                        ["kid": $0.kid.rawValue, "purpose": $0.purpose.rawValue, "state": $0.state.rawValue, "publicKey": $0.publicKey, "createdAt": $0.createdAt]
+                    }
+                    print(String(decoding: try JSONSerialization.data(withJSONObject: objects, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
+                    return
+                }
                 print("KID".padding(toLength: 40, withPad: " ", startingAt: 0) + "PURPOSE   STATE     PUBLIC KEY")
                 for key in try home.registry.keys() {
                     print(key.kid.rawValue.padding(toLength: 40, withPad: " ", startingAt: 0)

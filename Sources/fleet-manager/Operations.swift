@@ -85,6 +85,7 @@ struct Device: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "One unit in detail.")
     @OptionGroup var options: HomeOptions
     @Argument(help: "The machine ID.") var machineId: String
+    @Flag(help: "JSON instead of text.") var json = false
 
     func run() async throws {
         options.bootstrapLogging()
@@ -92,6 +93,12 @@ struct Device: AsyncParsableCommand {
             let home = try options.open()
             guard let unit = try home.registry.overviews(now: Int(Date().timeIntervalSince1970 * 1000)).first(where: { $0.machineId == machineId }) else {
                 throw FleetError("no unit '\(machineId)' in the registry", hint: "`fleet-manager devices` lists the fleet")
+            }
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try encoder.encode(unit), as: UTF8.self))
+                return
             }
             let counters = unit.counters ?? PaymentCounters()
             print("""
@@ -265,6 +272,10 @@ struct Pay: AsyncParsableCommand {
                 guard let id = PaymentID(rawValue: raw) else { throw FleetError("'\(raw)' is not a payment ID (\(PaymentID.rule))") }
                 return id
             }
+            guard ProtocolLimits.amountRange.contains(amount) else {
+                throw FleetError("the amount must be 1 to 10,000,000 minor units, not \(amount)")
+            }
+            guard ProtocolLimits.paymentLifetimeMs.contains(ttl * 1000) else { throw FleetError("--ttl must be 1 to 600 seconds, not \(ttl)") }
             let (kid, key) = try home.signingKey(.payment)
             let payments = try await PaymentClient.connect(home.settings.paymentServer, topics: home.topics, kid: kid, key: key)
             let status = await payments.status(of: machine)
@@ -326,7 +337,10 @@ struct Report: AsyncParsableCommand {
                 guard let text else { return nil }
                 let formatter = ISO8601DateFormatter()
                 formatter.formatOptions = [.withFullDate]
-                guard let date = formatter.date(from: text) else { throw FleetError("'\(text)' is not a date (YYYY-MM-DD)") }
+                // The formatter rolls 2026-02-30 over to March: a day that does not exist is refused.
+                guard let date = formatter.date(from: text), formatter.string(from: date) == text else {
+                    throw FleetError("'\(text)' is not a date (YYYY-MM-DD)", hint: "e.g. --from 2026-11-01")
+                }
                 return Int(date.timeIntervalSince1970 * 1000) + (end ? 86_400_000 : 0)
             }
             let payments = try home.registry.payments(from: try day(from, end: false), to: try day(to, end: true))

@@ -152,3 +152,71 @@ struct Payments: AsyncParsableCommand {
         }
     }
 }
+
+/// `fleet-manager wait`: for scripts and runbooks, until units are online or configured.
+struct Wait: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Wait until units are online, or have applied their desired configuration.",
+        discussion: """
+            Reads the units' retained status and configuration reports from the broker (no `serve` needed).
+            Exit 0 when every unit got there; 1, naming the ones that did not, after --timeout.
+            """)
+    @OptionGroup var options: HomeOptions
+    @Argument(help: "Machine IDs.") var machines: [String]
+    @Flag(help: "Until each unit's retained status is online.") var online = false
+    @Flag(help: "Until each unit reported its desired configuration version applied.") var configApplied = false
+    @Option(help: "Seconds to wait at most.") var timeout = 60
+
+    func run() async throws {
+        options.bootstrapLogging()
+        try await operatorErrors {
+            guard online != configApplied else { throw FleetError("say what to wait for: --online or --config-applied") }
+            let home = try options.open()
+            let ids = try machines.map { raw -> MachineID in
+                guard let id = MachineID(rawValue: raw) else { throw FleetError("'\(raw)' is not a machine ID") }
+                return id
+            }
+            var desired: [MachineID: Int] = [:]
+            if configApplied {
+                for id in ids {
+                    guard let version = try home.registry.machine(id)?.desiredConfig?.version else {
+                        throw FleetError("\(id) has no desired configuration", hint: "is it provisioned? `fleet-manager devices`")
+                    }
+                    desired[id] = version
+                }
+            }
+            let missing = try await withManagerClient(home, purpose: "wait") { client in
+                try await client.subscribe(home.topics.filter(online ? .status : .configReported))
+                var waiting = Set(ids)
+                let deadline = Task {
+                    try? await Task.sleep(for: .seconds(timeout))
+                    await client.close()
+                }
+                defer { deadline.cancel() }
+                for await message in client.messages {
+                    // Attributed to the machine its topic names; a body naming another is ignored.
+                    guard let (machine, _) = home.topics.parse(message.topic), waiting.contains(machine) else { continue }
+                    if online {
+                        if let status = try? WireCoding.decode(StatusMessage.self, from: message.payload), status.machineId == machine,
+                            status.state == .online
+                        {
+                            waiting.remove(machine)
+                        }
+                    } else if let report = try? WireCoding.decode(ConfigReported.self, from: message.payload), report.machineId == machine,
+                        report.status == .applied, report.version >= desired[machine] ?? .max
+                    {
+                        waiting.remove(machine)
+                    }
+                    if waiting.isEmpty { break }
+                }
+                return waiting
+            }
+            guard missing.isEmpty else {
+                throw FleetError(
+                    "after \(timeout) s, not \(online ? "online" : "configured"): \(missing.map(\.rawValue).sorted().joined(separator: ", "))",
+                    hint: "check those units (their logs, `fleet-manager device ID`)")
+            }
+            print("\(ids.map(\.rawValue).joined(separator: ", ")): \(online ? "online" : "configuration applied")")
+        }
+    }
+}

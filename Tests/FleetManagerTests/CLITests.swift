@@ -2,6 +2,7 @@ import FleetManager
 import Foundation
 import LocalServices
 import MessageSchema
+import PulseBridgeVersion
 import Testing
 import TestSupport
 
@@ -18,11 +19,13 @@ struct CLITests {
         var output: String
     }
 
-    func run(_ arguments: [String], environment: [String: String] = [:]) async throws -> Run {
+    func run(_ arguments: [String], environment: [String: String] = [:], viaShell: Bool = false) async throws -> Run {
         let out = NSTemporaryDirectory() + "fm-\(UUID().uuidString).out"
         var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }
-        let child = try ChildProcess.spawn(Self.binary, arguments, environment: env, outputPath: out)
+        let child = viaShell
+            ? try ChildProcess.spawn(arguments[0], Array(arguments.dropFirst()), environment: env, outputPath: out)
+            : try ChildProcess.spawn(Self.binary, arguments, environment: env, outputPath: out)
         let status = await child.waitForExit()
         return Run(status: status, output: child.output())
     }
@@ -163,4 +166,77 @@ struct CLITests {
             #expect(revokeAgain.output.contains("already revoked"))
         }
     }
+
+    /// What a new operator ran into (issue: release-grade): each a clear refusal or a fix.
+    @Test func theOperatorsPaperCuts() async throws {
+        try await LocalMosquitto.with(template: "dynsec") { broker in
+            let home = NSTemporaryDirectory() + "pb-cuts-\(UUID().uuidString)"
+            let secret = NSTemporaryDirectory() + "admin-\(UUID().uuidString)"
+            try broker.adminPassword!.write(toFile: secret, atomically: true, encoding: .utf8)
+            // The CA given by a relative path is copied into the home.
+            let caDirectory = NSTemporaryDirectory() + "pb-cuts-ca-\(UUID().uuidString)"
+            try FileManager.default.createDirectory(atPath: caDirectory, withIntermediateDirectories: true)
+            try "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".write(toFile: caDirectory + "/ca.crt", atomically: true, encoding: .utf8)
+            let created = try await run(
+                ["/bin/sh", "-c", "cd \(caDirectory) && exec \"$0\" \"$@\"", Self.binary, "init", "--home", home, "--broker-port", "\(broker.port)",
+                 "--admin-password-file", secret, "--device-broker-url", "mqtts://localhost:8883", "--device-ca-file", "ca.crt"],
+                viaShell: true)
+            #expect(created.status == .exited(0), "\(created.output)")
+            let settings = try String(contentsOfFile: home + "/settings.json", encoding: .utf8)
+            #expect(settings.contains("\"deviceCAFile\" : \"\(home)/pki/device-ca.pem\""), "\(settings)")
+            #expect(FileManager.default.fileExists(atPath: home + "/pki/device-ca.pem"))
+            #expect((try FileManager.default.attributesOfItem(atPath: home + "/registry.sqlite")[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+            // Provisioning from another folder works: the CA path is absolute.
+            let provisioned = try await run(["/bin/sh", "-c", "cd / && exec \"$0\" \"$@\"", Self.binary, "provision", "unit-01", "--home", home], viaShell: true)
+            #expect(provisioned.status == .exited(0), "\(provisioned.output)")
+
+            // A second init against a broker that holds a fleet: refused, the broker still up,
+            // the first fleet intact.
+            let second = try await run([
+                "init", "--home", home + "-second", "--broker-port", "\(broker.port)", "--admin-password-file", secret,
+                "--device-broker-url", "mqtt://127.0.0.1:\(broker.port)",
+            ])
+            #expect(second.status == .exited(1))
+            #expect(second.output.contains("already holds a PulseBridge fleet"), "\(second.output)")
+            #expect(!FileManager.default.fileExists(atPath: home + "-second/settings.json"))
+            let stillWorks = try await run(["provision", "unit-02", "--home", home])
+            #expect(stillWorks.status == .exited(0), "\(stillWorks.output)")
+
+            // Bad levels, amounts and dates are refused before anything connects.
+            let level = try await run(["devices", "--home", home, "--log-level", "loud"])
+            #expect(level.status != .exited(0))
+            #expect(level.output.contains("--log-level 'loud' is not one of"))
+            let amount = try await run(["pay", "unit-01", "0", "--user", "u", "--home", home])
+            #expect(amount.status == .exited(1))
+            #expect(amount.output.contains("the amount must be 1 to 10,000,000"))
+            let ttl = try await run(["pay", "unit-01", "100", "--user", "u", "--ttl", "900", "--home", home])
+            #expect(ttl.output.contains("--ttl must be 1 to 600 seconds"))
+            let date = try await run(["report", "customers", "--from", "2026-02-30", "--home", home])
+            #expect(date.status == .exited(1))
+            #expect(date.output.contains("'2026-02-30' is not a date"))
+            expectNoStackTrace(date.output)
+
+            // JSON where scripts need it.
+            let keys = try await run(["keys", "list", "--json", "--home", home])
+            let parsed = try JSONSerialization.jsonObject(with: Data(keys.output.utf8)) as? [[String: Any]]
+            #expect(parsed?.count == 2)
+            #expect(Set(parsed?.compactMap { $0["purpose"] as? String } ?? []) == ["fleet", "payment"])
+
+            // One serve per home: the second says so and exits.
+            let serve = try ChildProcess.spawn(Self.binary, ["serve", "--home", home], outputPath: home + "/serve-1.log")
+            let deadline = ContinuousClock.now + .seconds(15)
+            while !((try? String(contentsOfFile: home + "/serve-1.log", encoding: .utf8)) ?? "").contains("watching 'fleet'") {
+                guard ContinuousClock.now < deadline else { break }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(((try? String(contentsOfFile: home + "/serve-1.log", encoding: .utf8)) ?? "").contains("fleet-manager serve \(PulseBridgeVersion.current)"))
+            let twice = try await run(["serve", "--home", home])
+            #expect(twice.status == .exited(1))
+            #expect(twice.output.contains("another `fleet-manager serve` (pid \(serve.pid))"), "\(twice.output)")
+            await serve.terminate(grace: .seconds(10))
+            let device = try await run(["device", "unit-01", "--json", "--home", home])
+            #expect(device.output.contains("\"machineId\" : \"unit-01\""), "\(device.output)")
+        }
+    }
+
 }

@@ -1,4 +1,5 @@
 import Foundation
+import LocalServices
 import MessageSchema
 import Testing
 
@@ -70,14 +71,14 @@ import Testing
     @Test func fixturesAreWhatTheScriptMakes() async throws {
         let output = NSTemporaryDirectory() + "fixtures-\(UUID().uuidString).json"
         defer { try? FileManager.default.removeItem(atPath: output) }
-        let status = try runPython(["scripts/make-fixtures.py"], stdoutPath: output)
+        let status = try await runPython(["scripts/make-fixtures.py"], stdoutPath: output)
         #expect(status == 0)
         let regenerated = try Data(contentsOf: URL(fileURLWithPath: output))
         let committed = try Data(contentsOf: Self.repositoryRoot.appendingPathComponent("Tests/MessageSchemaTests/Fixtures/envelopes.json"))
         #expect(regenerated == committed, "re-run scripts/make-fixtures.py and commit the result")
     }
 
-    @Test func envelopeSignedInSwiftVerifiesInPython() throws {
+    @Test func envelopeSignedInSwiftVerifiesInPython() async throws {
         let key = try Ed25519PrivateKey()
         let body = PaymentCompleted(
             paymentId: "p-swift-1", machineId: "laundry-07", amount: 400, currency: "JPY", userId: "ユーザー",
@@ -86,28 +87,26 @@ import Testing
         let path = NSTemporaryDirectory() + "envelope-\(UUID().uuidString).json"
         defer { try? FileManager.default.removeItem(atPath: path) }
         try envelope.encoded().write(to: URL(fileURLWithPath: path))
-        #expect(try runPython(["scripts/verify-envelope.py", path, key.publicKey.base64]) == 0)
+        #expect(try await runPython(["scripts/verify-envelope.py", path, key.publicKey.base64]) == 0)
 
         // The same envelope with one byte of the body changed does not.
         var tampered = envelope
         tampered.body = tampered.body.replacingOccurrences(of: "400", with: "500")
         try tampered.encoded().write(to: URL(fileURLWithPath: path))
-        #expect(try runPython(["scripts/verify-envelope.py", path, key.publicKey.base64]) == 1)
+        #expect(try await runPython(["scripts/verify-envelope.py", path, key.publicKey.base64]) == 1)
     }
 
-    /// Runs python3 from the repository root and returns its exit code.
-    func runPython(_ arguments: [String], stdoutPath: String? = nil) throws -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3"] + arguments
-        process.currentDirectoryURL = Self.repositoryRoot
-        if let stdoutPath {
-            _ = FileManager.default.createFile(atPath: stdoutPath, contents: nil)
-            process.standardOutput = FileHandle(forWritingAtPath: stdoutPath)
+    /// Runs python3 from the repository root and returns its exit code (standard output to
+    /// `stdoutPath` if given).
+    func runPython(_ arguments: [String], stdoutPath: String? = nil) async throws -> Int32 {
+        let script = "cd \"$0\" && exec python3 \"$@\"" + (stdoutPath.map { " > '\($0)'" } ?? "")
+        let child = try ChildProcess.spawn(
+            "/bin/sh", ["-c", script, Self.repositoryRoot.path] + arguments,
+            outputPath: NSTemporaryDirectory() + "python-\(UUID().uuidString).log")
+        switch await child.waitForExit() {
+        case .exited(let code): return code
+        case .signalled(let signal): return 128 + signal
         }
-        try process.run()
-        process.waitUntilExit()
-        return process.terminationStatus
     }
 }
 

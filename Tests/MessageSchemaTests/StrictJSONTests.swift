@@ -5,8 +5,9 @@ import Testing
 /// The JSON the protocol accepts (docs/protocol.md): I-JSON with integers only. Each case is
 /// text Foundation alone would accept, so two parsers could read one signed body two ways.
 @Suite struct StrictJSONTests {
-    static let key = try! Ed25519PrivateKey()
-    static let trust = TrustStore([TrustedKey(kid: "pay-1", purpose: .payment, publicKey: key.publicKey)])
+    // Per test, not static: a process-lifetime key shows up in LeakSanitizer's report.
+    let key = try! Ed25519PrivateKey()
+    var trust: TrustStore { TrustStore([TrustedKey(kid: "pay-1", purpose: .payment, publicKey: key.publicKey)]) }
 
     static func body(_ amount: String, extra: String = "") -> String {
         #"{"type":"payment.completed","paymentId":"p-1","machineId":"laundry-07","amount":"# + amount
@@ -14,8 +15,8 @@ import Testing
     }
 
     func open(_ body: String) -> Result<Verified<PaymentCompleted>, Refusal> {
-        let envelope = SignedEnvelope.sign(body: body, kid: "pay-1", key: Self.key).encoded()
-        return Result { () throws(Refusal) in try SignedEnvelope.open(envelope, as: PaymentCompleted.self, trust: Self.trust) }
+        let envelope = SignedEnvelope.sign(body: body, kid: "pay-1", key: key).encoded()
+        return Result { () throws(Refusal) in try SignedEnvelope.open(envelope, as: PaymentCompleted.self, trust: trust) }
     }
 
     @Test func theStrictTextOpens() throws {
@@ -53,10 +54,10 @@ import Testing
     }
 
     @Test func theEnvelopeItselfIsStrict() {
-        let good = SignedEnvelope.sign(body: Self.body("400"), kid: "pay-1", key: Self.key).encoded()
+        let good = SignedEnvelope.sign(body: Self.body("400"), kid: "pay-1", key: key).encoded()
         var text = String(decoding: good, as: UTF8.self)
         text.insert(contentsOf: #""kid":"pay-2","#, at: text.index(after: text.startIndex))
-        let refusal = Result { () throws(Refusal) in try SignedEnvelope.open(Data(text.utf8), as: PaymentCompleted.self, trust: Self.trust) }
+        let refusal = Result { () throws(Refusal) in try SignedEnvelope.open(Data(text.utf8), as: PaymentCompleted.self, trust: trust) }
         guard case .failure(let error) = refusal else {
             Issue.record("an envelope with two kids was accepted")
             return

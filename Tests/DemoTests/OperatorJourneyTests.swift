@@ -1,0 +1,126 @@
+import Foundation
+import LocalServices
+import MessageSchema
+import Testing
+import TestSupport
+
+/// What a new operator does, run as they would: every `sh` block of docs/operations.md and
+/// docs/firmware.md in order, in one bash, as root, with the **release** binaries on `PATH`
+/// (`PULSEBRIDGE_RELEASE_BIN`, set by scripts/test.sh after `swift build -c release`), against
+/// a broker started from broker-config/mosquitto.conf the way a service runs it. Then a build
+/// that crashes at start is rolled out and must be rolled back with `current` right.
+@Suite(.serialized, .timeLimit(.minutes(6)))
+struct OperatorJourneyTests {
+    static let releaseBin = ProcessInfo.processInfo.environment["PULSEBRIDGE_RELEASE_BIN"]
+
+    /// The `sh` blocks of a Markdown file, in order.
+    static func shellBlocks(_ path: String) throws -> [String] {
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        var blocks: [String] = []
+        var current: [Substring]?
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            if current == nil, line == "```sh" {
+                current = []
+            } else if current != nil, line == "```" {
+                blocks.append(current!.joined(separator: "\n"))
+                current = nil
+            } else if current != nil {
+                current!.append(line)
+            }
+        }
+        return blocks
+    }
+
+    @Test(.enabled(if: releaseBin != nil, "needs PULSEBRIDGE_RELEASE_BIN (scripts/test.sh builds the release binaries)"))
+    func theDocumentedJourneyWithTheReleaseBinaries() async throws {
+        let root = LocalMosquitto.brokerConfigDirectory + "/.."
+        let releaseBin = URL(fileURLWithPath: Self.releaseBin!, relativeTo: URL(fileURLWithPath: root)).standardizedFileURL.path
+        let scratch = "/tmp/pb-journey-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        // mosquitto, once it dropped to its user, must reach its files under here.
+        chmod(scratch, 0o755)
+        let steps = try Self.shellBlocks(root + "/docs/operations.md") + Self.shellBlocks(root + "/docs/firmware.md")
+        #expect(steps.count >= 8)
+        let script = scratch + "/journey.sh"
+        var text = "set -euo pipefail\ncd \(root)\n"
+        for (index, step) in steps.enumerated() {
+            text += "echo \"== step \(index + 1)\"\n\(step)\n"
+        }
+        try text.write(toFile: script, atomically: true, encoding: .utf8)
+
+        let ports = try (0..<3).map { _ in try LoopbackPort.free() }
+        var environment = ProcessInfo.processInfo.environment
+        environment["PATH"] = releaseBin + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
+        environment["PB_ETC"] = scratch + "/etc"
+        environment["PB_VAR"] = scratch + "/var"
+        environment["PB_BROKER_DATA"] = scratch + "/mosquitto"
+        environment["PB_TLS_PORT"] = String(ports[0])
+        environment["PB_TLS_BIND"] = "127.0.0.1"
+        environment["PB_PORT"] = String(ports[1])
+        environment["PB_FIRMWARE_PORT"] = String(ports[2])
+        environment["PB_BROKER_LOG"] = "file:\(scratch)/mosquitto/mosquitto.log"
+        environment.removeValue(forKey: "PULSEBRIDGE_HOME")
+        let log = scratch + "/journey.log"
+        let journey = try ChildProcess.spawn("/bin/bash", [script], environment: environment, outputPath: log)
+        let status = await journey.waitForExit()
+        let output = journey.output()
+        #expect(status == .exited(0), "the documented steps failed:\n\(output.suffix(6000))")
+        guard status == .exited(0) else {
+            await Self.stopEverything(scratch)
+            return
+        }
+
+        // What the steps should have left behind.
+        #expect(output.contains(": credited; amount 400 JPY; pulses coin×4 fired 4 → capture"))
+        #expect(output.contains("wash-01: configuration applied") || output.contains("configuration applied"))
+        #expect(output.contains("installed 1, failed 0, untouched 0"))
+        #expect(output.contains("\"action\":\"capture\""))
+        #expect(output.contains("u-alice"))
+        #expect(try String(contentsOfFile: scratch + "/var/laundry-01.svg", encoding: .utf8).hasPrefix("<?xml"))
+        let install = FirmwareLayoutProbe(directory: scratch + "/var/units/wash-01/install")
+        #expect(install.current == "0.3.0")
+        // The broker runs as its own user, not root.
+        let brokerUser = try await Self.run("/bin/sh", ["-c", "ps -o user= -C mosquitto | sort -u"])
+        #expect(brokerUser.contains("mosquitto") && !brokerUser.contains("root"), "\(brokerUser)")
+
+        // A build that crashes at start: rolled out, rolled back, `current` on what runs.
+        environment["PULSEBRIDGE_HOME"] = scratch + "/var/fleet"
+        let crashing = scratch + "/var/edge-agent-0.4.0"
+        try "#!/bin/sh\necho 'edge-agent 0.4.0: cannot start' >&2\nexit 3\n".write(toFile: crashing, atomically: true, encoding: .utf8)
+        chmod(crashing, 0o755)
+        let rollout = try await Self.run(
+            "/bin/bash",
+            ["-c", """
+                set -e
+                fleet-manager firmware publish --version 0.4.0 --artifact \(crashing) --url-base http://127.0.0.1:\(ports[2])
+                fleet-manager firmware rollout --version 0.4.0 --machines wash-01 --wave 100% --timeout 120 || echo "rollout exit $?"
+                fleet-manager wait wash-01 --online --timeout 60
+                """],
+            environment: environment)
+        #expect(rollout.contains("failed 1"), "\(rollout)")
+        #expect(rollout.contains("rollout exit 3"), "\(rollout)")
+        #expect(install.current == "0.3.0")
+        await Self.stopEverything(scratch)
+    }
+
+    struct FirmwareLayoutProbe {
+        var directory: String
+        var current: String? {
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/current")).map { URL(fileURLWithPath: $0).lastPathComponent }
+        }
+    }
+
+    /// Runs a command to its end; its output.
+    static func run(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) async throws -> String {
+        let out = NSTemporaryDirectory() + "journey-step-\(UUID().uuidString).out"
+        let child = try ChildProcess.spawn(executable, arguments, environment: environment, outputPath: out)
+        _ = await child.waitForExit()
+        return child.output()
+    }
+
+    /// The journey left daemons behind, as an operator's shell would: the agents, serve and the
+    /// broker, all found by the scratch folder in their command lines.
+    static func stopEverything(_ scratch: String) async {
+        _ = try? await run("/bin/sh", ["-c", "pkill -TERM -f '\(scratch)' ; for i in $(seq 50); do pgrep -f '\(scratch)' >/dev/null || exit 0; sleep 0.1; done; pkill -KILL -f '\(scratch)'"])
+    }
+}
