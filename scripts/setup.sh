@@ -11,7 +11,7 @@ as_root apt-get install -y --no-install-recommends \
   libgpiod-dev gpiod \
   libssl-dev openssl \
   libqrencode-dev zbar-tools librsvg2-bin libsqlite3-dev \
-  stress-ng pkg-config python3 python3-pip
+  stress-ng pkg-config python3 python3-pip procps
 # The interop fixtures are checked against an independent Ed25519 implementation.
 if ! python3 -c 'import cryptography' 2>/dev/null; then
   python3 -m pip install --quiet cryptography || as_root apt-get install -y python3-cryptography

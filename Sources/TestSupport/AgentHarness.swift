@@ -217,8 +217,13 @@ public final class AgentUnit: Sendable {
         self.bundlePath = bundlePath
     }
 
-    /// Path of the `edge-agent` binary SwiftPM built beside the tests.
+    /// Path of the `edge-agent` binary: in `PULSEBRIDGE_BIN_DIR` when set (CI runs the
+    /// end-to-end tests again against the release binaries that way), else the one SwiftPM
+    /// built beside the tests. `fleet-manager` and `pulsebridge-demo` are looked up beside it.
     public static var binary: String {
+        if let directory = ProcessInfo.processInfo.environment["PULSEBRIDGE_BIN_DIR"], !directory.isEmpty {
+            return URL(fileURLWithPath: directory).appendingPathComponent("edge-agent").standardizedFileURL.path
+        }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
         if dir.path.hasSuffix(".xctest") { dir = dir.deletingLastPathComponent() }

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Every test PulseBridge has, the way CI runs them (after scripts/setup.sh). Each stage prints
+# how long it took and the running total.
+#   scripts/test.sh                 all stages: debug release asan tsan
+#   scripts/test.sh debug release   only these
+# Stages:
+#   debug    the whole suite, debug build (swift test)
+#   release  release build; the whole suite again with every edge-agent, fleet-manager and
+#            demo process the tests start being the release binary, plus the operator journey
+#            (docs/operations.md and docs/firmware.md executed step by step)
+#   asan     the suite under AddressSanitizer, optimised (-O): use-after-free that debug hides
+#   tsan     the suite under ThreadSanitizer
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -gt 0 ]; then stages=("$@"); else stages=(debug release asan tsan); fi
+total_start=$SECONDS
+stage() {
+  local name=$1; shift
+  local start=$SECONDS
+  echo "::: $name: $*"
+  "$@"
+  echo "::: $name took $((SECONDS - start)) s (total $((SECONDS - total_start)) s)"
+}
+for s in "${stages[@]}"; do
+  case "$s" in
+    debug)
+      stage debug swift test ;;
+    release)
+      stage release-build swift build -c release
+      stage release-tests-build swift build --build-tests
+      stage release-e2e env PULSEBRIDGE_BIN_DIR=.build/release PULSEBRIDGE_RELEASE_BIN=.build/release swift test --skip-build ;;
+    asan)
+      stage asan swift test --sanitize=address -Xswiftc -O --scratch-path .build-asan ;;
+    tsan)
+      stage tsan swift test --sanitize=thread --scratch-path .build-tsan ;;
+    *)
+      echo "test.sh: unknown stage '$s' (debug, release, asan, tsan)" >&2; exit 2 ;;
+  esac
+done
+echo "::: all stages passed in $((SECONDS - total_start)) s"
