@@ -46,9 +46,11 @@ let package = Package(
         // Libraries.
         // The one version of a build: a marker in the binary, stamped per release.
         .target(name: "PulseBridgeVersion", swiftSettings: strict),
+        // A pthread-backed lock ThreadSanitizer can see (Synchronization.Mutex it cannot, on Linux).
+        .target(name: "Locking", swiftSettings: strict),
         .target(
             name: "MQTT",
-            dependencies: ["CMosquitto", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CMosquitto", "Locking", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         .target(
             name: "MessageSchema",
@@ -56,12 +58,12 @@ let package = Package(
             swiftSettings: strict),
         .target(
             name: "RelayOutput",
-            dependencies: ["CGPIOD", "MessageSchema", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CGPIOD", "MessageSchema", "Locking", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         .target(
             name: "EdgeAgent",
             dependencies: [
-                "MQTT", "MessageSchema", "RelayOutput", "PulseBridgeVersion",
+                "MQTT", "MessageSchema", "RelayOutput", "PulseBridgeVersion", "Locking",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "GRDB", package: "GRDB.swift"),
@@ -70,7 +72,7 @@ let package = Package(
         .target(
             name: "FleetManager",
             dependencies: [
-                "MQTT", "MessageSchema", "RelayOutput", "EdgeAgent", "CQREncode", "PulseBridgeVersion",
+                "MQTT", "MessageSchema", "RelayOutput", "EdgeAgent", "CQREncode", "PulseBridgeVersion", "Locking",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -81,13 +83,13 @@ let package = Package(
         // supervisor.
         .target(
             name: "LocalServices",
-            dependencies: [.product(name: "Logging", package: "swift-log")],
+            dependencies: ["Locking", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
 
         // Test helpers shared by the test targets and the benchmark.
         .target(
             name: "TestSupport",
-            dependencies: ["MQTT", "LocalServices", "MessageSchema", "RelayOutput", "EdgeAgent"],
+            dependencies: ["MQTT", "LocalServices", "MessageSchema", "RelayOutput", "EdgeAgent", "Locking"],
             swiftSettings: strict),
 
         // Executables: thin `@main` commands.

@@ -9,7 +9,10 @@
 #            demo process the tests start being the release binary, plus the operator journey
 #            (docs/operations.md and docs/firmware.md executed step by step)
 #   asan     the suite under AddressSanitizer, optimised (-O): use-after-free that debug hides
-#   tsan     the suite under ThreadSanitizer
+#   tsan     ThreadSanitizer: the whole suite instrumented, with the processes it starts being
+#            the debug binaries (an instrumented agent is 5-15x slower, which turns the
+#            fleet-sized tests into timeouts); then the agent's own suites again with
+#            instrumented agents, and the MQTT and pulse-engine suites
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -gt 0 ]; then stages=("$@"); else stages=(debug release asan tsan); fi
@@ -32,7 +35,10 @@ for s in "${stages[@]}"; do
     asan)
       stage asan swift test --sanitize=address -Xswiftc -O --scratch-path .build-asan ;;
     tsan)
-      stage tsan swift test --sanitize=thread --scratch-path .build-tsan ;;
+      stage tsan-debug-binaries swift build
+      stage tsan env PULSEBRIDGE_BIN_DIR=.build/debug swift test --sanitize=thread --scratch-path .build-tsan
+      stage tsan-instrumented-agents swift test --skip-build --sanitize=thread --scratch-path .build-tsan \
+        --filter 'DecisionTableTests|IntegrityTests|ResilienceTests|MQTTTests|RelayOutputTests' ;;
     *)
       echo "test.sh: unknown stage '$s' (debug, release, asan, tsan)" >&2; exit 2 ;;
   esac

@@ -4,6 +4,7 @@ import MessageSchema
 import Logging
 import RelayOutput
 import Synchronization
+import Locking
 
 /// What the pipeline works on, one at a time in arrival order.
 enum AgentInput: Sendable {
@@ -174,7 +175,7 @@ extension EdgeAgent {
         let store = self.store
         let progress = self.progress
         let clock = options.clock
-        let declined = Mutex<RejectionReason?>(nil)
+        let declined = Locked<RejectionReason?>(nil)
         let duration = plan.durationMs
         let report = await engine.fire(
             plan, on: lines,

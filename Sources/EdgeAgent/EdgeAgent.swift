@@ -5,6 +5,7 @@ import MessageSchema
 import RelayOutput
 import ServiceLifecycle
 import Synchronization
+import Locking
 
 /// How the agent runs on this unit.
 public struct AgentOptions: Sendable {
@@ -67,7 +68,7 @@ public final class EdgeAgent: Service, Sendable {
     /// New at every start.
     public let bootId: String
     let startedAt = ContinuousClock.now
-    let state: Mutex<AgentState>
+    let state: Locked<AgentState>
     /// Wakes the outbox publisher.
     let outboxWake: AsyncStream<Void>.Continuation
     let outboxWakes: AsyncStream<Void>
@@ -98,7 +99,7 @@ public final class EdgeAgent: Service, Sendable {
         self.progress = try TrainProgress(path: options.stateDirectory + "/train-progress")
         self.engine = PulseEngine(realtime: options.realtime, logger: logger)
         self.bootId = UUID().uuidString.lowercased()
-        self.state = Mutex(AgentState())
+        self.state = Locked(AgentState())
         (outboxWakes, outboxWake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         (restartRequests, restartRequest) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(1))
         (onlineSignals, onlineSignal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))

@@ -3,6 +3,7 @@ import Logging
 import MQTT
 import MessageSchema
 import Synchronization
+import Locking
 
 /// Provisioning through mosquitto's dynamic-security plugin: JSON commands published on
 /// `$CONTROL/dynamic-security/v1`, each answered on `…/response` (matched by
@@ -15,7 +16,7 @@ public final class DynamicSecurityBackend: ProvisioningBackend {
     private let client: MQTTClient
     /// Responses by correlation ID: registered before the command leaves, so a response can
     /// never arrive for an unknown ID.
-    private let slots = Mutex<[String: Slot]>([:])
+    private let slots = Locked<[String: Slot]>([:])
     private enum Slot {
         case expected
         case waiting(CheckedContinuation<[String: JSONValue], any Error>)

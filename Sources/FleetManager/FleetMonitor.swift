@@ -4,6 +4,7 @@ import MQTT
 import MessageSchema
 import ServiceLifecycle
 import Synchronization
+import Locking
 
 /// `fleet-manager serve`: watches every unit and keeps the registry: state (online/offline by
 /// the bootId/session rules and the 3 × heartbeat timeout), last seen, firmware, configuration
@@ -27,10 +28,10 @@ public final class FleetMonitor: Service, Sendable {
     let home: FleetHome
     let options: Options
     let logger: Logger
-    private let buffer = Mutex<[FleetEvent]>([])
+    private let buffer = Locked<[FleetEvent]>([])
     private let wake: AsyncStream<Void>.Continuation
     private let wakes: AsyncStream<Void>
-    private let paymentTrust: Mutex<TrustStore>
+    private let paymentTrust: Locked<TrustStore>
     /// Events ingested so far (for the benchmark and tests).
     public let ingested = Atomic<Int>(0)
 
@@ -39,7 +40,7 @@ public final class FleetMonitor: Service, Sendable {
         self.options = options
         self.logger = logger
         (wakes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-        paymentTrust = Mutex(try TrustStore(entries: try home.trustEntries().filter { $0.purpose == .payment }))
+        paymentTrust = Locked(try TrustStore(entries: try home.trustEntries().filter { $0.purpose == .payment }))
     }
 
     static func now() -> Int { Int(Date().timeIntervalSince1970 * 1000) }

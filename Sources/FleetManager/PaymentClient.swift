@@ -3,6 +3,7 @@ import Logging
 import MQTT
 import MessageSchema
 import Synchronization
+import Locking
 
 /// What a payment server does with the money after a payment (PROTOCOL.md, "What a payment
 /// server does with results").
@@ -95,14 +96,14 @@ public final class PaymentClient: Sendable {
         var machine: MachineID
         var payment: PaymentID
     }
-    private let waiters = Mutex<[WaitKey: Waiter]>([:])
+    private let waiters = Locked<[WaitKey: Waiter]>([:])
     /// Messages ignored because they were not attributable: a body naming another machine
     /// than its topic, or a refusal of bytes this client did not send.
     public let ignoredMessages = Atomic<Int>(0)
     private let logger: Logger
-    private let statuses = Mutex<[MachineID: StatusMessage]>([:])
-    private let statusArrivals = Mutex<[UUID: AsyncStream<MachineID>.Continuation]>([:])
-    private let router: Mutex<Task<Void, Never>?> = Mutex(nil)
+    private let statuses = Locked<[MachineID: StatusMessage]>([:])
+    private let statusArrivals = Locked<[UUID: AsyncStream<MachineID>.Continuation]>([:])
+    private let router: Locked<Task<Void, Never>?> = Locked(nil)
 
     /// Connects as a payment server (`payment-server` role) and starts listening for results
     /// and statuses.

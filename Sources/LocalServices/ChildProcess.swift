@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import Locking
 
 /// How a child process ended.
 public enum ExitStatus: Sendable, Hashable, CustomStringConvertible {
@@ -39,7 +40,7 @@ public final class ChildProcess: Sendable {
         var status: ExitStatus?
         var waiters: [CheckedContinuation<ExitStatus, Never>] = []
     }
-    private let exitState = Mutex(ExitState())
+    private let exitState = Locked(ExitState())
 
     private init(pid: pid_t, executable: String, arguments: [String], outputPath: String?) {
         self.pid = pid

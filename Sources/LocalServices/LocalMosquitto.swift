@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Synchronization
+import Locking
 
 /// Why a local broker could not be started.
 public struct LocalMosquittoError: Error, Sendable, CustomStringConvertible {
@@ -23,7 +24,7 @@ public final class LocalMosquitto: Sendable {
     /// With the `dynsec` template: the password of the dynamic-security admin `admin`.
     public let adminPassword: String?
 
-    private let process: Mutex<ChildProcess?>
+    private let process: Locked<ChildProcess?>
     private let logger: Logger
 
     /// The broker's configuration file.
@@ -37,7 +38,7 @@ public final class LocalMosquitto: Sendable {
         self.extraConfiguration = extraConfiguration
         self.template = template
         self.adminPassword = adminPassword
-        self.process = Mutex(nil)
+        self.process = Locked(nil)
         self.logger = logger
     }
 

@@ -2,6 +2,7 @@ internal import CMosquitto
 import Foundation
 import Logging
 import Synchronization
+import Locking
 
 /// libmosquitto is initialised once per process, before the first client is made.
 private let libraryInitialised: Bool = {
@@ -17,12 +18,12 @@ private let libraryInitialised: Bool = {
 /// state sits in `state`; continuations are resumed outside the lock.
 final class MosquittoConnection: @unchecked Sendable {
     // @unchecked: `handle` is a C pointer used under libmosquitto's own locking rules above;
-    // everything mutable is in the Mutex.
+    // everything mutable is behind the lock (`Locked`).
     private let handle: OpaquePointer
     private let configuration: MQTTConfiguration
     private let logger: Logger
     private let messageContinuation: AsyncStream<MQTTMessage>.Continuation
-    private let state = Mutex(State())
+    private let state = Locked(State())
     /// Wakes the network thread out of a backoff wait when the client closes.
     private let wake = DispatchSemaphore(value: 0)
     /// Signalled once when the network thread has returned.

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Synchronization
+import Locking
 
 /// One edge of a train: when it was due and when the line actually changed.
 public struct EdgeTiming: Sendable, Hashable {
@@ -223,7 +224,7 @@ final class PulseThread: Sendable {
         var work: @Sendable () -> TrainReport
         var completion: @Sendable (TrainReport) -> Void
     }
-    private let jobs = Mutex<(queue: [Job], stopped: Bool)>(([], false))
+    private let jobs = Locked<(queue: [Job], stopped: Bool)>(([], false))
     private let available = DispatchSemaphore(value: 0)
     private let realtime = Atomic<Bool>(false)
     private let policy: RealtimePolicy

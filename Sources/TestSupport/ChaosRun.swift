@@ -5,6 +5,7 @@ import MQTT
 import MessageSchema
 import RelayOutput
 import Synchronization
+import Locking
 
 /// Many payments to several real agents while agents are killed with SIGKILL and restarted,
 /// the broker is restarted and duplicates are injected; then the books are checked from the
@@ -68,9 +69,9 @@ public enum ChaosRun {
     /// What the chaos tasks share.
     final class Shared: Sendable {
         let stop = Atomic<Bool>(false)
-        let kills = Mutex<[MachineID: Int]>([:])
+        let kills = Locked<[MachineID: Int]>([:])
         let restarts = Atomic<Int>(0)
-        let lastSent = Mutex<[PaymentID: ContinuousClock.Instant]>([:])
+        let lastSent = Locked<[PaymentID: ContinuousClock.Instant]>([:])
     }
 
     /// What the payment server saw, attributed as PROTOCOL.md says: to the machine in the
