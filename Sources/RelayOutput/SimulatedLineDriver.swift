@@ -1,6 +1,6 @@
 import Foundation
 import MessageSchema
-import Synchronization
+import Locking
 
 /// Lines for a machine without GPIO: every edge is appended to an edge log, one JSON line
 /// per change (PROTOCOL.md, "Simulated relay output"):
@@ -61,29 +61,34 @@ public struct SimulatedEdge: Codable, Sendable, Hashable {
     }
 }
 
-final class SimulatedRelayLines: RelayLines, @unchecked Sendable {
-    // @unchecked: one thread drives the lines at a time (RelayLines' contract); `fd` and
-    // `state` are only touched from that thread.
+final class SimulatedRelayLines: RelayLines, Sendable {
     let outputs: [OutputConfig]
     private let inhibit: InhibitConfig?
     private let driver: SimulatedLineDriver
-    private var fd: Int32
-    /// Last written value per output; nil until the first write (unknown power-up state).
-    private var state: [Bool?]
-    /// Fault injection for the current train.
-    private var failAllWrites = false
-    private var failAfterPulses: Int?
-    private var activationsThisTrain = 0
+
+    /// What changes: behind a lock, so that `close()` from another thread than the one that
+    /// drove the lines (a configuration change, a stop) is safe. One uncontended lock per
+    /// edge costs tens of nanoseconds against millisecond pulses.
+    private struct Mutable {
+        var fd: Int32
+        /// Last written value per output; nil until the first write (unknown power-up state).
+        var state: [Bool?]
+        /// Fault injection for the current train.
+        var failAllWrites = false
+        var failAfterPulses: Int?
+        var activationsThisTrain = 0
+    }
+    private let mutable: Locked<Mutable>
 
     init(driver: SimulatedLineDriver, outputs: [OutputConfig], inhibit: InhibitConfig?) throws(RelayError) {
         self.driver = driver
         self.outputs = outputs
         self.inhibit = inhibit
-        self.state = Array(repeating: nil, count: outputs.count)
-        fd = Foundation.open(driver.edgeLogPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        let fd = Foundation.open(driver.edgeLogPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
             throw .chipUnavailable(chip: outputs.first?.chip ?? "sim", reason: "cannot open edge log \(driver.edgeLogPath): \(String(cString: strerror(errno)))")
         }
+        mutable = Locked(Mutable(fd: fd, state: Array(repeating: nil, count: outputs.count)))
         readFaults()
     }
 
@@ -93,36 +98,44 @@ final class SimulatedRelayLines: RelayLines, @unchecked Sendable {
 
     /// Re-reads the fault file.
     private func readFaults() {
-        failAllWrites = false
-        failAfterPulses = nil
-        activationsThisTrain = 0
-        guard let text = try? String(contentsOfFile: driver.faultPath, encoding: .utf8) else { return }
-        let fault = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        if fault == "drive" {
-            failAllWrites = true
-        } else if fault.hasPrefix("after:"), let n = Int(fault.dropFirst(6)) {
-            failAfterPulses = n
+        var failAll = false
+        var failAfter: Int?
+        if let text = try? String(contentsOfFile: driver.faultPath, encoding: .utf8) {
+            let fault = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            if fault == "drive" {
+                failAll = true
+            } else if fault.hasPrefix("after:"), let n = Int(fault.dropFirst(6)) {
+                failAfter = n
+            }
+        }
+        mutable.withLock { m in
+            m.failAllWrites = failAll
+            m.failAfterPulses = failAfter
+            m.activationsThisTrain = 0
         }
     }
 
     func drive(_ index: Int, active: Bool) throws(RelayError) {
         let output = outputs[index]
-        guard fd >= 0 else { throw .writeFailed(chip: output.chip, line: output.line, reason: "lines are closed") }
-        if failAllWrites || (active && failAfterPulses.map { activationsThisTrain >= $0 } ?? false) {
-            throw .writeFailed(chip: output.chip, line: output.line, reason: "simulated fault")
+        try mutable.withLock { (m: inout Mutable) throws(RelayError) in
+            guard m.fd >= 0 else { throw .writeFailed(chip: output.chip, line: output.line, reason: "lines are closed") }
+            if m.failAllWrites || (active && m.failAfterPulses.map { m.activationsThisTrain >= $0 } ?? false) {
+                throw .writeFailed(chip: output.chip, line: output.line, reason: "simulated fault")
+            }
+            if active { m.activationsThisTrain += 1 }
+            guard m.state[index] != active else { return }
+            var now = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            let tNs = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+            // Hand-written JSON: this runs on the timing thread between deadlines.
+            let line = "{\"chip\":\"\(output.chip)\",\"line\":\(output.line),\"active\":\(active),\"tNs\":\(tNs)}\n"
+            let fd = m.fd
+            let written = line.utf8.withContiguousStorageIfAvailable { Foundation.write(fd, $0.baseAddress, $0.count) } ?? -1
+            guard written == line.utf8.count else {
+                throw .writeFailed(chip: output.chip, line: output.line, reason: "edge log write failed: \(String(cString: strerror(errno)))")
+            }
+            m.state[index] = active
         }
-        if active { activationsThisTrain += 1 }
-        guard state[index] != active else { return }
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        let tNs = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
-        // Hand-written JSON: this runs on the timing thread between deadlines.
-        let line = "{\"chip\":\"\(output.chip)\",\"line\":\(output.line),\"active\":\(active),\"tNs\":\(tNs)}\n"
-        let written = line.utf8.withContiguousStorageIfAvailable { Foundation.write(fd, $0.baseAddress, $0.count) } ?? -1
-        guard written == line.utf8.count else {
-            throw .writeFailed(chip: output.chip, line: output.line, reason: "edge log write failed: \(String(cString: strerror(errno)))")
-        }
-        state[index] = active
     }
 
     func inhibitActive() throws(RelayError) -> Bool {
@@ -137,12 +150,15 @@ final class SimulatedRelayLines: RelayLines, @unchecked Sendable {
     }
 
     func close() {
-        guard fd >= 0 else { return }
-        failAllWrites = false
-        failAfterPulses = nil
+        guard mutable.withLock({ m -> Bool in
+            m.failAllWrites = false
+            m.failAfterPulses = nil
+            return m.fd >= 0
+        }) else { return }
         try? driveAllInactive()
-        Foundation.close(fd)
-        fd = -1
+        mutable.withLock { m in
+            Foundation.close(m.fd)
+            m.fd = -1
+        }
     }
 }
-
