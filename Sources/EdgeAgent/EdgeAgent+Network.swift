@@ -126,7 +126,6 @@ extension EdgeAgent {
     /// Publishes the outbox whenever woken.
     func publishOutbox(_ client: MQTTClient) async {
         for await _ in outboxWakes {
-            retryJournal()
             let flushed = await publishPendingResults(client)
             let (connected, session, announced) = state.withLock { ($0.connected, $0.session, $0.onlineSession) }
             if flushed, connected, announced != session { await announceOnline(client) }
@@ -229,7 +228,7 @@ extension EdgeAgent {
             } catch {
                 return
             }
-            if state.withLock({ !$0.unjournaled.isEmpty }) { outboxWake.yield() }
+            if state.withLock({ !$0.unjournaled.isEmpty }) { input.yield(.retryJournal) }
             guard client.connectionState.isConnected else { continue }
             let heartbeat = makeHeartbeat()
             do {

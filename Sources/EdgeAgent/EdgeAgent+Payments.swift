@@ -14,6 +14,8 @@ enum AgentInput: Sendable {
     case firmware(Data)
     /// A firmware artifact downloaded and verified off the pipeline, to install between trains.
     case installFirmware(VerifiedFirmware)
+    /// Write the results the journal refused before (sent with heartbeats while there are any).
+    case retryJournal
 }
 
 extension EdgeAgent {
@@ -57,6 +59,8 @@ extension EdgeAgent {
                 await handleFirmware(payload, client: client)
             case .installFirmware(let download):
                 await install(download, client: client)
+            case .retryJournal:
+                retryJournal()
             }
         }
     }
@@ -322,21 +326,25 @@ extension EdgeAgent {
     }
 
     /// Writes what the journal refused before, oldest first; stops at the first failure.
-    /// Called whenever the outbox publisher wakes and with every heartbeat.
+    /// Only the pipeline calls it (before each payment, and on `.retryJournal` from the
+    /// heartbeat loop), so a decision is never being written while a payment is decided.
     func retryJournal() {
         var wrote = false
-        while let entry = state.withLock({ $0.unjournaled.first }) {
+        while let entry = state.withLock({ s in s.unjournaled.isEmpty ? nil : s.unjournaled.removeFirst() }) {
             do {
                 // One already published from memory goes into the journal but not the outbox again.
                 try journal(entry.result, payment: entry.payment, received: entry.received, enqueue: !entry.published)
             } catch {
+                state.withLock { $0.unjournaled.insert(entry, at: 0) }
                 return
             }
-            state.withLock { _ = $0.unjournaled.removeFirst() }
             wrote = true
             logger.notice("a result kept in memory is now in the journal", metadata: ["payment.id": "\(entry.result.paymentId?.rawValue ?? "-")"])
         }
-        if wrote { setProblem(UnitProblem.journalUnwritable, false) }
+        if wrote {
+            setProblem(UnitProblem.journalUnwritable, false)
+            outboxWake.yield()
+        }
     }
 
     /// The disk was full and the journal's reserve was given back so that this result could be
