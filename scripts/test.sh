@@ -33,7 +33,8 @@ for s in "${stages[@]}"; do
       stage release-tests-build swift build --build-tests
       stage release-e2e env PULSEBRIDGE_BIN_DIR=.build/release PULSEBRIDGE_RELEASE_BIN=.build/release swift test --skip-build ;;
     asan)
-      stage asan swift test --sanitize=address -Xswiftc -O --scratch-path .build-asan ;;
+      stage asan env LSAN_OPTIONS="suppressions=$PWD/scripts/lsan-suppressions.txt:print_suppressions=0" \
+        swift test --sanitize=address -Xswiftc -O --scratch-path .build-asan ;;
     tsan)
       stage tsan-debug-binaries swift build
       stage tsan env PULSEBRIDGE_BIN_DIR=.build/debug swift test --sanitize=thread --scratch-path .build-tsan

@@ -174,9 +174,11 @@ final class MosquittoConnection: @unchecked Sendable {
     func connect() async throws {
         let timeout = configuration.connectTimeout
         let endpoint = configuration.endpoint
-        let timer = Task { [weak self] in
+        // A strong capture: the timer is cancelled when connect returns, and a weak reference
+        // would give the connection a side table that LeakSanitizer reports at a quick exit.
+        let timer = Task {
             try await Task.sleep(for: timeout)
-            self?.failFirstConnect(.connectTimedOut(endpoint: endpoint, seconds: timeout.seconds))
+            self.failFirstConnect(.connectTimedOut(endpoint: endpoint, seconds: timeout.seconds))
         }
         defer { timer.cancel() }
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in

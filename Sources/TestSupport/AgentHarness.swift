@@ -274,7 +274,7 @@ public final class AgentUnit: Sendable {
 
     /// The agent's log so far.
     public func log() -> String {
-        (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+        readTextFile(logPath)
     }
 }
 

@@ -49,15 +49,16 @@ struct IntegrityTests {
         try await FleetHarness.with { fleet in
             let machine: MachineID = "late-02"
             let unit = try fleet.unit(
-                machine, initialConfig: fleet.config(machine, outputs: [Self.standardCoin], postVendDelayMs: 3_000))
+                machine, initialConfig: fleet.config(machine, outputs: [Self.standardCoin], postVendDelayMs: 10_000))
             try unit.start()
             _ = try await fleet.status(machine, .online)
             let first = fleet.payment(machine, amount: 100)
             try await fleet.publish(first)
             #expect(try await fleet.result(first.paymentId, machine: machine).status == .credited)
-            // Issued now, valid 4.5 s: after the 3 s quiet time a 0.5 s train would end 1 s
-            // before expiry, inside the 2 s margin.
-            let behind = fleet.payment(machine, amount: 500, ttlMs: 4_500)
+            // Issued now, valid 8 s: after what is left of the 10 s quiet time (however slow this
+            // machine is, it is decided within 4 s of the first train's end) a 0.5 s train
+            // would end inside the 2 s margin or after expiry.
+            let behind = fleet.payment(machine, amount: 500, ttlMs: 8_000)
             try await fleet.publish(behind)
             let refused = try await fleet.result(behind.paymentId, machine: machine)
             #expect(refused.reason == .expired)

@@ -79,11 +79,11 @@ struct ArtifactServerTests {
             // More connections than serve has descriptors.
             let flood = (0..<80).map { _ in Self.connect(port) }
             let logDeadline = ContinuousClock.now + .seconds(15)
-            while !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("Too many open files") {
+            while !readTextFile(log).contains("Too many open files") {
                 guard ContinuousClock.now < logDeadline else { break }
                 try await Task.sleep(for: .milliseconds(20))
             }
-            #expect(((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("Too many open files"))
+            #expect(readTextFile(log).contains("Too many open files"))
             for fd in flood where fd >= 0 { close(fd) }
             // Downloads work again once serve has worked off what the flood left queued.
             var status: String?

@@ -225,11 +225,11 @@ struct CLITests {
             // One serve per home: the second says so and exits.
             let serve = try ChildProcess.spawn(Self.binary, ["serve", "--home", home], outputPath: home + "/serve-1.log")
             let deadline = ContinuousClock.now + .seconds(15)
-            while !((try? String(contentsOfFile: home + "/serve-1.log", encoding: .utf8)) ?? "").contains("watching 'fleet'") {
+            while !readTextFile(home + "/serve-1.log").contains("watching 'fleet'") {
                 guard ContinuousClock.now < deadline else { break }
                 try await Task.sleep(for: .milliseconds(20))
             }
-            #expect(((try? String(contentsOfFile: home + "/serve-1.log", encoding: .utf8)) ?? "").contains("fleet-manager serve \(PulseBridgeVersion.current)"))
+            #expect(readTextFile(home + "/serve-1.log").contains("fleet-manager serve \(PulseBridgeVersion.current)"))
             let twice = try await run(["serve", "--home", home])
             #expect(twice.status == .exited(1))
             #expect(twice.output.contains("another `fleet-manager serve` (pid \(serve.pid))"), "\(twice.output)")

@@ -128,7 +128,7 @@ struct FirmwareTests {
             }
             let logs = { (machine: MachineID) -> String in
                 let unit = units.first { $0.machine == machine }!
-                return (try? String(contentsOfFile: unit.directory + "/supervisor.log", encoding: .utf8)) ?? ""
+                return readTextFile(unit.directory + "/supervisor.log")
             }
             #expect(!report.aborted)
             #expect(report.waves.map(\.count) == [3, 3, 3, 1])

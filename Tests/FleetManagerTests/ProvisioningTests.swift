@@ -269,7 +269,7 @@ struct ProvisioningTests {
             let probe = try ChildProcess.spawn(
                 "/bin/sh", ["-c", "echo | openssl s_client -connect 127.0.0.1:\(tlsPort) -tls1_3 -CAfile \(ca)/ca.crt"], outputPath: handshake)
             _ = await probe.waitForExit()
-            #expect(((try? String(contentsOfFile: handshake, encoding: .utf8)) ?? "").contains("New, TLSv1.3"))
+            #expect(readTextFile(handshake).contains("New, TLSv1.3"))
             #expect(bundle.caCertificate?.contains("BEGIN CERTIFICATE") == true)
 
             let watcher = try await fleet.home.settings.paymentServer.connect(clientID: fleet.home.settings.paymentServer.username)
