@@ -80,7 +80,9 @@ struct OperatorJourneyTests {
         let install = FirmwareLayoutProbe(directory: scratch + "/var/units/wash-01/install")
         #expect(install.current == "0.3.0")
         // The broker runs as its own user, not root.
-        let brokerUser = try await Self.run("/bin/sh", ["-c", "ps -o user= -C mosquitto | sort -u"])
+        // (Other tests' brokers run as root with `user root`: only this broker, by its config.)
+        let brokerUser = try await Self.run(
+            "/bin/sh", ["-c", "ps -o user= -p \"$(pgrep -d, -f '^mosquitto -c \(scratch)/etc/mosquitto.conf')\" | sort -u"])
         #expect(brokerUser.contains("mosquitto") && !brokerUser.contains("root"), "\(brokerUser)")
 
         // A build that crashes at start: rolled out, rolled back, `current` on what runs.

@@ -150,7 +150,9 @@ struct AttributionTests {
 
             // B is busy with another customer's train; the forgery, then the real payment, queue
             // behind it, so B's refusal of the forgery comes while the real payment is awaited.
-            let busy = Task { try await payments.pay(b, amount: 500, currency: "JPY", userId: "u-0") }
+            // A 4 s train: the refusal of the forgery comes out after it, long after the real
+            // payment's waiter is registered, however loaded the machine is.
+            let busy = Task { try await payments.pay(b, amount: 2000, currency: "JPY", userId: "u-0") }
             try await agent.waitForEdges(1)
             let id: PaymentID = "p-refused-1"
             let victim = PaymentCompleted(
@@ -165,7 +167,7 @@ struct AttributionTests {
             #expect(outcome.result?.status == .credited)
             #expect(outcome.action == .capture)
             #expect(payments.ignoredMessages.load(ordering: .relaxed) >= 1)
-            #expect(agent.edges.filter(\.active).count == 8)
+            #expect(agent.edges.filter(\.active).count == 23)
             await attacker.close()
             await payments.close()
             await agent.process.terminate(grace: .seconds(10))
