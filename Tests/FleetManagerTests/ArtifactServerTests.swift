@@ -18,7 +18,11 @@ struct ArtifactServerTests {
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        return connected == 0 ? fd : -1
+        guard connected == 0 else {
+            close(fd)
+            return -1
+        }
+        return fd
     }
 
     /// `GET path` over a fresh connection; the status line, or nil if the connection failed.
@@ -88,11 +92,12 @@ struct ArtifactServerTests {
             // Downloads work again once serve has worked off what the flood left queued.
             var status: String?
             let recovery = ContinuousClock.now + .seconds(30)
-            while status != "HTTP/1.1 200 OK", ContinuousClock.now < recovery {
+            while status != "HTTP/1.1 200 OK", ContinuousClock.now < recovery, serve.exitStatus == nil {
                 status = await Task.detached { Self.get(port, "/1.0.0/edge-agent") }.value
+                if status == nil { try await Task.sleep(for: .milliseconds(100)) }  // a retry's pace, not a condition
             }
-            #expect(status == "HTTP/1.1 200 OK")
-            #expect(serve.exitStatus == nil, "serve must still be running")
+            #expect(serve.exitStatus == nil, "serve must still be running; its log:\n\(readTextFile(log).suffix(3000))")
+            #expect(status == "HTTP/1.1 200 OK", "serve's log:\n\(readTextFile(log).suffix(3000))")
             await serve.terminate(grace: .seconds(10))
         }
     }
