@@ -114,9 +114,12 @@ public final class ArtifactServer: Sendable {
             return respond(fd, 404, "Not Found")
         }
         let file = root + "/" + components.joined(separator: "/")
+        guard FileManager.default.fileExists(atPath: file) else { return respond(fd, 404, "Not Found") }
+        // The file exists: failing to open it now (out of descriptors) is this server's
+        // trouble, not a missing artifact — 503, and the unit tries again.
         guard let handle = FileHandle(forReadingAtPath: file),
             let size = (try? FileManager.default.attributesOfItem(atPath: file)[.size]) as? Int
-        else { return respond(fd, 404, "Not Found") }
+        else { return respond(fd, 503, "Service Unavailable") }
         defer { try? handle.close() }
         let header = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: \(size)\r\nConnection: close\r\n\r\n"
         guard writeAll(fd, Array(header.utf8)) else { return }
