@@ -5,7 +5,7 @@ import TestSupport
 /// The chaos run in short form (the benchmark runs the long one): payments keep flowing while
 /// agents are SIGKILLed and restarted, the broker restarts and duplicates are injected; no
 /// payment may end without exactly one final result, and the edge logs must match the books.
-@Suite(.timeLimit(.minutes(5)))
+@Suite(.timeLimit(.minutes(10)))
 struct ChaosTests {
     @Test func noMoneyIsLostOrMadeUp() async throws {
         var options = ChaosRun.Options()

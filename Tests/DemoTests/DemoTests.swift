@@ -4,7 +4,7 @@ import Testing
 import TestSupport
 
 /// The README's first command ends in `pulsebridge-demo`: run it and check what it shows.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(4)))
 struct DemoTests {
     @Test func demoRunsTheWholeStoryAndStopsEverything() async throws {
         let binary = URL(fileURLWithPath: AgentUnit.binary).deletingLastPathComponent().appendingPathComponent("pulsebridge-demo").path

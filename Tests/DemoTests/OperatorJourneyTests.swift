@@ -9,7 +9,7 @@ import TestSupport
 /// (`PULSEBRIDGE_RELEASE_BIN`, set by scripts/test.sh after `swift build -c release`), against
 /// a broker started from broker-config/mosquitto.conf the way a service runs it. Then a build
 /// that crashes at start is rolled out and must be rolled back with `current` right.
-@Suite(.serialized, .timeLimit(.minutes(6)))
+@Suite(.serialized, .timeLimit(.minutes(12)))
 struct OperatorJourneyTests {
     static let releaseBin = ProcessInfo.processInfo.environment["PULSEBRIDGE_RELEASE_BIN"]
 

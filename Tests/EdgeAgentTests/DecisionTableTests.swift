@@ -9,7 +9,7 @@ import TestSupport
 
 /// Every row of PROTOCOL.md's decision table, against the real `edge-agent` binary and a real
 /// broker, published by a test payment server.
-@Suite(.serialized, .timeLimit(.minutes(2)))
+@Suite(.serialized, .timeLimit(.minutes(4)))
 struct DecisionTableTests {
     /// Starts one configured unit and waits until it is online.
     func withUnit(

@@ -11,7 +11,7 @@ import TestSupport
 /// The integrity review's findings against the agent, each as the attack or fault that found
 /// it, with the real `edge-agent` binary, a real broker and (for a full disk) a real small
 /// file system.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .timeLimit(.minutes(6)))
 struct IntegrityTests {
     /// The manager's standard coin profile: 50 ms pulses, 50 ms gaps.
     static let standardCoin = OutputConfig(channel: "coin", chip: "gpiochip0", line: 17, valuePerPulse: 100, pulseMs: 50, gapMs: 50)

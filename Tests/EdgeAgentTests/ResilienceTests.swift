@@ -9,7 +9,7 @@ import TestSupport
 
 /// Exactly-once credit through crashes, broker outages and restarts; status, configuration,
 /// graceful stop and bundle errors, with the real binary.
-@Suite(.serialized, .timeLimit(.minutes(2)))
+@Suite(.serialized, .timeLimit(.minutes(4)))
 struct ResilienceTests {
     static let slowCoin = OutputConfig(channel: "coin", chip: "gpiochip0", line: 17, valuePerPulse: 100, pulseMs: 100, gapMs: 100)
 

@@ -6,7 +6,7 @@ import TestSupport
 
 /// Finding 9: the artifact server had a thread per connection with no read deadline, and
 /// stopped for good on its first accept error (EMFILE).
-@Suite(.serialized, .timeLimit(.minutes(2)))
+@Suite(.serialized, .timeLimit(.minutes(4)))
 struct ArtifactServerTests {
     /// A connected TCP socket to 127.0.0.1:`port`.
     static func connect(_ port: Int) -> Int32 {

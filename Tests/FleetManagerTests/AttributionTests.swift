@@ -11,7 +11,7 @@ import TestSupport
 /// The integrity review's findings against the payment servers and `serve`: a unit's stolen
 /// credentials, a forged refusal, a result that comes late. Real broker with dynamic security,
 /// real agents, the real SDK and `serve`.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .timeLimit(.minutes(6)))
 struct AttributionTests {
     /// One pulse a second of payment: long enough for a forger to act during the train.
     static let slowProfile = MachineProfile(

@@ -8,7 +8,7 @@ import TestSupport
 
 /// The built `fleet-manager` binary: expected failures are one clear message with a hint,
 /// a non-zero exit and no stack trace.
-@Suite(.serialized, .timeLimit(.minutes(2)))
+@Suite(.serialized, .timeLimit(.minutes(4)))
 struct CLITests {
     static var binary: String {
         URL(fileURLWithPath: AgentUnit.binary).deletingLastPathComponent().appendingPathComponent("fleet-manager").path

@@ -46,7 +46,7 @@ struct UpdatingUnit {
     }
 }
 
-@Suite(.serialized, .timeLimit(.minutes(4)))
+@Suite(.serialized, .timeLimit(.minutes(8)))
 struct FirmwareTests {
     /// A fleet with an artifact server, `count` provisioned units running under supervise, and
     /// a payment-server view of their statuses.

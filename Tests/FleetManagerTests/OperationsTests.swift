@@ -8,7 +8,7 @@ import Testing
 import TestSupport
 
 /// `serve`, payments, reports and configuration against a fleet of real agents.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .timeLimit(.minutes(6)))
 struct OperationsTests {
     static let fastProfile = MachineProfile(
         maxAmount: 3000, heartbeatS: 1, postVendDelayMs: 0,

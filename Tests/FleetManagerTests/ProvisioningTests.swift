@@ -70,7 +70,7 @@ struct DynsecFleet {
     }
 }
 
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .timeLimit(.minutes(6)))
 struct ProvisioningTests {
     @Test func isolationMatrix() async throws {
         try await DynsecFleet.with { fleet in

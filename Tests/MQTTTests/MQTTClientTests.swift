@@ -5,7 +5,7 @@ import Testing
 import TestSupport
 
 /// The MQTT client against a real mosquitto per test, on its own loopback port.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(4)))
 struct MQTTClientTests {
     static func client(
         _ broker: LocalMosquitto, _ id: String = "c-\(UUID().uuidString.prefix(8).lowercased())",

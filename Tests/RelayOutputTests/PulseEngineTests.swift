@@ -5,7 +5,7 @@ import Testing
 @testable import RelayOutput
 
 /// The pulse engine on the simulated line driver: the very engine that drives libgpiod lines.
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct PulseEngineTests {
     static let coin = OutputConfig(channel: "coin", chip: "gpiochip0", line: 17, valuePerPulse: 100, pulseMs: 30, gapMs: 30)
     static let bill = OutputConfig(channel: "bill", chip: "gpiochip0", line: 27, valuePerPulse: 1000, pulseMs: 40, gapMs: 40)
