@@ -20,6 +20,9 @@ let package = Package(
         .library(name: "RelayOutput", targets: ["RelayOutput"]),
         .library(name: "EdgeAgent", targets: ["EdgeAgent"]),
         .library(name: "FleetManager", targets: ["FleetManager"]),
+        // What a payment server links: signed completions, results, the settlement rule.
+        .library(name: "PaymentSDK", targets: ["PaymentSDK"]),
+        .executable(name: "payment-server", targets: ["payment-server"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -27,6 +30,9 @@ let package = Package(
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        // The customer's payment page (payment-server) only.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // System libraries. Each is imported by exactly one Swift module family, `internal import`.
@@ -72,10 +78,27 @@ let package = Package(
         .target(
             name: "FleetManager",
             dependencies: [
-                "MQTT", "MessageSchema", "RelayOutput", "EdgeAgent", "CQREncode", "PulseBridgeVersion", "Locking",
+                "MQTT", "MessageSchema", "RelayOutput", "EdgeAgent", "CQREncode", "PulseBridgeVersion", "Locking", "PaymentSDK",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
+        // The payment-server SDK: MQTT and the protocol types only, so a third party's payment
+        // server links neither the registry nor the agent.
+        .target(
+            name: "PaymentSDK",
+            dependencies: ["MQTT", "MessageSchema", "Locking", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        // The customer's side: payment page, checkout, providers, customer ledger (Hummingbird).
+        .target(
+            name: "PaymentServer",
+            dependencies: [
+                "PaymentSDK", "MessageSchema", "Locking",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         // Starting and stopping child processes (mosquitto, agents) without the
@@ -112,9 +135,17 @@ let package = Package(
             ],
             swiftSettings: strict),
         .executableTarget(
+            name: "payment-server",
+            dependencies: [
+                "PaymentServer", "PaymentSDK", "PulseBridgeVersion",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
             name: "pulsebridge-bench",
             dependencies: [
-                "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "EdgeAgent", "FleetManager", "TestSupport",
+                "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "EdgeAgent", "FleetManager", "TestSupport", "PaymentSDK",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -123,7 +154,7 @@ let package = Package(
         .executableTarget(
             name: "pulsebridge-demo",
             dependencies: [
-                "FleetManager", "EdgeAgent", "MessageSchema", "RelayOutput", "LocalServices", "MQTT",
+                "FleetManager", "EdgeAgent", "MessageSchema", "RelayOutput", "LocalServices", "MQTT", "PaymentSDK",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -156,7 +187,13 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "FleetManagerTests",
-            dependencies: ["FleetManager", "EdgeAgent", "MQTT", "MessageSchema", "LocalServices", "TestSupport", "PulseBridgeVersion"],
+            dependencies: ["FleetManager", "EdgeAgent", "MQTT", "MessageSchema", "LocalServices", "TestSupport", "PulseBridgeVersion", "PaymentSDK"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "PaymentServerTests",
+            dependencies: [
+                "PaymentServer", "PaymentSDK", "FleetManager", "MessageSchema", "LocalServices", "TestSupport", "MQTT", "Locking",
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "ChaosTests",

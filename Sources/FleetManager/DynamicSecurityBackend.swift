@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MQTT
 import MessageSchema
+import PaymentSDK
 import Synchronization
 import Locking
 

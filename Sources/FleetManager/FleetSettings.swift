@@ -1,23 +1,6 @@
 import Foundation
 import MessageSchema
-
-/// How the manager reaches the broker with one identity.
-public struct BrokerIdentity: Codable, Sendable, Hashable {
-    public var host: String
-    public var port: Int
-    /// CA file for TLS, or nil for plain TCP (loopback listener).
-    public var caFile: String?
-    public var username: String
-    public var password: String
-
-    public init(host: String, port: Int, caFile: String? = nil, username: String, password: String) {
-        self.host = host
-        self.port = port
-        self.caFile = caFile
-        self.username = username
-        self.password = password
-    }
-}
+import PaymentSDK
 
 /// The fleet's settings, `settings.json` in the fleet home. Written by `fleet-manager init`.
 public struct FleetSettings: Codable, Sendable, Hashable {

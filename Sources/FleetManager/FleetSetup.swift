@@ -2,6 +2,7 @@ import EdgeAgent
 import Foundation
 import Logging
 import MessageSchema
+import PaymentSDK
 
 /// `fleet-manager init`: the broker's service roles and a new fleet home.
 public enum FleetSetup {
@@ -26,7 +27,7 @@ public enum FleetSetup {
         public init(
             home: String, brokerHost: String, brokerPort: Int, brokerCAFile: String? = nil, adminUser: String = "admin",
             adminPassword: String, deviceBrokerUrl: String, deviceCAFile: String? = nil, topicRoot: String = "fleet",
-            paymentUrlTemplate: String = "https://pay.example.com/m/{machineId}", currency: String = "JPY"
+            paymentUrlTemplate: String = "http://localhost:8080/m/{machineId}", currency: String = "JPY"
         ) {
             self.home = home
             self.brokerHost = brokerHost

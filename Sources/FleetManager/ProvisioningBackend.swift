@@ -1,4 +1,5 @@
 import MessageSchema
+import PaymentSDK
 
 /// The broker's user administration: one identity per unit with rights to its own topics
 /// only. Mosquitto's dynamic-security plugin is the implementation today

@@ -211,7 +211,7 @@ public final class AgentUnit: Sendable {
     public var simulator: SimulatedLineDriver { SimulatedLineDriver(edgeLogPath: edgeLogPath) }
     private let process = SendableBox<ChildProcess?>(nil)
 
-    init(machine: MachineID, directory: String, bundlePath: String) {
+    public init(machine: MachineID, directory: String, bundlePath: String) {
         self.machine = machine
         self.directory = directory
         self.bundlePath = bundlePath

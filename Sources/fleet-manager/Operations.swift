@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import PulseBridgeVersion
 import MessageSchema
+import PaymentSDK
 import ServiceLifecycle
 
 struct Serve: AsyncParsableCommand {

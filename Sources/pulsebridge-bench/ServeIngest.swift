@@ -4,6 +4,7 @@ import Foundation
 import LocalServices
 @_spi(Testing) import MQTT
 import MessageSchema
+import PaymentSDK
 
 /// `fleet-manager serve` (the release binary, as a child process) ingesting heartbeats from
 /// many simulated units; its memory; and how fast a dead unit shows offline.

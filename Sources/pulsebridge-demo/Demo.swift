@@ -6,6 +6,7 @@ import LocalServices
 import Logging
 import MQTT
 import MessageSchema
+import PaymentSDK
 import RelayOutput
 
 @main

@@ -4,6 +4,7 @@ import Foundation
 import LocalServices
 import MQTT
 import MessageSchema
+import PaymentSDK
 import RelayOutput
 import Testing
 import TestSupport

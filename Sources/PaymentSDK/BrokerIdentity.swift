@@ -2,6 +2,25 @@ import Foundation
 import Logging
 import MQTT
 
+/// How a service (a payment server, the fleet manager) reaches the broker with one identity:
+/// the credentials file `fleet-manager payment-servers add` writes.
+public struct BrokerIdentity: Codable, Sendable, Hashable {
+    public var host: String
+    public var port: Int
+    /// CA file for TLS, or nil for plain TCP (loopback listener).
+    public var caFile: String?
+    public var username: String
+    public var password: String
+
+    public init(host: String, port: Int, caFile: String? = nil, username: String, password: String) {
+        self.host = host
+        self.port = port
+        self.caFile = caFile
+        self.username = username
+        self.password = password
+    }
+}
+
 extension BrokerIdentity {
     /// An MQTT client for this identity (not connected yet).
     public func client(clientID: String, cleanStart: Bool = true, logger: Logger = Logger(label: "pulsebridge.fleet")) throws -> MQTTClient {
@@ -20,9 +39,9 @@ extension BrokerIdentity {
             try await client.connect()
         } catch {
             await client.close()
-            throw FleetError(
+            throw PaymentSDKError(
                 "cannot connect to the broker as '\(username)': \(error)",
-                hint: "is the broker running, and are the fleet settings (settings.json) right?")
+                hint: "is the broker running, and are the credentials (host, port, username, password) right?")
         }
         return client
     }

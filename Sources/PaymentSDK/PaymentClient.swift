@@ -118,7 +118,7 @@ public final class PaymentClient: Sendable {
             try await client.subscribe([MQTTSubscription(topics.filter(.paymentResult)), MQTTSubscription(topics.filter(.status))])
         } catch {
             await payments.close()
-            throw FleetError("cannot subscribe to results and statuses: \(error)", hint: "is this identity the payment-server role?")
+            throw PaymentSDKError("cannot subscribe to results and statuses: \(error)", hint: "is this identity the payment-server role?")
         }
         return payments
     }
@@ -207,10 +207,10 @@ public final class PaymentClient: Sendable {
         let now = Int(Date().timeIntervalSince1970 * 1000)
         let ttlMs = Int(ttl.components.seconds * 1000 + ttl.components.attoseconds / 1_000_000_000_000_000)
         guard ProtocolLimits.paymentLifetimeMs.contains(ttlMs) else {
-            throw FleetError("--ttl must be 1 to 600 seconds (PROTOCOL.md)")
+            throw PaymentSDKError("--ttl must be 1 to 600 seconds (PROTOCOL.md)")
         }
         guard ProtocolLimits.amountRange.contains(amount) else {
-            throw FleetError("amount must be 1 to 10,000,000 minor units")
+            throw PaymentSDKError("amount must be 1 to 10,000,000 minor units")
         }
         let payment = PaymentCompleted(
             paymentId: paymentId ?? PaymentID(unchecked: "p-\(now)-\(UUID().uuidString.prefix(8).lowercased())"), machineId: machine,

@@ -1,0 +1,157 @@
+import Foundation
+import MessageSchema
+import PaymentSDK
+
+/// `payment-server`'s one config file (JSON). See docs/payment-server.md.
+public struct ServerConfiguration: Codable, Sendable {
+    public struct Listen: Codable, Sendable {
+        public var host: String
+        public var port: Int
+    }
+    /// A payment key of the fleet: its ID and the PKCS#8 PEM file (`fleet-manager keys list`).
+    public struct SigningKey: Codable, Sendable {
+        public var kid: String
+        public var file: String
+    }
+    /// One priced choice on a machine's page, e.g. "Wash" for 400.
+    public struct MenuItem: Codable, Sendable, Hashable {
+        public var label: String
+        public var amount: Int
+    }
+    /// A free amount: any multiple of `step` from `step` to `max`.
+    public struct FreeAmount: Codable, Sendable, Hashable {
+        public var step: Int
+        public var max: Int
+    }
+    public struct Machine: Codable, Sendable {
+        public var machineId: String
+        public var name: String
+        public var place: String
+        public var menu: [MenuItem]
+        public var freeAmount: FreeAmount?
+    }
+    public struct Provider: Codable, Sendable {
+        /// `simulated` (test cards) is the one in the tree; see docs/payment-server.md for the adapter contract.
+        public var kind: String
+        /// Shared secret that signs the provider's webhooks (HMAC-SHA256).
+        public var webhookSecret: String
+    }
+    public struct Limits: Codable, Sendable {
+        /// Payments one customer may start per minute.
+        public var paymentsPerUserPerMinute: Int = 6
+        /// Payments one machine may take per minute.
+        public var paymentsPerMachinePerMinute: Int = 20
+
+        public init() {}
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            paymentsPerUserPerMinute = try c.decodeIfPresent(Int.self, forKey: .paymentsPerUserPerMinute) ?? 6
+            paymentsPerMachinePerMinute = try c.decodeIfPresent(Int.self, forKey: .paymentsPerMachinePerMinute) ?? 20
+        }
+    }
+
+    public var listen: Listen
+    /// The URL customers reach this server at (payment codes point at `publicUrl/m/{machineId}`).
+    public var publicUrl: String
+    /// SQLite file: customers, payments, the simulated provider's ledger.
+    public var database: String
+    /// The credentials file `fleet-manager payment-servers add` wrote.
+    public var brokerCredentials: String
+    public var topicRoot: String
+    public var signingKey: SigningKey
+    public var currency: String
+    /// How long a completion stays valid (`expiresAt − issuedAt`), seconds.
+    public var paymentTtlS: Int = 60
+    /// After `expiresAt` + 5 s with no result, how long to keep waiting for it (or for proof
+    /// there is none) before listing the payment as unknown.
+    public var unknownWaitS: Int = 60
+    public var provider: Provider
+    public var limits: Limits = Limits()
+    public var machines: [Machine]
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        listen = try c.decode(Listen.self, forKey: .listen)
+        publicUrl = try c.decode(String.self, forKey: .publicUrl)
+        database = try c.decode(String.self, forKey: .database)
+        brokerCredentials = try c.decode(String.self, forKey: .brokerCredentials)
+        topicRoot = try c.decode(String.self, forKey: .topicRoot)
+        signingKey = try c.decode(SigningKey.self, forKey: .signingKey)
+        currency = try c.decode(String.self, forKey: .currency)
+        paymentTtlS = try c.decodeIfPresent(Int.self, forKey: .paymentTtlS) ?? 60
+        unknownWaitS = try c.decodeIfPresent(Int.self, forKey: .unknownWaitS) ?? 60
+        provider = try c.decode(Provider.self, forKey: .provider)
+        limits = try c.decodeIfPresent(Limits.self, forKey: .limits) ?? Limits()
+        machines = try c.decode([Machine].self, forKey: .machines)
+    }
+
+    public static func load(_ path: String) throws -> ServerConfiguration {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw PaymentSDKError("cannot read the config file \(path)", hint: "pass --config FILE (docs/payment-server.md has an example)")
+        }
+        let configuration: ServerConfiguration
+        do {
+            configuration = try JSONDecoder().decode(ServerConfiguration.self, from: data)
+        } catch let error as DecodingError {
+            throw PaymentSDKError("\(path) is not a valid payment-server config: \(Self.describe(error))", hint: "compare it with docs/payment-server.md")
+        }
+        try configuration.validate()
+        return configuration
+    }
+
+    static func describe(_ error: DecodingError) -> String {
+        func path(_ context: DecodingError.Context) -> String {
+            context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()
+        }
+        switch error {
+        case .keyNotFound(let key, let context): return "\(path(context)).\(key.stringValue) is missing"
+        case .typeMismatch(_, let context), .valueNotFound(_, let context): return "\(path(context)): \(context.debugDescription)"
+        case .dataCorrupted(let context): return "\(path(context)): \(context.debugDescription)"
+        @unknown default: return "\(error)"
+        }
+    }
+
+    public func validate() throws {
+        func fail(_ what: String) throws -> Never { throw PaymentSDKError("config: \(what)") }
+        guard (0...65535).contains(listen.port) else { try fail("listen.port must be 0 to 65535") }
+        guard let url = URL(string: publicUrl), url.scheme == "http" || url.scheme == "https", url.host != nil else {
+            try fail("publicUrl must be an http(s) URL, e.g. https://pay.example.com")
+        }
+        guard CurrencyCode(rawValue: currency) != nil else { try fail("currency must be three upper-case letters") }
+        guard KeyID(rawValue: signingKey.kid) != nil else { try fail("signingKey.kid is not a key ID") }
+        guard ProtocolLimits.paymentLifetimeMs.contains(paymentTtlS * 1000) else { try fail("paymentTtlS must be 1 to 600") }
+        guard provider.kind == "simulated" else { try fail("provider.kind '\(provider.kind)' is unknown (in the tree: simulated)") }
+        guard provider.webhookSecret.utf8.count >= 16 else { try fail("provider.webhookSecret must be at least 16 characters") }
+        guard limits.paymentsPerUserPerMinute > 0, limits.paymentsPerMachinePerMinute > 0 else { try fail("limits must be positive") }
+        var seen = Set<String>()
+        for machine in machines {
+            guard MachineID(rawValue: machine.machineId) != nil else { try fail("'\(machine.machineId)' is not a machine ID") }
+            guard seen.insert(machine.machineId).inserted else { try fail("\(machine.machineId) is listed twice") }
+            guard !machine.menu.isEmpty || machine.freeAmount != nil else { try fail("\(machine.machineId) offers no amount (menu or freeAmount)") }
+            for item in machine.menu where !ProtocolLimits.amountRange.contains(item.amount) {
+                try fail("\(machine.machineId): menu amount \(item.amount) is outside 1 to 10,000,000")
+            }
+            if let free = machine.freeAmount, free.step < 1 || free.max < free.step || free.max > ProtocolLimits.amountRange.upperBound {
+                try fail("\(machine.machineId): freeAmount needs 1 ≤ step ≤ max ≤ 10,000,000")
+            }
+        }
+    }
+
+    /// The page's origin (scheme://host[:port]) for checking where a form came from.
+    var origin: String {
+        guard let url = URL(string: publicUrl), let scheme = url.scheme, let host = url.host else { return publicUrl }
+        return url.port.map { "\(scheme)://\(host):\($0)" } ?? "\(scheme)://\(host)"
+    }
+
+    func machine(_ id: String) -> Machine? { machines.first { $0.machineId == id } }
+}
+
+extension ServerConfiguration.Machine {
+    /// Whether a customer may pay `amount` here.
+    func offers(_ amount: Int) -> Bool {
+        if menu.contains(where: { $0.amount == amount }) { return true }
+        guard let free = freeAmount else { return false }
+        return amount >= free.step && amount <= free.max && amount % free.step == 0
+    }
+}

@@ -1,0 +1,142 @@
+import ArgumentParser
+import Foundation
+import Logging
+import PaymentSDK
+import PaymentServer
+import PulseBridgeVersion
+
+@main
+struct PaymentServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "payment-server",
+        abstract: "PulseBridge payment server: the page behind a machine's payment code, checkout, receipts, customers.",
+        discussion: "docs/payment-server.md describes the config file and the payment flow.",
+        version: PulseBridgeVersion.current,
+        subcommands: [Run.self, Payments.self, Customers.self, CheckConfig.self],
+        defaultSubcommand: Run.self)
+}
+
+struct ConfigOptions: ParsableArguments {
+    @Option(help: "The config file (JSON).") var config = "/etc/pulsebridge/payment-server.json"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "notice"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
+        }
+    }
+
+    func load() throws -> ServerConfiguration {
+        let level = Logger.Level(rawValue: logLevel) ?? .notice
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        return try ServerConfiguration.load(config)
+    }
+}
+
+/// Expected failures print what went wrong and what to do, without a stack trace.
+func operatorErrors(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as ExitCode {
+        throw error
+    } catch {
+        FileHandle.standardError.write(Data("payment-server: \(error)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serve the payment pages (until SIGTERM or SIGINT).")
+    @OptionGroup var options: ConfigOptions
+
+    func run() async throws {
+        try await operatorErrors {
+            let configuration = try options.load()
+            let app = try await PaymentServerApp.start(configuration, logger: Logger(label: "pulsebridge.pay"))
+            try await app.run()
+        }
+    }
+}
+
+struct CheckConfig: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "check-config", abstract: "Check the config file and exit.")
+    @OptionGroup var options: ConfigOptions
+
+    func run() async throws {
+        try await operatorErrors {
+            let configuration = try options.load()
+            print("\(options.config): ok (\(configuration.machines.count) machines, provider \(configuration.provider.kind))")
+        }
+    }
+}
+
+struct Payments: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List payments: state, amount, the machine's result, the provider's reference.",
+        discussion: "--open lists what needs the operator: held (uncertain, or a failed capture) and unknown (no result yet).")
+    @OptionGroup var options: ConfigOptions
+    @Flag(help: "Only payments that need the operator.") var open = false
+    @Flag(help: "JSON lines instead of a table.") var json = false
+
+    func run() async throws {
+        try await operatorErrors {
+            let configuration = try options.load()
+            let store = try PaymentStore(path: configuration.database)
+            let payments = try store.payments(states: open ? [.held, .unknown] : nil)
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                for payment in payments {
+                    var object = try JSONSerialization.jsonObject(with: encoder.encode(payment)) as? [String: Any] ?? [:]
+                    object["providerState"] = try payment.providerRef.flatMap { try store.simulatedProviderState($0) }
+                    print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+                }
+                return
+            }
+            let rows = payments.map {
+                [$0.paymentId, $0.machineId, $0.userId, "\($0.amount)", $0.state.rawValue, $0.resultStatus ?? "-", $0.pulses.map(String.init) ?? "-", $0.note ?? ""]
+            }
+            printTable(["PAYMENT", "MACHINE", "USER", "AMOUNT", "STATE", "RESULT", "PULSES", "NOTE"], rows)
+        }
+    }
+}
+
+struct Customers: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The customer information the operator collects: user ID, profile (with consent), captured payments.",
+        discussion: "Agrees with `fleet-manager report customers` on user IDs, payments and amounts (docs/payment-server.md).")
+    @OptionGroup var options: ConfigOptions
+    @Option(help: "table or csv.") var format = "table"
+
+    func run() async throws {
+        try await operatorErrors {
+            guard format == "table" || format == "csv" else { throw PaymentSDKError("--format must be table or csv") }
+            let configuration = try options.load()
+            let store = try PaymentStore(path: configuration.database)
+            let rows = try store.customerReport().map { row -> [String] in
+                let c = row.customer
+                return [c.userId, c.name ?? "", c.email ?? "", c.phone ?? "", c.consentAt.map { "\($0)" } ?? "", "\(row.payments)", "\(row.amount)"]
+            }
+            let headers = ["USER", "NAME", "EMAIL", "PHONE", "CONSENT_AT", "CREDITED", "AMOUNT"]
+            if format == "csv" {
+                func quote(_ f: String) -> String {
+                    f.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) ? "\"" + f.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : f
+                }
+                for row in [headers.map { $0.lowercased() }] + rows { print(row.map(quote).joined(separator: ",")) }
+            } else {
+                printTable(headers, rows)
+            }
+        }
+    }
+}
+
+func printTable(_ headers: [String], _ rows: [[String]]) {
+    let widths = headers.indices.map { i in ([headers] + rows).map { $0[i].count }.max() ?? 0 }
+    for row in [headers] + rows {
+        print(row.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ").trimmingCharacters(in: .whitespaces))
+    }
+}
