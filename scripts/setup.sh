@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what PulseBridge needs on Debian 12 (run as root, or with sudo available):
 # mosquitto and its clients, the C libraries the Swift package links, the tools the tests
-# use (openssl, zbar, stress-ng), and Python's `cryptography` for the interoperability tests.
+# use (openssl, zbar, stress-ng, Chromium), Python's `cryptography` for the interoperability tests
+# and `selenium` for the browser tests.
 set -euo pipefail
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 export DEBIAN_FRONTEND=noninteractive
@@ -11,9 +12,15 @@ as_root apt-get install -y --no-install-recommends \
   libgpiod-dev gpiod \
   libssl-dev openssl \
   libqrencode-dev zbar-tools librsvg2-bin libsqlite3-dev \
-  stress-ng pkg-config python3 python3-pip procps
+  stress-ng pkg-config python3 python3-pip procps \
+  chromium chromium-driver
 # The interop fixtures are checked against an independent Ed25519 implementation.
 if ! python3 -c 'import cryptography' 2>/dev/null; then
   python3 -m pip install --quiet cryptography || as_root apt-get install -y python3-cryptography
+fi
+# The payment page's browser tests drive Debian's Chromium through Selenium (nothing downloads a
+# browser: the driver is /usr/bin/chromedriver).
+if ! python3 -c 'import selenium' 2>/dev/null; then
+  python3 -m pip install --quiet selenium
 fi
 # mosquitto's Debian service is not needed: tests and the demo start their own brokers.

@@ -56,6 +56,7 @@ final class DemoFleet: @unchecked Sendable {
     var payments: PaymentClient?
     var publisher: MQTTClient?
     var backend: DynamicSecurityBackend?
+    var paymentServer: ChildProcess?
     let started = ContinuousClock.now
     let directory = NSTemporaryDirectory() + "pulsebridge-demo-\(UUID().uuidString.prefix(8))"
 
@@ -79,10 +80,12 @@ final class DemoFleet: @unchecked Sendable {
         self.broker = broker
         say("mosquitto \(broker.host):\(broker.port) started from broker-config/templates/dynsec.conf (dynamic security, no anonymous access)")
 
+        let pagePort = try LoopbackPort.free()
+        let pageBase = "http://127.0.0.1:\(pagePort)"
         let home = try await FleetSetup.initialize(
             FleetSetup.Options(
                 home: directory + "/fleet", brokerHost: broker.host, brokerPort: broker.port, adminPassword: broker.adminPassword!,
-                deviceBrokerUrl: "mqtt://127.0.0.1:\(broker.port)", paymentUrlTemplate: "https://pay.example.com/m/{machineId}"))
+                deviceBrokerUrl: "mqtt://127.0.0.1:\(broker.port)", paymentUrlTemplate: pageBase + "/m/{machineId}"))
         say("fleet created at \(home.path): fleet key \(try home.signingKey(.fleet).kid), payment key \(try home.signingKey(.payment).kid)")
 
         machines = [
@@ -130,6 +133,8 @@ final class DemoFleet: @unchecked Sendable {
                 outputPath: machines[index].directory + "/agent.log")
         }
         let (kid, key) = try home.signingKey(.payment)
+        try await startPaymentServer(home, backend: backend, binaries: binaries, port: pagePort, kid: kid)
+        say("payment-server \(pageBase) started (its own broker identity payment-server-web, simulated provider)")
         let payments = try await PaymentClient.connect(home.settings.paymentServer, topics: home.topics, kid: kid, key: key)
         self.payments = payments
         for machine in machines {
@@ -165,11 +170,22 @@ final class DemoFleet: @unchecked Sendable {
         _ = try await pay(0, 300, "u-bob", payments)
         _ = try await pay(2, 120, "u-erin", payments)
 
+        print("\nA customer at laundry-01: scan the code → payment page → checkout → credited\n")
+        let code = try PaymentCode(machine: "laundry-01", template: home.settings.paymentUrlTemplate)
+        print(code.text())
+        say("the code reads \(code.url)")
+        var customer = WebCustomer(base: pageBase)
+        let paid = try await customer.pay(machine: "laundry-01", amount: 400, card: "4242424242424242")
+        say("  page: \(paid.state): \(paid.text)")
+        for line in pulseLines(0) { say("  pulses: \(line)") }
+        let declined = try await customer.pay(machine: "laundry-01", amount: 400, card: "4000000000000002")
+        say("  a declined card: \(declined.state): \(declined.text)")
+
         // serve writes what it saw; wait until every payment is recorded, and a heartbeat with
         // the counters has come from every unit.
         try await Task.sleep(for: .seconds(2))
         let deadline = ContinuousClock.now + .seconds(10)
-        let made = 8  // distinct payment IDs above (the duplicate reuses one)
+        let made = 9  // distinct payment IDs above (the duplicate reuses one; the declined card sent none)
         while ContinuousClock.now < deadline, try home.registry.payments().filter({ $0.status != nil && $0.userId != nil }).count < made {
             try await Task.sleep(for: .milliseconds(50))
         }
@@ -189,13 +205,58 @@ final class DemoFleet: @unchecked Sendable {
 
         if keepRunning {
             print("""
-                Still running. Explore in another terminal:
+                Still running. Open a machine's payment page in a browser (test card 4242424242424242 approves):
+                  \(pageBase)/m/laundry-01   \(pageBase)/m/wash-01   \(pageBase)/m/vend-01
+                Explore in another terminal:
                   PULSEBRIDGE_HOME=\(home.path) \(binaries)/fleet-manager devices
                   PULSEBRIDGE_HOME=\(home.path) \(binaries)/fleet-manager pay laundry-01 500 --user u-you
                   PULSEBRIDGE_HOME=\(home.path) \(binaries)/fleet-manager code wash-01
                 (serve runs inside this demo, so `devices` and reports stay current.) Ctrl-C stops everything.
                 """)
             await waitForInterrupt()
+        }
+    }
+
+    /// `payment-server` as an operator runs it: its own broker identity, config file and database.
+    func startPaymentServer(_ home: FleetHome, backend: DynamicSecurityBackend, binaries: String, port: Int, kid: KeyID) async throws {
+        var identity = home.settings.paymentServer
+        identity.username = "payment-server-web"
+        identity.password = Provisioner.newPassword()
+        try await backend.createPaymentServer(identity)
+        let credentials = directory + "/payment-server-web.json"
+        try JSONEncoder().encode(identity).write(to: URL(fileURLWithPath: credentials))
+        let menus: [String: [[String: Any]]] = [
+            "laundry-01": [["label": "Wash", "amount": 400], ["label": "Dry 10 min", "amount": 100]],
+            "wash-01": [["label": "Quick wash", "amount": 500], ["label": "Full wash", "amount": 1500]],
+            "vend-01": [["label": "Drink", "amount": 120], ["label": "Snack", "amount": 150]],
+        ]
+        let config: [String: Any] = [
+            "listen": ["host": "127.0.0.1", "port": port],
+            "publicUrl": "http://127.0.0.1:\(port)",
+            "database": directory + "/payment-server.sqlite",
+            "brokerCredentials": credentials,
+            "topicRoot": home.settings.topicRoot,
+            "signingKey": ["kid": kid.rawValue, "file": home.privateKeyPath(kid)],
+            "currency": home.settings.currency,
+            "provider": ["kind": "simulated", "webhookSecret": Provisioner.newPassword()],
+            "machines": machines.map { machine -> [String: Any] in
+                [
+                    "machineId": machine.id.rawValue, "name": machine.id.rawValue, "place": "PulseBridge demo, a \(machine.kind)",
+                    "menu": menus[machine.id.rawValue] ?? [], "freeAmount": ["step": machine.profile.outputs[0].valuePerPulse, "max": machine.profile.maxAmount],
+                ]
+            },
+        ]
+        let configPath = directory + "/payment-server.json"
+        try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: configPath))
+        paymentServer = try ChildProcess.spawn(
+            binaries + "/payment-server", ["run", "--config", configPath, "--log-level", "warning"], outputPath: directory + "/payment-server.log")
+        var probe = WebCustomer(base: "http://127.0.0.1:\(port)")
+        let deadline = ContinuousClock.now + .seconds(30)
+        while (try? await probe.request("GET", "/healthz"))?.status != 200 {
+            guard ContinuousClock.now < deadline, paymentServer?.isRunning == true else {
+                throw FleetError("payment-server did not start; see \(directory)/payment-server.log")
+            }
+            try await Task.sleep(for: .milliseconds(50))
         }
     }
 
@@ -288,6 +349,7 @@ final class DemoFleet: @unchecked Sendable {
     /// Stops everything the demo started: agents (SIGTERM: they publish offline and leave
     /// outputs inactive), serve, clients, broker.
     func stop() async {
+        await paymentServer?.terminate(grace: .seconds(10))
         for machine in machines { await machine.process?.terminate(grace: .seconds(10)) }
         serve?.cancel()
         _ = await serve?.result
@@ -295,6 +357,6 @@ final class DemoFleet: @unchecked Sendable {
         await publisher?.close()
         await backend?.close()
         await broker?.stop()
-        say("stopped: agents (outputs inactive), serve, broker. Files kept in \(directory)")
+        say("stopped: payment server, agents (outputs inactive), serve, broker. Files kept in \(directory)")
     }
 }

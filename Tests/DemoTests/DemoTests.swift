@@ -19,11 +19,15 @@ struct DemoTests {
             "decision: rejected (expired)",
             "decision: rejected (machine_inhibited)",
             "decision: rejected (over_limit)",
-            "u-bob    2         1800    laundry-01 wash-01",
-            "stopped: agents (outputs inactive), serve, broker",
+            "the code reads http://127.0.0.1:",
+            "page: captured: Credited: 4 pulses. Start your machine!",
+            "a declined card: declined: Your payment was declined. You have not been charged.",
+            "stopped: payment server, agents (outputs inactive), serve, broker",
         ] {
             #expect(output.contains(expected), "missing: \(expected)\n\(output)")
         }
+        let bob = output.split(separator: "\n").first { $0.hasPrefix("u-bob ") }?.split(separator: " ").map(String.init)
+        #expect(bob == ["u-bob", "2", "1800", "laundry-01", "wash-01"], "\(output)")
         // Measured widths are printed from the edge log (their values are the benchmark's business).
         #expect(output.contains("coin line 17: 4 × (set 50 ms, measured "))
     }
