@@ -112,7 +112,7 @@ let package = Package(
         // Test helpers shared by the test targets and the benchmark.
         .target(
             name: "TestSupport",
-            dependencies: ["MQTT", "LocalServices", "MessageSchema", "RelayOutput", "EdgeAgent", "Locking"],
+            dependencies: ["MQTT", "LocalServices", "MessageSchema", "RelayOutput", "EdgeAgent", "Locking", "FleetManager", "PaymentSDK"],
             swiftSettings: strict),
 
         // Executables: thin `@main` commands.
@@ -154,7 +154,7 @@ let package = Package(
         .executableTarget(
             name: "pulsebridge-demo",
             dependencies: [
-                "FleetManager", "EdgeAgent", "MessageSchema", "RelayOutput", "LocalServices", "MQTT", "PaymentSDK",
+                "FleetManager", "EdgeAgent", "MessageSchema", "RelayOutput", "LocalServices", "MQTT", "PaymentSDK", "TestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

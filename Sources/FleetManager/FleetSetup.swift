@@ -27,7 +27,7 @@ public enum FleetSetup {
         public init(
             home: String, brokerHost: String, brokerPort: Int, brokerCAFile: String? = nil, adminUser: String = "admin",
             adminPassword: String, deviceBrokerUrl: String, deviceCAFile: String? = nil, topicRoot: String = "fleet",
-            paymentUrlTemplate: String = "http://localhost:8080/m/{machineId}", currency: String = "JPY"
+            paymentUrlTemplate: String = "http://localhost:8081/m/{machineId}", currency: String = "JPY"
         ) {
             self.home = home
             self.brokerHost = brokerHost

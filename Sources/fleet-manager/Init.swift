@@ -16,7 +16,7 @@ struct Init: AsyncParsableCommand {
     @Option(help: "Broker URL units connect to (mqtts://host:8883).") var deviceBrokerUrl: String
     @Option(help: "CA certificate units trust for the broker (PEM).") var deviceCaFile: String?
     @Option(help: "Topic root.") var topicRoot = "fleet"
-    @Option(help: "Payment page URL for payment codes; {machineId} is replaced (default: a payment-server on this host with its default port).") var paymentUrl = "http://localhost:8080/m/{machineId}"
+    @Option(help: "Payment page URL for payment codes; {machineId} is replaced (default: a payment-server on this host with its default port).") var paymentUrl = "http://localhost:8081/m/{machineId}"
     @Option(help: "Currency (ISO 4217) of new configurations.") var currency = "JPY"
     @Option(help: "Seconds to wait for a broker that is still starting.") var waitForBroker = 10
 

@@ -8,6 +8,7 @@ import MQTT
 import MessageSchema
 import PaymentSDK
 import RelayOutput
+import TestSupport
 
 @main
 struct Demo: AsyncParsableCommand {
@@ -133,7 +134,7 @@ final class DemoFleet: @unchecked Sendable {
                 outputPath: machines[index].directory + "/agent.log")
         }
         let (kid, key) = try home.signingKey(.payment)
-        try await startPaymentServer(home, backend: backend, binaries: binaries, port: pagePort, kid: kid)
+        try await startPaymentServer(home, backend: backend, binaries: binaries, port: pagePort)
         say("payment-server \(pageBase) started (its own broker identity payment-server-web, simulated provider)")
         let payments = try await PaymentClient.connect(home.settings.paymentServer, topics: home.topics, kid: kid, key: key)
         self.payments = payments
@@ -218,46 +219,24 @@ final class DemoFleet: @unchecked Sendable {
     }
 
     /// `payment-server` as an operator runs it: its own broker identity, config file and database.
-    func startPaymentServer(_ home: FleetHome, backend: DynamicSecurityBackend, binaries: String, port: Int, kid: KeyID) async throws {
-        var identity = home.settings.paymentServer
-        identity.username = "payment-server-web"
-        identity.password = Provisioner.newPassword()
-        try await backend.createPaymentServer(identity)
-        let credentials = directory + "/payment-server-web.json"
-        try JSONEncoder().encode(identity).write(to: URL(fileURLWithPath: credentials))
-        let menus: [String: [[String: Any]]] = [
-            "laundry-01": [["label": "Wash", "amount": 400], ["label": "Dry 10 min", "amount": 100]],
-            "wash-01": [["label": "Quick wash", "amount": 500], ["label": "Full wash", "amount": 1500]],
-            "vend-01": [["label": "Drink", "amount": 120], ["label": "Snack", "amount": 150]],
+    func startPaymentServer(_ home: FleetHome, backend: DynamicSecurityBackend, binaries: String, port: Int) async throws {
+        let menus: [MachineID: [(label: String, amount: Int)]] = [
+            "laundry-01": [("Wash", 400), ("Dry 10 min", 100)],
+            "wash-01": [("Quick wash", 500), ("Full wash", 1500)],
+            "vend-01": [("Drink", 120), ("Snack", 150)],
         ]
-        let config: [String: Any] = [
-            "listen": ["host": "127.0.0.1", "port": port],
-            "publicUrl": "http://127.0.0.1:\(port)",
-            "database": directory + "/payment-server.sqlite",
-            "brokerCredentials": credentials,
-            "topicRoot": home.settings.topicRoot,
-            "signingKey": ["kid": kid.rawValue, "file": home.privateKeyPath(kid)],
-            "currency": home.settings.currency,
-            "provider": ["kind": "simulated", "webhookSecret": Provisioner.newPassword()],
-            "machines": machines.map { machine -> [String: Any] in
-                [
-                    "machineId": machine.id.rawValue, "name": machine.id.rawValue, "place": "PulseBridge demo, a \(machine.kind)",
-                    "menu": menus[machine.id.rawValue] ?? [], "freeAmount": ["step": machine.profile.outputs[0].valuePerPulse, "max": machine.profile.maxAmount],
-                ]
+        let configPath = try await PaymentServerSetup.prepare(
+            home: home, backend: backend, directory: directory, port: port,
+            machines: machines.map {
+                PaidMachine(
+                    id: $0.id, name: $0.id.rawValue, place: "PulseBridge demo, a \($0.kind)", menu: menus[$0.id] ?? [],
+                    freeAmount: ($0.profile.outputs[0].valuePerPulse, $0.profile.maxAmount), profile: $0.profile)
             },
-        ]
-        let configPath = directory + "/payment-server.json"
-        try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: configPath))
-        paymentServer = try ChildProcess.spawn(
+            paymentTtlS: 60, unknownWaitS: 30)
+        let server = try ChildProcess.spawn(
             binaries + "/payment-server", ["run", "--config", configPath, "--log-level", "warning"], outputPath: directory + "/payment-server.log")
-        var probe = WebCustomer(base: "http://127.0.0.1:\(port)")
-        let deadline = ContinuousClock.now + .seconds(30)
-        while (try? await probe.request("GET", "/healthz"))?.status != 200 {
-            guard ContinuousClock.now < deadline, paymentServer?.isRunning == true else {
-                throw FleetError("payment-server did not start; see \(directory)/payment-server.log")
-            }
-            try await Task.sleep(for: .milliseconds(50))
-        }
+        paymentServer = server
+        try await PaymentServerSetup.waitUntilServing(server, port: port)
     }
 
     func waitOnline(_ machine: MachineID, _ payments: PaymentClient) async -> Bool {

@@ -4,8 +4,8 @@ import MessageSchema
 import Testing
 import TestSupport
 
-/// What a new operator does, run as they would: every `sh` block of docs/operations.md and
-/// docs/firmware.md in order, in one bash, as root, with the **release** binaries on `PATH`
+/// What a new operator does, run as they would: every `sh` block of docs/operations.md,
+/// docs/firmware.md and docs/payment-server.md in order, in one bash, as root, with the **release** binaries on `PATH`
 /// (`PULSEBRIDGE_RELEASE_BIN`, set by scripts/test.sh after `swift build -c release`), against
 /// a broker started from broker-config/mosquitto.conf the way a service runs it. Then a build
 /// that crashes at start is rolled out and must be rolled back with `current` right.
@@ -40,6 +40,7 @@ struct OperatorJourneyTests {
         // mosquitto, once it dropped to its user, must reach its files under here.
         chmod(scratch, 0o755)
         let steps = try Self.shellBlocks(root + "/docs/operations.md") + Self.shellBlocks(root + "/docs/firmware.md")
+            + Self.shellBlocks(root + "/docs/payment-server.md")
         #expect(steps.count >= 8)
         let script = scratch + "/journey.sh"
         var text = "set -euo pipefail\ncd \(root)\n"
@@ -48,7 +49,7 @@ struct OperatorJourneyTests {
         }
         try text.write(toFile: script, atomically: true, encoding: .utf8)
 
-        let ports = try (0..<3).map { _ in try LoopbackPort.free() }
+        let ports = try (0..<4).map { _ in try LoopbackPort.free() }
         var environment = ProcessInfo.processInfo.environment
         environment["PATH"] = releaseBin + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
         environment["PB_ETC"] = scratch + "/etc"
@@ -58,6 +59,7 @@ struct OperatorJourneyTests {
         environment["PB_TLS_BIND"] = "127.0.0.1"
         environment["PB_PORT"] = String(ports[1])
         environment["PB_FIRMWARE_PORT"] = String(ports[2])
+        environment["PB_PAY_PORT"] = String(ports[3])
         environment["PB_BROKER_LOG"] = "file:\(scratch)/mosquitto/mosquitto.log"
         environment.removeValue(forKey: "PULSEBRIDGE_HOME")
         let log = scratch + "/journey.log"
@@ -76,6 +78,8 @@ struct OperatorJourneyTests {
         #expect(output.contains("installed 1, failed 0, untouched 0"))
         #expect(output.contains("\"action\":\"capture\""))
         #expect(output.contains("u-alice"))
+        #expect(output.contains("payment-server.json: ok (2 machines, provider simulated)"))
+        #expect(output.contains("Washer 1") && output.contains(">Ready<"), "the payment page of laundry-01 is up and ready")
         #expect(try String(contentsOfFile: scratch + "/var/laundry-01.svg", encoding: .utf8).hasPrefix("<?xml"))
         let install = FirmwareLayoutProbe(directory: scratch + "/var/units/wash-01/install")
         #expect(install.current == "0.3.0")

@@ -117,7 +117,7 @@ struct CLITests {
             #expect(code.status == .exited(0))
             #expect(try String(contentsOfFile: svg, encoding: .utf8).hasPrefix("<?xml"))
             let text = try await run(["code", "laundry-01", "--home", home])
-            #expect(text.output.contains("http://localhost:8080/m/laundry-01"))
+            #expect(text.output.contains("http://localhost:8081/m/laundry-01"))
 
             let list = try await run(["keys", "list", "--home", home])
             #expect(list.status == .exited(0))

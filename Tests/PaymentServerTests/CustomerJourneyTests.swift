@@ -12,19 +12,16 @@ import PaymentServer
 import Testing
 import TestSupport
 
-/// A fleet with one payment server, as an operator runs it: a real broker with dynamic
-/// security, a provisioned unit running `edge-agent` (simulated GPIO), `serve` recording what
-/// the fleet reports, and the `payment-server` binary with its own config file and database.
+/// The fleet of these tests: laundry-01 with a unit, laundry-02 without (offline), and the
+/// payment server (TestSupport's `PaymentServerFleet`).
 struct PayFleet {
-    let broker: LocalMosquitto
-    let home: FleetHome
-    let directory: String
-    let agent: AgentUnit
-    let server: ChildProcess
-    let serverPort: Int
-    let configPath: String
-    /// Every `payment/completed` the broker carried, by payment ID.
-    let completions: Locked<[String: Int]>
+    let base: PaymentServerFleet
+    var home: FleetHome { base.home }
+    var directory: String { base.directory }
+    var agent: AgentUnit { base.agents[Self.machine]! }
+    var configPath: String { base.configPath }
+    var completions: Locked<[String: Int]> { base.completions }
+    var server: ChildProcess { base.server }
 
     static let machine: MachineID = "laundry-01"
     static let offlineMachine: MachineID = "laundry-02"
@@ -34,110 +31,34 @@ struct PayFleet {
         outputs: [OutputConfig(channel: "coin", chip: "gpiochip0", line: 17, valuePerPulse: 100, pulseMs: 50, gapMs: 50)],
         inhibit: nil)
 
-    static func binary(_ name: String) -> String {
-        URL(fileURLWithPath: AgentUnit.binary).deletingLastPathComponent().appendingPathComponent(name).path
-    }
+    static func binary(_ name: String) -> String { PaymentServerFleet.binary(name) }
 
     static func with(_ body: (PayFleet) async throws -> Void) async throws {
-        try await LocalMosquitto.with(template: "dynsec") { broker in
-            let directory = NSTemporaryDirectory() + "pb-pay-\(UUID().uuidString)"
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            let serverPort = try LoopbackPort.free()
-            let publicUrl = "http://127.0.0.1:\(serverPort)"
-            let home = try await FleetSetup.initialize(
-                FleetSetup.Options(
-                    home: directory + "/home", brokerHost: broker.host, brokerPort: broker.port, adminPassword: broker.adminPassword!,
-                    deviceBrokerUrl: "mqtt://127.0.0.1:\(broker.port)", paymentUrlTemplate: publicUrl + "/m/{machineId}"))
-            let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
-            let publisher = try await home.settings.manager.connect(clientID: "test-manager")
-            let provisioner = Provisioner(home: home, backend: backend, publisher: publisher)
-            _ = try await provisioner.provision(machine, profile: profile)
-            _ = try await provisioner.provision(offlineMachine, profile: profile)
-            // The payment server's own broker identity, as `payment-servers add web` makes it.
-            var identity = home.settings.paymentServer
-            identity.username = "payment-server-web"
-            identity.password = Provisioner.newPassword()
-            try await backend.createPaymentServer(identity)
-            await backend.close()
-            let credentials = directory + "/web.json"
-            try JSONEncoder().encode(identity).write(to: URL(fileURLWithPath: credentials))
-
-            // Watch every completion the broker carries (the manager may read everything).
-            let completions = Locked<[String: Int]>([:])
-            let watcher = try await home.settings.manager.connect(clientID: "test-watcher")
-            try await watcher.subscribe([MQTTSubscription(home.topics.filter(.paymentCompleted))])
-            let watching = Task {
-                for await message in watcher.messages {
-                    guard let envelope = try? SignedEnvelope.parse(message.payload),
-                        let payment = try? WireCoding.decode(PaymentCompleted.self, from: Data(envelope.body.utf8))
-                    else { continue }
-                    completions.withLock { $0[payment.paymentId.rawValue, default: 0] += 1 }
-                }
-            }
-            let monitor = try FleetMonitor(home: home)
-            let serve = Task { try await monitor.run() }
-
-            let agent = AgentUnit(machine: machine, directory: directory + "/unit", bundlePath: home.bundlesDirectory + "/\(machine.rawValue).json")
-            try FileManager.default.createDirectory(atPath: agent.directory, withIntermediateDirectories: true)
-            try agent.start()
-
-            let (kid, _) = try home.signingKey(.payment)
-            let configPath = directory + "/payment-server.json"
-            let config: [String: Any] = [
-                "listen": ["host": "127.0.0.1", "port": serverPort],
-                "publicUrl": publicUrl,
-                "database": directory + "/payment-server.sqlite",
-                "brokerCredentials": credentials,
-                "topicRoot": home.settings.topicRoot,
-                "signingKey": ["kid": kid.rawValue, "file": home.privateKeyPath(kid)],
-                "currency": "JPY",
-                "paymentTtlS": 30,
-                "unknownWaitS": 5,
-                "provider": ["kind": "simulated", "webhookSecret": "test-webhook-secret-0123456789"],
-                "machines": [
-                    [
-                        "machineId": machine.rawValue, "name": "Washer 1", "place": "Corner Laundry, Main St",
-                        "menu": [["label": "Wash", "amount": 400], ["label": "Long wash", "amount": 2000]],
-                        "freeAmount": ["step": 100, "max": 3000],
-                    ],
-                    [
-                        "machineId": offlineMachine.rawValue, "name": "Dryer 2", "place": "Corner Laundry, Main St",
-                        "menu": [["label": "Dry 10 min", "amount": 100]],
-                    ],
-                ],
-            ]
-            try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted]).write(to: URL(fileURLWithPath: configPath))
-            let server = try ChildProcess.spawn(
-                binary("payment-server"), ["run", "--config", configPath, "--log-level", "info"], outputPath: directory + "/payment-server.log")
-            let fleet = PayFleet(
-                broker: broker, home: home, directory: directory, agent: agent, server: server, serverPort: serverPort,
-                configPath: configPath, completions: completions)
-            defer {
-                serve.cancel()
-                watching.cancel()
-            }
+        let machines = [
+            PaidMachine(
+                id: machine, name: "Washer 1", place: "Corner Laundry, Main St", menu: [("Wash", 400), ("Long wash", 2000)],
+                freeAmount: (100, 3000), profile: profile),
+            PaidMachine(id: offlineMachine, name: "Dryer 2", place: "Corner Laundry, Main St", menu: [("Dry 10 min", 100)], profile: profile, online: false),
+        ]
+        try await PaymentServerFleet.with(machines) { base in
+            let fleet = PayFleet(base: base)
             do {
-                try await fleet.waitUntil("the payment server answers") { try await fleet.get("/healthz").status == 200 }
-                try await fleet.waitUntil("the page shows \(machine) ready") { try await fleet.get("/m/\(machine)").body.contains(">Ready<") }
                 try await body(fleet)
             } catch {
-                Issue.record("payment-server log:\n\(readTextFile(directory + "/payment-server.log").suffix(4000))")
-                await fleet.stop(publisher: publisher, watcher: watcher)
+                Issue.record("payment-server log:\n\(readTextFile(base.directory + "/payment-server.log").suffix(4000))")
                 throw error
             }
-            await fleet.stop(publisher: publisher, watcher: watcher)
+            let log = readTextFile(base.directory + "/payment-server.log")
+            #expect(!log.contains("Fatal error"), "\(log.suffix(2000))")
         }
     }
 
-    func stop(publisher: MQTTClient, watcher: MQTTClient) async {
-        let status = await server.terminate(grace: .seconds(20))
-        #expect(status == .exited(0), "payment-server stops cleanly on SIGTERM: \(status)")
-        await agent.terminate()
-        await publisher.close()
-        await watcher.close()
+    var publicUrl: String { base.publicUrl }
+    func waitUntil(_ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
+        try await base.waitUntil(what, timeout: timeout, condition)
     }
+    func serverPayments() async throws -> [String: [String: Any]] { try await base.serverPayments() }
 
-    var publicUrl: String { "http://127.0.0.1:\(serverPort)" }
 
     struct HTTPResult {
         var status: Int
@@ -164,30 +85,6 @@ struct PayFleet {
     }
 
     func get(_ path: String) async throws -> HTTPResult { try await request("GET", path) }
-
-    func waitUntil(_ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if (try? await condition()) == true { return }
-            if let exit = server.exitStatus { throw InboxTimeout(waitedFor: "\(what) (payment-server exited: \(exit))", received: []) }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        throw InboxTimeout(waitedFor: what, received: [])
-    }
-
-    /// `payment-server payments --json`, by payment ID.
-    func serverPayments() async throws -> [String: [String: Any]] {
-        let child = try ChildProcess.spawn(
-            Self.binary("payment-server"), ["payments", "--config", configPath, "--json", "--log-level", "error"],
-            outputPath: directory + "/payments-\(UUID().uuidString).out")
-        #expect(await child.waitForExit() == .exited(0))
-        var out: [String: [String: Any]] = [:]
-        for line in child.output().split(separator: "\n") {
-            guard let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], let id = object["paymentId"] as? String else { continue }
-            out[id] = object
-        }
-        return out
-    }
 
     /// A customer in Chromium, through `Tests/browser/pay_flow.py`.
     func customer(_ arguments: [String]) async throws -> [String: Any] {

@@ -6,16 +6,18 @@ import FoundationNetworking
 /// A customer's phone, reduced to HTTP: opens a machine's payment page, chooses an amount,
 /// pays with a test card at the simulated provider's checkout and watches the receipt page,
 /// following the same redirects a browser does (the browser test does it in Chromium).
-struct WebCustomer {
-    let base: String
-    private(set) var cookie: String?
+public struct WebCustomer: Sendable {
+    public let base: String
+    public private(set) var cookie: String?
+    /// How often the receipt page is read while waiting for the outcome.
+    public var pollInterval: Duration = .milliseconds(100)
 
-    init(base: String) { self.base = base }
+    public init(base: String) { self.base = base }
 
-    struct Page {
-        var status: Int
-        var location: String?
-        var body: String
+    public struct Page: Sendable {
+        public var status: Int
+        public var location: String?
+        public var body: String
     }
 
     private final class NoRedirects: NSObject, URLSessionTaskDelegate, Sendable {
@@ -25,7 +27,7 @@ struct WebCustomer {
         ) { completionHandler(nil) }
     }
 
-    mutating func request(_ method: String, _ url: String, form: [String: String]? = nil) async throws -> Page {
+    public mutating func request(_ method: String, _ url: String, form: [String: String]? = nil) async throws -> Page {
         var request = URLRequest(url: URL(string: url.hasPrefix("http") ? url : base + url)!)
         request.httpMethod = method
         if let cookie { request.setValue(cookie, forHTTPHeaderField: "Cookie") }
@@ -44,32 +46,32 @@ struct WebCustomer {
         return Page(status: http.statusCode, location: http.value(forHTTPHeaderField: "Location"), body: String(decoding: data, as: UTF8.self))
     }
 
-    static func field(_ name: String, in html: String) -> String? {
+    public static func field(_ name: String, in html: String) -> String? {
         guard let range = html.range(of: "name=\"\(name)\" value=\"") else { return nil }
         return String(html[range.upperBound...].prefix { $0 != "\"" })
     }
 
-    static func attribute(_ name: String, in html: String) -> String? {
+    public static func attribute(_ name: String, in html: String) -> String? {
         guard let range = html.range(of: "\(name)=\"") else { return nil }
         return String(html[range.upperBound...].prefix { $0 != "\"" })
     }
 
     /// Pays `amount` at `machine` with `card`; returns the receipt page's final state and text.
-    mutating func pay(machine: String, amount: Int, card: String, timeout: Duration = .seconds(60)) async throws -> (state: String, text: String) {
+    public mutating func pay(machine: String, amount: Int, card: String, timeout: Duration = .seconds(60)) async throws -> (state: String, text: String) {
         let page = try await request("GET", "/m/\(machine)")
         guard let csrf = Self.field("csrf", in: page.body), let key = Self.field("key", in: page.body) else {
-            throw DemoError("the payment page of \(machine) has no form (status \(page.status))")
+            throw WebCustomerError("the payment page of \(machine) has no form (status \(page.status))")
         }
         let posted = try await request("POST", "/m/\(machine)/pay", form: ["csrf": csrf, "key": key, "amount": "\(amount)"])
-        guard posted.status == 303, let checkout = posted.location else { throw DemoError("pay refused: \(posted.status)") }
+        guard posted.status == 303, let checkout = posted.location else { throw WebCustomerError("pay refused: \(posted.status)") }
         let provider = try await request("GET", checkout)
         guard let back = Self.field("return", in: provider.body), let providerCSRF = Self.field("csrf", in: provider.body),
             let action = Self.attribute("action", in: provider.body.components(separatedBy: "<form")[1])
-        else { throw DemoError("the provider's checkout has no form") }
+        else { throw WebCustomerError("the provider's checkout has no form") }
         let approved = try await request("POST", action, form: ["csrf": providerCSRF, "return": back, "card": card])
-        guard let returnURL = approved.location else { throw DemoError("the provider did not send the customer back") }
+        guard let returnURL = approved.location else { throw WebCustomerError("the provider did not send the customer back") }
         let returned = try await request("GET", returnURL)
-        guard let receipt = returned.location else { throw DemoError("no receipt page") }
+        guard let receipt = returned.location else { throw WebCustomerError("no receipt page") }
         let deadline = ContinuousClock.now + timeout
         while true {
             let page = try await request("GET", receipt)
@@ -79,12 +81,12 @@ struct WebCustomer {
                 let text = page.body.components(separatedBy: "aria-live=\"polite\">").dropFirst().first?.components(separatedBy: "</p>").first ?? ""
                 return (state, text.replacingOccurrences(of: "&#39;", with: "'"))
             }
-            try await Task.sleep(for: .milliseconds(100))
+            try await Task.sleep(for: pollInterval)
         }
     }
 }
 
-struct DemoError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
+public struct WebCustomerError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }
