@@ -145,7 +145,7 @@ let package = Package(
         .executableTarget(
             name: "pulsebridge-bench",
             dependencies: [
-                "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "EdgeAgent", "FleetManager", "TestSupport", "PaymentSDK",
+                "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "EdgeAgent", "FleetManager", "TestSupport", "PaymentSDK", "Locking",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -255,6 +255,42 @@ final class Checkout: Sendable {
         }
     }
 
+    /// What an operator may decide for a payment after review.
+    public enum OperatorAction: String, Sendable, CaseIterable {
+        case capture, void, refund
+    }
+
+    /// Settles a held or unknown payment (capture or void), or refunds a captured one, through
+    /// the provider; the state changes only if the provider agreed.
+    static func settle(_ paymentId: String, action: OperatorAction, store: PaymentStore, provider: any PaymentProvider) async throws -> PaymentRecord {
+        guard let payment = try store.payment(paymentId) else {
+            throw PaymentSDKError("no payment \(paymentId)", hint: "list them with `payment-server payments`")
+        }
+        guard let ref = payment.providerRef else { throw PaymentSDKError("\(paymentId) never reached the provider: nothing to settle") }
+        let allowed: Set<PaymentState> = action == .refund ? [.captured] : [.held, .unknown]
+        guard allowed.contains(payment.state) else {
+            throw PaymentSDKError(
+                "\(paymentId) is \(payment.state.rawValue): \(action.rawValue) takes a payment that is \(allowed.map(\.rawValue).sorted().joined(separator: " or "))",
+                hint: action == .refund ? nil : "held and unknown payments are the ones left for the operator (`payments --open`)")
+        }
+        do {
+            switch action {
+            case .capture: try await provider.capture(ref, amount: payment.amount, idempotencyKey: "capture-\(paymentId)")
+            case .void: try await provider.void(ref, idempotencyKey: "void-\(paymentId)")
+            case .refund: try await provider.refund(ref, amount: payment.amount, idempotencyKey: "refund-\(paymentId)")
+            }
+        } catch {
+            throw PaymentSDKError("the provider did not \(action.rawValue) \(paymentId): \(error)", hint: "the payment stays \(payment.state.rawValue); try again later")
+        }
+        let to: PaymentState = switch action {
+        case .capture: .captured
+        case .void: .voided
+        case .refund: .refunded
+        }
+        _ = try store.transition(paymentId, from: allowed, to: to, note: "\(action.rawValue) by the operator")
+        return try store.payment(paymentId) ?? payment
+    }
+
     /// Waits for the settlements under way (graceful shutdown).
     func drain() async {
         for task in running.withLock({ Array($0.values) }) { await task.value }

@@ -26,7 +26,7 @@ enum Pages {
         .card{background:#fff;border-radius:12px;padding:1rem;margin:0 0 1rem;box-shadow:0 1px 3px #0002}
         .badge{display:inline-block;border-radius:99px;padding:.15rem .7rem;font-weight:600;font-size:.9rem}
         .ready{background:#d5f5e3;color:#145a32}.busy,.notReady,.unknown,.sent,.authorized,.checkout{background:#fdebd0;color:#7e5109}
-        .offline,.declined,.failed,.voided{background:#fadbd8;color:#78281f}.captured{background:#d5f5e3;color:#145a32}
+        .offline,.declined,.failed,.voided,.refunded{background:#fadbd8;color:#78281f}.captured{background:#d5f5e3;color:#145a32}
         .held{background:#fadbd8;color:#78281f}
         button,.button{display:block;width:100%;box-sizing:border-box;font:inherit;font-weight:600;padding:.9rem;margin:.5rem 0;
           border:0;border-radius:10px;background:#1f6feb;color:#fff;text-align:center;text-decoration:none}
@@ -114,6 +114,7 @@ enum Pages {
         case .failed: "Not charged"
         case .held: "On hold"
         case .unknown: "Waiting"
+        case .refunded: "Refunded"
         }
     }
 
@@ -132,6 +133,7 @@ enum Pages {
             return "Something went wrong while crediting the machine. Your payment is on hold and the operator has been told: you will only be charged for what the machine received."
         case .unknown:
             return "We have not heard back from the machine yet. You will only be charged if it was credited."
+        case .refunded: return "This payment was refunded."
         }
     }
 

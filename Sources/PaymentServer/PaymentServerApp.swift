@@ -51,6 +51,17 @@ public struct PaymentServerApp: Sendable {
             logger: logger)
     }
 
+    /// `payment-server settle`: an operator's decision on a held or unknown payment, or a refund.
+    public static func settle(_ configuration: ServerConfiguration, paymentId: String, action: String, logger: Logger) async throws -> PaymentRecord {
+        guard let action = Checkout.OperatorAction(rawValue: action) else {
+            throw PaymentSDKError("--action must be capture, void or refund, not '\(action)'")
+        }
+        let store = try PaymentStore(path: configuration.database)
+        let provider = SimulatedProvider(
+            store: store, publicUrl: configuration.publicUrl, webhookSecret: configuration.provider.webhookSecret, logger: logger)
+        return try await Checkout.settle(paymentId, action: action, store: store, provider: provider)
+    }
+
     public func close() async {
         await checkout.drain()
         await checkout.client.close()

@@ -30,7 +30,7 @@ public final class SimulatedProvider: PaymentProvider {
     }
 
     public let name = "simulated"
-    private let database: DatabaseQueue
+    private let database: DatabasePool
     private let publicUrl: String
     private let webhookSecret: [UInt8]
     private let logger: Logger

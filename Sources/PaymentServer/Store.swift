@@ -22,11 +22,13 @@ public enum PaymentState: String, Sendable, Codable, CaseIterable {
     /// No result yet and nothing proves the machine did not credit: the authorisation is kept
     /// (no result is not a void).
     case unknown
+    /// Captured, then refunded by the operator.
+    case refunded
 
     /// No further change is expected from the server itself.
     public var isFinal: Bool {
         switch self {
-        case .captured, .voided, .declined, .failed, .held: true
+        case .captured, .voided, .declined, .failed, .held, .refunded: true
         case .checkout, .authorized, .sent, .unknown: false
         }
     }
@@ -69,7 +71,8 @@ public struct CustomerRecord: Sendable, Codable, Hashable {
 
 /// The server's SQLite store (WAL, `synchronous=FULL`: an authorised charge is money).
 public final class PaymentStore: Sendable {
-    let database: DatabaseQueue
+    /// A pool: page loads read concurrently (WAL) while a payment's transition commits.
+    let database: DatabasePool
 
     public init(path: String) throws {
         var configuration = Configuration()
@@ -78,7 +81,7 @@ public final class PaymentStore: Sendable {
             try db.execute(sql: "PRAGMA synchronous = FULL")
         }
         configuration.busyMode = .timeout(10)
-        database = try DatabaseQueue(path: path, configuration: configuration)
+        database = try DatabasePool(path: path, configuration: configuration)
         try Self.migrator.migrate(database)
     }
 

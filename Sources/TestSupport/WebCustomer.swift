@@ -9,10 +9,17 @@ import FoundationNetworking
 public struct WebCustomer: Sendable {
     public let base: String
     public private(set) var cookie: String?
-    /// How often the receipt page is read while waiting for the outcome.
-    public var pollInterval: Duration = .milliseconds(100)
 
-    public init(base: String) { self.base = base }
+    /// One session per customer (a phone keeps its connections): cookies are handled here.
+    private let session: URLSession
+
+    public init(base: String) {
+        self.base = base
+        let configuration = URLSessionConfiguration.ephemeral
+        configuration.httpShouldSetCookies = false
+        configuration.httpCookieAcceptPolicy = .never
+        session = URLSession(configuration: configuration, delegate: NoRedirects(), delegateQueue: nil)
+    }
 
     public struct Page: Sendable {
         public var status: Int
@@ -27,8 +34,9 @@ public struct WebCustomer: Sendable {
         ) { completionHandler(nil) }
     }
 
-    public mutating func request(_ method: String, _ url: String, form: [String: String]? = nil) async throws -> Page {
+    public mutating func request(_ method: String, _ url: String, form: [String: String]? = nil, timeout: Duration = .seconds(60)) async throws -> Page {
         var request = URLRequest(url: URL(string: url.hasPrefix("http") ? url : base + url)!)
+        request.timeoutInterval = Double(timeout.components.seconds)
         request.httpMethod = method
         if let cookie { request.setValue(cookie, forHTTPHeaderField: "Cookie") }
         if let form {
@@ -36,10 +44,6 @@ public struct WebCustomer: Sendable {
             let body = form.map { "\($0.key)=\($0.value.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "")" }.joined(separator: "&")
             request.httpBody = Data(body.utf8)
         }
-        let configuration = URLSessionConfiguration.ephemeral
-        configuration.httpShouldSetCookies = false
-        let session = URLSession(configuration: configuration, delegate: NoRedirects(), delegateQueue: nil)
-        defer { session.finishTasksAndInvalidate() }
         let (data, response) = try await session.data(for: request)
         let http = response as! HTTPURLResponse
         if let set = http.value(forHTTPHeaderField: "Set-Cookie") { cookie = String(set.prefix { $0 != ";" }) }
@@ -72,17 +76,14 @@ public struct WebCustomer: Sendable {
         guard let returnURL = approved.location else { throw WebCustomerError("the provider did not send the customer back") }
         let returned = try await request("GET", returnURL)
         guard let receipt = returned.location else { throw WebCustomerError("no receipt page") }
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            let page = try await request("GET", receipt)
-            let state = Self.attribute("data-state", in: page.body) ?? "?"
-            let final = Self.attribute("data-final", in: page.body) == "true"
-            if final || ContinuousClock.now > deadline {
-                let text = page.body.components(separatedBy: "aria-live=\"polite\">").dropFirst().first?.components(separatedBy: "</p>").first ?? ""
-                return (state, text.replacingOccurrences(of: "&#39;", with: "'"))
-            }
-            try await Task.sleep(for: pollInterval)
-        }
+        // The page's event stream ends with the final state: read it whole, as EventSource
+        // would read it event by event.
+        let events = try await request("GET", receipt + "/events", timeout: timeout)
+        guard let last = events.body.split(separator: "\n").last(where: { $0.hasPrefix("data: ") }),
+            let object = try JSONSerialization.jsonObject(with: Data(last.dropFirst(6).utf8)) as? [String: Any],
+            let state = object["state"] as? String, let text = object["text"] as? String
+        else { throw WebCustomerError("the receipt's event stream said nothing (\(events.status)): \(events.body.prefix(300))") }
+        return (state, text)
     }
 }
 

@@ -12,7 +12,7 @@ struct PaymentServerCommand: AsyncParsableCommand {
         abstract: "PulseBridge payment server: the page behind a machine's payment code, checkout, receipts, customers.",
         discussion: "docs/payment-server.md describes the config file and the payment flow.",
         version: PulseBridgeVersion.current,
-        subcommands: [Run.self, Payments.self, Customers.self, CheckConfig.self],
+        subcommands: [Run.self, Payments.self, Settle.self, Customers.self, CheckConfig.self],
         defaultSubcommand: Run.self)
 }
 
@@ -101,6 +101,23 @@ struct Payments: AsyncParsableCommand {
                 [$0.paymentId, $0.machineId, $0.userId, "\($0.amount)", $0.state.rawValue, $0.resultStatus ?? "-", $0.pulses.map(String.init) ?? "-", $0.note ?? ""]
             }
             printTable(["PAYMENT", "MACHINE", "USER", "AMOUNT", "STATE", "RESULT", "PULSES", "NOTE"], rows)
+        }
+    }
+}
+
+struct Settle: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Capture or void a held or unknown payment after review, or refund a captured one, through the provider.",
+        discussion: "Check the machine's result first (`fleet-manager payments`): capture what it credited, void what it did not.")
+    @OptionGroup var options: ConfigOptions
+    @Argument(help: "The payment ID (`payment-server payments --open`).") var payment: String
+    @Option(help: "capture, void or refund.") var action: String
+
+    func run() async throws {
+        try await operatorErrors {
+            let configuration = try options.load()
+            let settled = try await PaymentServerApp.settle(configuration, paymentId: payment, action: action, logger: Logger(label: "pulsebridge.pay"))
+            print("\(settled.paymentId): \(settled.state.rawValue)")
         }
     }
 }

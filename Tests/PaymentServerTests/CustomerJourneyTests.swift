@@ -59,6 +59,14 @@ struct PayFleet {
     }
     func serverPayments() async throws -> [String: [String: Any]] { try await base.serverPayments() }
 
+    /// `payment-server settle PAYMENT --action ACTION`.
+    func settle(_ payment: String, _ action: String) async throws -> (status: LocalServices.ExitStatus, output: String) {
+        let child = try ChildProcess.spawn(
+            Self.binary("payment-server"), ["settle", payment, "--action", action, "--config", configPath, "--log-level", "error"],
+            outputPath: directory + "/settle-\(UUID().uuidString).out")
+        return (await child.waitForExit(), child.output())
+    }
+
 
     struct HTTPResult {
         var status: Int
@@ -214,6 +222,21 @@ struct CustomerJourneyTests {
             let uncertainId = uncertain["paymentId"] as? String ?? ""
             #expect(payments[uncertainId]?["resultStatus"] as? String == "uncertain")
             #expect(payments[uncertainId]?["providerState"] as? String == "authorized", "held: neither captured nor voided")
+
+            // The operator settles what was held: the capture that failed fails again (and says
+            // so), the interrupted train is voided after review, a captured payment is refunded.
+            let retry = try await fleet.settle(captureFails["paymentId"] as? String ?? "", "capture")
+            #expect(retry.status == .exited(1) && retry.output.contains("the provider did not capture"), "\(retry.output)")
+            let void = try await fleet.settle(uncertainId, "void")
+            #expect(void.status == .exited(0) && void.output.contains("\(uncertainId): voided"), "\(void.output)")
+            let refund = try await fleet.settle(approvedId, "refund")
+            #expect(refund.status == .exited(0) && refund.output.contains("refunded"), "\(refund.output)")
+            let wrong = try await fleet.settle(approvedId, "void")
+            #expect(wrong.status == .exited(1) && wrong.output.contains("is refunded"), "\(wrong.output)")
+            #expect(!wrong.output.contains("Fatal error"))
+            payments = try await fleet.serverPayments()
+            #expect(payments[uncertainId]?["providerState"] as? String == "voided")
+            #expect(payments[approvedId]?["providerState"] as? String == "refunded")
 
             // The customer information: the server and `fleet-manager report customers` agree.
             try await fleet.waitUntil("serve recorded the credited payments") {
