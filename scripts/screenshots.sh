@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 out="$PWD/docs/screenshots"
 scratch=$(mktemp -d)
 swift build --build-tests
-PULSEBRIDGE_SCREENSHOTS="$scratch" swift test --skip-build --filter CustomerJourneyTests
+PULSEBRIDGE_BROWSER_TESTS=1 PULSEBRIDGE_SCREENSHOTS="$scratch" swift test --skip-build --filter CustomerJourneyTests
 mkdir -p "$out"
 for shot in approve-machine approve-checkout approve-result approve-profile uncertain-result offline-refused; do
   cp "$scratch/$shot.png" "$out/$shot.png"

@@ -5,9 +5,10 @@
 #   scripts/test.sh debug release   only these
 # Stages:
 #   debug    the whole suite, debug build (swift test)
-#   release  release build; the whole suite again with every edge-agent, fleet-manager and
-#            demo process the tests start being the release binary, plus the operator journey
-#            (docs/operations.md and docs/firmware.md executed step by step)
+#   release  release build; the whole suite again with every edge-agent, fleet-manager,
+#            payment-server and demo process the tests start being the release binary, plus the
+#            operator journey (docs/operations.md, docs/firmware.md, docs/payment-server.md
+#            executed step by step); then customers paying in headless Chromium, on their own
 #   asan     the suite under AddressSanitizer, optimised (-O): use-after-free that debug hides
 #   tsan     ThreadSanitizer: the whole suite instrumented, with the processes it starts being
 #            the debug binaries (an instrumented agent is 5-15x slower, which turns the
@@ -31,7 +32,10 @@ for s in "${stages[@]}"; do
     release)
       stage release-build swift build -c release
       stage release-tests-build swift build --build-tests
-      stage release-e2e env PULSEBRIDGE_BIN_DIR=.build/release PULSEBRIDGE_RELEASE_BIN=.build/release swift test --skip-build ;;
+      stage release-e2e env PULSEBRIDGE_BIN_DIR=.build/release PULSEBRIDGE_RELEASE_BIN=.build/release swift test --skip-build
+      # Customers in headless Chromium, alone: a browser beside the timing tests would starve them.
+      stage release-browser env PULSEBRIDGE_BIN_DIR=.build/release PULSEBRIDGE_BROWSER_TESTS=1 \
+        swift test --skip-build --filter CustomerJourneyTests ;;
     asan)
       stage asan env LSAN_OPTIONS="suppressions=$PWD/scripts/lsan-suppressions.txt:print_suppressions=0" \
         swift test --sanitize=address -Xswiftc -O --scratch-path .build-asan ;;

@@ -9,8 +9,9 @@ public enum Availability: String, Sendable {
     case ready
     /// A payment is being credited on it.
     case busy
-    /// Its last payment was refused because its inhibit input was active (out of order,
-    /// door open): not ready.
+    /// Its last payment (in the last two minutes) was refused because its inhibit input was
+    /// active (out of order, door open). It may be ready again: it can be paid, and if it is
+    /// still not ready the payment is voided.
     case notReady
     case offline
 }
@@ -92,14 +93,12 @@ final class Checkout: Sendable {
             return try await redirect(for: existing)
         }
         switch await availability(of: machine.machineId) {
-        case .ready: break
+        case .ready, .notReady: break
         case .busy:
             let occupying = try store.occupying(machine.machineId)
             throw CustomerRefusal(
                 status: 409, title: "Machine busy", message: "\(machine.name) is being credited for another payment. Try again in a moment.",
                 link: occupying.flatMap { $0.userId == userId ? ("/p/\($0.paymentId)", "See your payment") : nil })
-        case .notReady:
-            throw CustomerRefusal(status: 409, title: "Machine not ready", message: "\(machine.name) is not ready to take a payment (it may be out of order). You have not been charged.")
         case .offline:
             throw CustomerRefusal(status: 409, title: "Machine offline", message: "\(machine.name) is not connected right now, so it cannot be paid. You have not been charged.")
         }

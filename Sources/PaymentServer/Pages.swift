@@ -60,7 +60,7 @@ enum Pages {
         switch availability {
         case .ready: "Ready"
         case .busy: "Busy: crediting another payment"
-        case .notReady: "Not ready"
+        case .notReady: "May be out of order"
         case .offline: "Offline"
         }
     }
@@ -68,7 +68,7 @@ enum Pages {
     static func machine(
         _ machine: ServerConfiguration.Machine, availability: Availability, currency: String, csrf: String, key: String
     ) -> String {
-        let canPay = availability == .ready
+        let canPay = availability == .ready || availability == .notReady
         var amounts = ""
         for item in machine.menu {
             amounts += """
@@ -85,7 +85,9 @@ enum Pages {
                 """
         }
         let notice =
-            canPay
+            availability == .notReady
+            ? "<p>Its last payment was refused because the machine was not ready (out of order, or a door open). If it is still not ready, your payment is cancelled and you are not charged.</p>"
+            : canPay
             ? "<p class=\"small\">You pay on the next page. The machine is credited as if you had put coins in.</p>"
             : "<p>\(availability == .offline ? "This machine is not connected right now, so it cannot be paid." : "This machine cannot take a payment at the moment.") You will not be charged. Try again later or ask the staff.</p>"
         return layout(

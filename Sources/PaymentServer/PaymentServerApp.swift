@@ -177,8 +177,9 @@ public struct PaymentServerApp: Sendable {
 
     func machinePage(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let machine = try machine(context)
+        // A new visitor gets an ID in a cookie; the store records it only when they pay or keep
+        // a profile (page views alone must not grow the database).
         let customer = customer(request)
-        if customer.isNew { try store.touchCustomer(customer.userId) }
         let availability = await checkout.availability(of: machine.machineId)
         let page = Pages.machine(
             machine, availability: availability, currency: configuration.currency, csrf: csrfToken(customer.userId), key: RandomToken.make(bits: 100))
@@ -251,7 +252,6 @@ public struct PaymentServerApp: Sendable {
 
     func mePage(_ request: Request, saved: Bool) async throws -> Response {
         let customer = customer(request)
-        if customer.isNew { try store.touchCustomer(customer.userId) }
         let names = Dictionary(configuration.machines.map { ($0.machineId, $0.name) }, uniquingKeysWith: { a, _ in a })
         let page = Pages.me(
             userId: customer.userId, customer: try store.customer(customer.userId), payments: try store.payments(user: customer.userId),
@@ -410,7 +410,7 @@ struct PageErrorMiddleware<Context: RequestContext>: RouterMiddleware {
                 case .methodNotAllowed: ("Not allowed", "That is not how this page is used.")
                 default: (error.status.reasonPhrase, "The request could not be handled.")
                 }
-            return html(Pages.error(title: title, message: message), status: error.status.code >= 500 ? .badRequest : error.status)
+            return html(Pages.error(title: title, message: message), status: error.status)
         } catch {
             logger.error("request failed: \(error)", metadata: ["path": "\(request.uri.path)"])
             return html(Pages.error(title: "Something went wrong", message: "Something went wrong on our side. You have not been charged for anything the machine did not credit; try again in a moment."), status: .internalServerError)

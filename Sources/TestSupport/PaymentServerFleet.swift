@@ -94,7 +94,10 @@ public struct PaymentServerFleet: Sendable {
     public let home: FleetHome
     public let directory: String
     public let agents: [MachineID: AgentUnit]
-    public let server: ChildProcess
+    private let process: Locked<ChildProcess>
+    /// The running `payment-server`.
+    public var server: ChildProcess { process.withLock { $0 } }
+    private let serverBinary: String
     public let port: Int
     public let configPath: String
     /// Every `payment/completed` the broker carried, by payment ID.
@@ -151,8 +154,8 @@ public struct PaymentServerFleet: Sendable {
             let server = try ChildProcess.spawn(
                 paymentServerBinary, ["run", "--config", configPath, "--log-level", "info"], outputPath: directory + "/payment-server.log")
             let fleet = PaymentServerFleet(
-                broker: broker, home: home, directory: directory, agents: agents, server: server, port: port, configPath: configPath,
-                completions: completions)
+                broker: broker, home: home, directory: directory, agents: agents, process: Locked(server), serverBinary: paymentServerBinary,
+                port: port, configPath: configPath, completions: completions)
             defer {
                 serve.cancel()
                 watching.cancel()
@@ -172,7 +175,7 @@ public struct PaymentServerFleet: Sendable {
             }
             let status = await fleet.stop(publisher: publisher, watcher: watcher)
             guard status == .exited(0) else {
-                throw WebCustomerError("payment-server did not stop cleanly on SIGTERM (\(status)): \(server.output().suffix(2000))")
+                throw WebCustomerError("payment-server did not stop cleanly on SIGTERM (\(status)): \(fleet.server.output().suffix(2000))")
             }
         }
     }
@@ -185,6 +188,16 @@ public struct PaymentServerFleet: Sendable {
         await publisher.close()
         await watcher.close()
         return status
+    }
+
+    /// SIGKILL (a crash, a power cut), then the same server started again on the same config
+    /// and database; returns when it serves.
+    public func crashAndRestartServer() async throws {
+        await server.killAndWait()
+        let restarted = try ChildProcess.spawn(
+            serverBinary, ["run", "--config", configPath, "--log-level", "info"], outputPath: directory + "/payment-server-restarted.log")
+        process.withLock { $0 = restarted }
+        try await PaymentServerSetup.waitUntilServing(restarted, port: port)
     }
 
     public func waitUntil(_ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {

@@ -138,7 +138,7 @@ struct CLITests {
             #expect(kiosk.username == "payment-server-kiosk")
             let own = try await kiosk.connect(clientID: kiosk.username)
             await own.close()
-            await #expect(throws: FleetError.self) { _ = try await kiosk.connect(clientID: "laundry-01") }
+            await #expect(throws: PaymentSDKError.self) { _ = try await kiosk.connect(clientID: "laundry-01") }
 
             // A payment with no result yet is unknown; an operator settles it after review.
             let fleetHome = try FleetHome.open(at: home)

@@ -4,6 +4,7 @@ import Foundation
 import LocalServices
 import MQTT
 import MessageSchema
+import PaymentSDK
 import Testing
 import TestSupport
 
@@ -151,7 +152,7 @@ struct ProvisioningTests {
             let states = device.connectionStates()
 
             let payment = fleet.home.settings.paymentServer
-            let error = await #expect(throws: FleetError.self) {
+            let error = await #expect(throws: PaymentSDKError.self) {
                 let impostor = try await payment.connect(clientID: unit.rawValue)
                 await impostor.close()
             }
@@ -162,7 +163,7 @@ struct ProvisioningTests {
             second.username = "payment-server-kiosk"
             second.password = "kiosk-password"
             try await backend.createPaymentServer(second)
-            await #expect(throws: FleetError.self) {
+            await #expect(throws: PaymentSDKError.self) {
                 let impostor = try await second.connect(clientID: unit.rawValue)
                 await impostor.close()
             }

@@ -131,9 +131,15 @@ final class NoRedirects: NSObject, URLSessionTaskDelegate, Sendable {
     }
 }
 
+/// Chromium takes both cores while it renders: beside the timing tests (pulse widths) it would
+/// make them fail for no fault of theirs. scripts/test.sh runs this suite on its own, in the
+/// release stage with the release binaries (`PULSEBRIDGE_BROWSER_TESTS=1`).
 @Suite(.serialized, .timeLimit(.minutes(15)))
 struct CustomerJourneyTests {
-    @Test func customersPayAtTheMachineInABrowser() async throws {
+    static let enabled = ProcessInfo.processInfo.environment["PULSEBRIDGE_BROWSER_TESTS"] == "1"
+
+    @Test(.enabled(if: enabled, "the browser stage of scripts/test.sh runs it alone (PULSEBRIDGE_BROWSER_TESTS=1)"))
+    func customersPayAtTheMachineInABrowser() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium"), "Chromium is missing: run scripts/setup.sh")
         try await PayFleet.with { fleet in
             let coin = 17
@@ -195,6 +201,8 @@ struct CustomerJourneyTests {
             ])
             #expect(webhook["state"] as? String == "captured", "\(webhook)")
             #expect(webhook["nameAfterDelete"] as? String == "", "the profile is gone: \(webhook)")
+            // The webhook and the customer's return both reconciled it: one completion.
+            #expect(fleet.completions.withLock { $0[webhook["paymentId"] as? String ?? ""] } == 1)
             #expect(fleet.agent.activations(line: coin) == 4 + 3 + 4)
 
             // Credited, but the capture fails: held for the operator, never lost.
@@ -222,6 +230,7 @@ struct CustomerJourneyTests {
             let uncertainId = uncertain["paymentId"] as? String ?? ""
             #expect(payments[uncertainId]?["resultStatus"] as? String == "uncertain")
             #expect(payments[uncertainId]?["providerState"] as? String == "authorized", "held: neither captured nor voided")
+            #expect(readTextFile(fleet.directory + "/payment-server.log").contains("ALERT: the machine's train stopped part-way"), "held and alerted")
 
             // The operator settles what was held: the capture that failed fails again (and says
             // so), the interrupted train is voided after review, a captured payment is refunded.
