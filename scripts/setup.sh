@@ -23,4 +23,8 @@ fi
 if ! python3 -c 'import selenium' 2>/dev/null; then
   python3 -m pip install --quiet selenium
 fi
+# The agent's benchmark runs the naive Python peer (../shared/bench/peer_agent.py) beside it.
+if ! python3 -c 'import paho.mqtt' 2>/dev/null; then
+  python3 -m pip install --quiet paho-mqtt
+fi
 # mosquitto's Debian service is not needed: tests and the demo start their own brokers.
