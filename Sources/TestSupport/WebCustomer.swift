@@ -11,14 +11,22 @@ public struct WebCustomer: Sendable {
     public private(set) var cookie: String?
 
     /// One session per customer (a phone keeps its connections): cookies are handled here.
-    private let session: URLSession
+    private var session: URLSession { connection.session }
+    private let connection: Connection
+
+    /// Owns the session and invalidates it when the last copy of the customer goes.
+    private final class Connection: Sendable {
+        let session: URLSession
+        init(_ session: URLSession) { self.session = session }
+        deinit { session.finishTasksAndInvalidate() }
+    }
 
     public init(base: String) {
         self.base = base
         let configuration = URLSessionConfiguration.ephemeral
         configuration.httpShouldSetCookies = false
         configuration.httpCookieAcceptPolicy = .never
-        session = URLSession(configuration: configuration, delegate: NoRedirects(), delegateQueue: nil)
+        connection = Connection(URLSession(configuration: configuration, delegate: NoRedirects(), delegateQueue: nil))
     }
 
     public struct Page: Sendable {
