@@ -1,9 +1,25 @@
 import Foundation
+import Locking
 
 /// Loopback TCP ports for test brokers and agents.
 public enum LoopbackPort {
-    /// A port that was free on 127.0.0.1 a moment ago (the kernel picks it).
+    /// Every port `free()` handed out in this process. The kernel may pick a port again as soon
+    /// as the probe socket closes; two tests starting brokers at once could then both get it,
+    /// one broker fails to bind, and its test talks to the other test's broker. A port is handed
+    /// out once per process.
+    private static let handedOut = Locked<Set<Int>>([])
+
+    /// A port that was free on 127.0.0.1 a moment ago (the kernel picks it), never one this
+    /// process was given before.
     public static func free() throws -> Int {
+        for _ in 0..<100 {
+            let port = try kernelPick()
+            if handedOut.withLock({ $0.insert(port).inserted }) { return port }
+        }
+        throw posixError("no loopback port not handed out before")
+    }
+
+    private static func kernelPick() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw posixError("socket") }
         defer { close(fd) }
