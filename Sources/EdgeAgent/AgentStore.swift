@@ -24,7 +24,7 @@ public struct StoredDecision: Sendable, Hashable {
 /// entry are written in one transaction; a train's "started" record is committed (and
 /// synced) before its first pulse.
 public final class AgentStore: Sendable {
-    private let database: DatabaseQueue
+    private let database: DatabasePool
     public let path: String
 
     /// Opens (creating if needed) the store at `path`.
@@ -41,7 +41,7 @@ public final class AgentStore: Sendable {
             _ = try Int.fetchOne(db, sql: "PRAGMA wal_autocheckpoint = 0")
         }
         configuration.busyMode = .timeout(5)
-        database = try DatabaseQueue(path: path, configuration: configuration)
+        database = try DatabasePool(path: path, configuration: configuration)
         try Self.migrator.migrate(database)
     }
 
@@ -332,8 +332,19 @@ public final class AgentStore: Sendable {
         }
     }
 
+    /// Forgets a result the broker has acknowledged. Committed without a sync of its own (the
+    /// next synced commit carries it): losing it to a power cut only publishes the result again,
+    /// which a payment server takes as the same answer, and a sync here would hold the journal
+    /// while the next payment arrives.
     public func removeFromOutbox(_ id: Int64) throws {
-        try database.write { db in try db.execute(sql: "DELETE FROM outbox WHERE id = ?", arguments: [id]) }
+        try database.writeWithoutTransaction { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+            defer { try? db.execute(sql: "PRAGMA synchronous = FULL") }
+            try db.inTransaction {
+                try db.execute(sql: "DELETE FROM outbox WHERE id = ?", arguments: [id])
+                return .commit
+            }
+        }
     }
 
     public func outboxDepth() throws -> Int {

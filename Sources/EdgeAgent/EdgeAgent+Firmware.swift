@@ -88,7 +88,7 @@ extension EdgeAgent {
             await reportFirmware(version: update.version, .verifying, reason: nil, client: client)
             try FirmwareDownload.verify(fetched, against: update, at: artifact)
             log.info("firmware verified; installing between trains", metadata: ["firmware.sha256": "\(fetched.sha256)"])
-            input.yield(.installFirmware(VerifiedFirmware(update: update, artifact: artifact)))
+            submit(.installFirmware(VerifiedFirmware(update: update, artifact: artifact)))
         } catch is CancellationError {
             unlink(artifact)
             log.info("firmware download cancelled")

@@ -8,8 +8,8 @@ import Locking
 
 /// What the pipeline works on, one at a time in arrival order.
 enum AgentInput: Sendable {
-    /// A completion; `received` is its row in the journal (nil if it could not be written).
-    case payment(Data, received: Int64?)
+    /// A completion, with how it is durable until its first write (`PaymentReceipt`).
+    case payment(Data, PaymentReceipt)
     case config(Data)
     case firmware(Data)
     /// A firmware artifact downloaded and verified off the pipeline, to install between trains.
@@ -20,38 +20,65 @@ enum AgentInput: Sendable {
 
 extension EdgeAgent {
     /// Runs on the network thread for every incoming message, before the next is read: a
-    /// completion is recorded as received (synced) before anything else happens to it, so a
-    /// crash after the broker's acknowledgement loses nothing (PROTOCOL.md, "received"
-    /// durability). Work for the pipeline goes straight to it; anything else (our status) to
-    /// the client's message stream.
+    /// completion is durable before this returns, so a crash after the broker's
+    /// acknowledgement loses nothing (PROTOCOL.md, "received" durability). If the pipeline is
+    /// idle, its own first write for the payment does it (one sync before the first pulse) and
+    /// this thread waits for that; otherwise this thread records it as received. Work for the
+    /// pipeline goes straight to it; anything else (our status) to the client's message stream.
     func receive(_ message: MQTTMessage) -> Bool {
         guard let (target, kind) = topics.parse(message.topic), target == machine else { return false }
         switch kind {
         case .paymentCompleted:
-            var received: Int64?
-            do {
-                received = try store.recordReceived(message.payload, at: now())
-            } catch {
-                noteJournalFailure("cannot record a received completion: \(error)")
+            if pipelineIdle {
+                let receipt = PaymentReceipt.fresh()
+                let handed = submit(.payment(message.payload, receipt))
+                // Bounded: whatever holds the pipeline up, the payment is recorded here then.
+                if !handed || !receipt.waitUntilReleased(timeout: .milliseconds(500)) {
+                    do {
+                        try receipt.ensureDurable { try store.recordReceived(message.payload, at: now()) }
+                    } catch {
+                        noteJournalFailure("cannot record a received completion: \(error)")
+                    }
+                }
+            } else {
+                var received: Int64?
+                do {
+                    received = try store.recordReceived(message.payload, at: now())
+                } catch {
+                    noteJournalFailure("cannot record a received completion: \(error)")
+                }
+                submit(.payment(message.payload, .recorded(received)))
             }
-            input.yield(.payment(message.payload, received: received))
         case .configDesired:
-            input.yield(.config(message.payload))
+            submit(.config(message.payload))
         case .firmwareDesired:
-            input.yield(.firmware(message.payload))
+            submit(.firmware(message.payload))
         default:
             return false
         }
         return true
     }
 
+    /// Whether the pipeline has nothing queued or in hand.
+    var pipelineIdle: Bool { queuedInputs.load(ordering: .acquiring) == 0 }
+
+    /// Queues work for the pipeline; false once it has stopped taking any.
+    @discardableResult
+    func submit(_ work: AgentInput) -> Bool {
+        queuedInputs.add(1, ordering: .acquiringAndReleasing)
+        if case .enqueued = input.yield(work) { return true }
+        queuedInputs.subtract(1, ordering: .acquiringAndReleasing)
+        return false
+    }
+
     /// The single pipeline: payments, configurations and firmware installs, one at a time and
     /// in arrival order, so lines are only re-opened (or the agent restarted) between trains.
     func runPipeline(_ inputs: AsyncStream<AgentInput>, client: MQTTClient) async {
         for await input in inputs {
+            defer { queuedInputs.subtract(1, ordering: .acquiringAndReleasing) }
             switch input {
-            case .payment(let payload, let received):
-                await handlePayment(payload, received: received)
+            case .payment(let payload, let receipt):
+                await handlePayment(payload, receipt: receipt)
                 checkpointEvery(64)
             case .config(let payload):
                 await handleConfig(payload, client: client)
@@ -78,7 +105,7 @@ extension EdgeAgent {
 
     /// Decides a payment in PROTOCOL.md's order, fires its train if it is payable, and puts the
     /// result in the outbox (with the received record, in one transaction).
-    func handlePayment(_ payload: Data, received: Int64?) async {
+    func handlePayment(_ payload: Data, receipt: PaymentReceipt) async {
         let trust = state.withLock { $0.trust }
         let verified: Verified<PaymentCompleted>
         do {
@@ -90,7 +117,7 @@ extension EdgeAgent {
             logger.warning("payment refused: \(error)", metadata: ["payment.id": "\(error.paymentId?.rawValue ?? "-")"])
             var refusal = result(for: error.paymentId, .rejected, error.reason)
             refusal.payloadSha256 = SHA256Hasher.hex(of: payload)
-            emit(refusal, payment: nil, received: received)
+            emit(refusal, payment: nil, receipt: receipt)
             return
         }
         let payment = verified.body
@@ -99,7 +126,7 @@ extension EdgeAgent {
 
         guard payment.machineId == machine else {
             log.warning("payment for another machine (\(payment.machineId)) refused")
-            emit(result(for: payment.paymentId, .rejected, .wrongMachine), payment: nil, received: received)
+            emit(result(for: payment.paymentId, .rejected, .wrongMachine), payment: nil, receipt: receipt)
             return
         }
         // A decision the journal has not taken yet is a decision all the same.
@@ -109,7 +136,7 @@ extension EdgeAgent {
             var duplicate = result(for: payment.paymentId, .duplicate, nil)
             duplicate.original = OriginalDecision(status: kept.status, reason: kept.reason, amount: kept.amount)
             // It tells of a decision that is not durable: it waits with it.
-            emit(duplicate, payment: nil, received: received, publishFromMemory: kept.pulsesFired > 0)
+            emit(duplicate, payment: nil, receipt: receipt, publishFromMemory: kept.pulsesFired > 0)
             return
         }
         do {
@@ -119,18 +146,18 @@ extension EdgeAgent {
                 duplicate.original = OriginalDecision(
                     status: first.status ?? .uncertain, reason: first.status == nil ? .interrupted : first.reason,
                     amount: first.amount)
-                emit(duplicate, payment: nil, received: received)
+                emit(duplicate, payment: nil, receipt: receipt)
                 return
             }
         } catch {
             log.error("cannot read the journal: \(error); refusing the payment")
-            emit(result(for: payment.paymentId, .rejected, .relayFault), payment: nil, received: received)
+            emit(result(for: payment.paymentId, .rejected, .relayFault), payment: nil, receipt: receipt)
             return
         }
 
         if let reason = check(payment, log: log) {
             log.info("payment rejected: \(reason.rawValue)")
-            emit(result(for: payment.paymentId, .rejected, reason), payment: payment, received: received)
+            emit(result(for: payment.paymentId, .rejected, reason), payment: payment, receipt: receipt)
             return
         }
         let config = state.withLock { $0.config }!
@@ -139,7 +166,7 @@ extension EdgeAgent {
             plan = try PulsePlan.make(amount: payment.amount, outputs: config.outputs, maxAmount: config.maxAmount)
         } catch {
             log.info("payment rejected: \(error)")
-            emit(result(for: payment.paymentId, .rejected, error.reason), payment: payment, received: received)
+            emit(result(for: payment.paymentId, .rejected, error.reason), payment: payment, receipt: receipt)
             return
         }
 
@@ -151,18 +178,25 @@ extension EdgeAgent {
             log.info("payment rejected: expired (a \(plan.durationMs) ms train starting in \(waitMs) ms would end too late)")
             var rejected = result(for: payment.paymentId, .rejected, .expired)
             rejected.pulses = plan.pulseCounts
-            emit(rejected, payment: payment, received: received)
+            emit(rejected, payment: payment, receipt: receipt)
             return
         }
-        // Quiet time after the previous train; payments arriving meanwhile wait here (they are
-        // already durable as received).
-        if let quietUntil, quietUntil > .now { try? await Task.sleep(until: quietUntil, clock: .continuous) }
+        // Quiet time after the previous train; payments arriving meanwhile wait here, durable
+        // as received.
+        if let quietUntil, quietUntil > .now {
+            do {
+                try receipt.ensureDurable { try self.store.recordReceived(payload, at: now()) }
+            } catch {
+                noteJournalFailure("cannot record a received completion: \(error)")
+            }
+            try? await Task.sleep(until: quietUntil, clock: .continuous)
+        }
 
         guard let lines = state.withLock({ $0.lines }) else {
             log.error("payment rejected: relay lines are not open")
             var rejected = result(for: payment.paymentId, .rejected, .relayFault)
             rejected.pulses = plan.pulseCounts
-            emit(rejected, payment: payment, received: received)
+            emit(rejected, payment: payment, receipt: receipt)
             return
         }
         guard store.hasWorkingRoom() else {
@@ -171,7 +205,7 @@ extension EdgeAgent {
             setProblem(UnitProblem.lowDiskSpace, true)
             var rejected = result(for: payment.paymentId, .rejected, .relayFault)
             rejected.pulses = plan.pulseCounts
-            emit(rejected, payment: payment, received: received)
+            emit(rejected, payment: payment, receipt: receipt)
             return
         }
         setProblem(UnitProblem.lowDiskSpace, false)
@@ -192,7 +226,7 @@ extension EdgeAgent {
                     throw TrainDeclined.expired
                 }
                 do {
-                    try store.recordTrainStarted(payment, plan: plan.pulseCounts, at: now, received: received)
+                    try receipt.write { row in try store.recordTrainStarted(payment, plan: plan.pulseCounts, at: now, received: row) }
                 } catch {
                     declined.withLock { $0 = .relayFault }
                     throw TrainDeclined.journal(error)
@@ -244,7 +278,7 @@ extension EdgeAgent {
                 "payment.amount": "\(payment.amount)", "payment.pulses_fired": "\(report.pulsesFired)",
                 "payment.reason": "\(outcome.reason?.rawValue ?? "-")",
             ])
-        emit(outcome, payment: payment, received: received)
+        emit(outcome, payment: payment, receipt: receipt)
     }
 
     /// Why the pulse engine's start hook declined a train.
@@ -295,9 +329,9 @@ extension EdgeAgent {
     /// journal cannot take it, it is kept and written again later (`retryJournal`); a result
     /// of pulses that fired, or an answer that decides nothing, is published from memory
     /// meanwhile; a rejection waits until it is durable.
-    func emit(_ result: PaymentResult, payment: PaymentCompleted?, received: Int64?, publishFromMemory: Bool? = nil) {
+    func emit(_ result: PaymentResult, payment: PaymentCompleted?, receipt: PaymentReceipt, publishFromMemory: Bool? = nil) {
         do {
-            try journal(result, payment: payment, received: received, enqueue: true)
+            try journal(result, payment: payment, receipt: receipt, enqueue: true)
             setProblem(UnitProblem.journalUnwritable, false)
         } catch {
             let fired = publishFromMemory ?? (result.pulsesFired > 0 || result.status == .credited || result.status == .uncertain)
@@ -308,18 +342,20 @@ extension EdgeAgent {
             noteJournalFailure("\(error)")
             state.withLock {
                 $0.unjournaled.append(
-                    UnjournaledResult(result: result, payment: payment, received: received, publishFromMemory: fired || !decides))
+                    UnjournaledResult(result: result, payment: payment, receipt: receipt, publishFromMemory: fired || !decides))
             }
         }
         outboxWake.yield()
     }
 
-    private func journal(_ result: PaymentResult, payment: PaymentCompleted?, received: Int64?, enqueue: Bool) throws {
-        try store.withReserve(onRelease: { self.noteReserveUsed(result) }) {
-            if let payment {
-                try store.recordDecision(result, payment: payment, received: received, enqueue: enqueue)
-            } else if enqueue {
-                try store.recordResultOnly(result, received: received)
+    private func journal(_ result: PaymentResult, payment: PaymentCompleted?, receipt: PaymentReceipt, enqueue: Bool) throws {
+        try receipt.write { row in
+            try store.withReserve(onRelease: { self.noteReserveUsed(result) }) {
+                if let payment {
+                    try store.recordDecision(result, payment: payment, received: row, enqueue: enqueue)
+                } else if enqueue {
+                    try store.recordResultOnly(result, received: row)
+                }
             }
         }
         if payment != nil { state.withLock { $0.clock.raise(to: result.decidedAt - ClockGuard.toleranceMs) } }
@@ -333,7 +369,7 @@ extension EdgeAgent {
         while let entry = state.withLock({ s in s.unjournaled.isEmpty ? nil : s.unjournaled.removeFirst() }) {
             do {
                 // One already published from memory goes into the journal but not the outbox again.
-                try journal(entry.result, payment: entry.payment, received: entry.received, enqueue: !entry.published)
+                try journal(entry.result, payment: entry.payment, receipt: entry.receipt, enqueue: !entry.published)
             } catch {
                 state.withLock { $0.unjournaled.insert(entry, at: 0) }
                 return

@@ -78,6 +78,8 @@ public final class EdgeAgent: Service, Sendable {
     /// The pipeline's input: fed from the network thread (`receive`) and by power-up.
     let input: AsyncStream<AgentInput>.Continuation
     let inputs: AsyncStream<AgentInput>
+    /// Inputs queued or in hand in the pipeline (`submit` adds, the pipeline takes away).
+    let queuedInputs = Atomic<Int>(0)
     /// Wakes the status publisher when a reported problem appears or clears.
     let statusChanged: AsyncStream<Void>.Continuation
     let statusChanges: AsyncStream<Void>
@@ -112,7 +114,7 @@ public final class EdgeAgent: Service, Sendable {
         // Completions received before a crash and not decided: first, in arrival order.
         let pending = try store.pendingReceived()
         if !pending.isEmpty { logger.notice("deciding \(pending.count) payment(s) received before the last stop") }
-        for (id, payload) in pending { input.yield(.payment(payload, received: id)) }
+        for (id, payload) in pending { submit(.payment(payload, .recorded(id))) }
         let client = try makeClient()
         try client.start()
         let inputs = self.inputs
@@ -124,7 +126,9 @@ public final class EdgeAgent: Service, Sendable {
             group.addTask { await self.publishStatusChanges(client) }
             group.addTask { await self.publishOutbox(client) }
             group.addTask { await self.sendHeartbeats(client) }
-            let pipeline = Task { await self.runPipeline(inputs, client: client) }
+            // On the pulse thread: a completion wakes it directly, and decision, start record and
+            // first pulse follow on one thread (PulseEngine.executor).
+            let pipeline = Task(executorPreference: engine.executor) { await self.runPipeline(inputs, client: client) }
 
             group.addTask { await self.watchFirmwareHealth(client) }
 
@@ -298,7 +302,7 @@ public final class EdgeAgent: Service, Sendable {
 struct UnjournaledResult: Sendable {
     var result: PaymentResult
     var payment: PaymentCompleted?
-    var received: Int64?
+    var receipt: PaymentReceipt
     /// Published from memory (pulses fired: the payment server must hear now). A rejection
     /// is published only once it is durable: until then the server holds the payment as
     /// unknown, and if the unit dies meanwhile it voids it once the unit is back online.

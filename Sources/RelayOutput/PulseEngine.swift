@@ -116,6 +116,10 @@ public final class PulseEngine: Sendable {
         cancelRequested.store(true, ordering: .relaxed)
     }
 
+    /// The pulse thread as a task executor: a task that prefers it runs between trains on the
+    /// very thread that fires them (`Task(executorPreference:)`).
+    public var executor: any TaskExecutor { thread }
+
     /// Stops the pulse thread after the train in progress.
     public func shutdown() {
         thread.stop()
@@ -214,17 +218,28 @@ enum Clock {
 /// The dedicated thread trains run on: never Swift's cooperative pool, which must not block
 /// and cannot promise when a job runs.
 ///
+/// It is also a `TaskExecutor`: the agent runs its payment pipeline here
+/// (`Task(executorPreference: engine.executor)`), so a completion handed over by the network
+/// thread wakes this thread directly, and the decision, the start record and the first pulse
+/// follow on one thread with no hop through the pool. Jobs run in order: a train and the tasks
+/// around it never overlap.
+///
 /// The thread holds real-time priority only while a train runs. Threads inherit their
 /// creator's scheduling policy: resuming the caller's task can make the runtime start a
 /// worker thread from here, and a child process started by such a worker would inherit
 /// SCHED_FIFO too (a CPU-bound one then starves the machine). So the thread drops back to
-/// the normal scheduler before it hands a result back.
-final class PulseThread: Sendable {
-    private struct Job: Sendable {
+/// the normal scheduler before it hands a result back, and runs task jobs at normal priority.
+final class PulseThread: TaskExecutor, Sendable {
+    private struct Train: Sendable {
         var work: @Sendable () -> TrainReport
         var completion: @Sendable (TrainReport) -> Void
     }
-    private let jobs = Locked<(queue: [Job], stopped: Bool)>(([], false))
+    private enum Work: @unchecked Sendable {
+        // @unchecked: an UnownedJob is run exactly once, by whichever thread dequeues it.
+        case train(Train)
+        case task(UnownedJob)
+    }
+    private let jobs = Locked<(queue: [Work], stopped: Bool)>(([], false))
     private let available = DispatchSemaphore(value: 0)
     private let realtime = Atomic<Bool>(false)
     private let policy: RealtimePolicy
@@ -275,14 +290,18 @@ final class PulseThread: Sendable {
     private func run() {
         while true {
             available.wait()
-            let job: Job? = jobs.withLock { state in
-                state.queue.isEmpty ? nil : state.queue.removeFirst()
+            let next: Work? = jobs.withLock { state in state.queue.isEmpty ? nil : state.queue.removeFirst() }
+            switch next {
+            case nil:
+                return  // woken with nothing queued: stop
+            case .task(let job):
+                job.runSynchronously(on: asUnownedTaskExecutor())
+            case .train(let train):
+                let elevated = isRealtime && setScheduler(fifo: true) == 0
+                let report = train.work()
+                if elevated { _ = setScheduler(fifo: false) }
+                train.completion(report)
             }
-            guard let job else { return }  // woken with nothing queued: stop
-            let elevated = isRealtime && setScheduler(fifo: true) == 0
-            let report = job.work()
-            if elevated { _ = setScheduler(fifo: false) }
-            job.completion(report)
         }
     }
 
@@ -290,11 +309,26 @@ final class PulseThread: Sendable {
     func submit(work: @escaping @Sendable () -> TrainReport, completion: @escaping @Sendable (TrainReport) -> Void) -> Bool {
         let accepted = jobs.withLock { state -> Bool in
             guard !state.stopped else { return false }
-            state.queue.append(Job(work: work, completion: completion))
+            state.queue.append(.train(Train(work: work, completion: completion)))
             return true
         }
         if accepted { available.signal() }
         return accepted
+    }
+
+    /// A task job: run here in turn; once the thread has stopped, on the global executor.
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let accepted = jobs.withLock { state -> Bool in
+            guard !state.stopped else { return false }
+            state.queue.append(.task(job))
+            return true
+        }
+        if accepted {
+            available.signal()
+        } else {
+            globalConcurrentExecutor.enqueue(job)
+        }
     }
 
     func stop() {
