@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Locking
 import MessageSchema
 
 /// A result waiting in the outbox for the broker's PUBACK.
@@ -26,6 +27,13 @@ public struct StoredDecision: Sendable, Hashable {
 public final class AgentStore: Sendable {
     private let database: DatabasePool
     public let path: String
+    /// Outbox rows the broker has acknowledged, not yet deleted from the file: they go in the
+    /// next decision's transaction (or `flushAcknowledged()`), never in a commit of their own on
+    /// a payment's way. Already gone for `outbox()` and `outboxDepth()`.
+    private let acknowledged = Locked<Set<Int64>>([])
+    /// A connection of its own for checkpoints: a passive checkpoint there runs beside the
+    /// writer instead of queueing in front of the next payment's start record.
+    private let checkpointer: DatabaseQueue
 
     /// Opens (creating if needed) the store at `path`.
     public init(path: String) throws {
@@ -43,6 +51,7 @@ public final class AgentStore: Sendable {
         configuration.busyMode = .timeout(5)
         database = try DatabasePool(path: path, configuration: configuration)
         try Self.migrator.migrate(database)
+        checkpointer = try DatabaseQueue(path: path, configuration: configuration)
     }
 
     private static var migrator: DatabaseMigrator {
@@ -243,6 +252,7 @@ public final class AgentStore: Sendable {
                     payment.userId.rawValue, Self.json(result.pulses), result.pulsesFired, result.decidedAt,
                 ])
             if enqueue { try self.enqueue(result, db) }
+            try deleteAcknowledged(db)
         }
     }
 
@@ -268,6 +278,7 @@ public final class AgentStore: Sendable {
         try database.write { db in
             try forgetReceived(received, db)
             try enqueue(result, db)
+            try deleteAcknowledged(db)
         }
     }
 
@@ -321,34 +332,54 @@ public final class AgentStore: Sendable {
 
     // MARK: Outbox
 
+    /// Results not yet acknowledged by the broker, oldest first.
     public func outbox(limit: Int = 100) throws -> [OutboxEntry] {
-        try database.read { db in
-            try Row.fetchAll(db, sql: "SELECT id, result FROM outbox ORDER BY id LIMIT ?", arguments: [limit]).compactMap { row in
-                guard let result = try? WireCoding.decode(PaymentResult.self, from: Data((row["result"] as String).utf8)) else {
+        let skip = acknowledged.withLock { $0 }
+        return try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, result FROM outbox ORDER BY id LIMIT ?", arguments: [limit + skip.count]).compactMap { row in
+                let id: Int64 = row["id"]
+                guard !skip.contains(id),
+                    let result = try? WireCoding.decode(PaymentResult.self, from: Data((row["result"] as String).utf8))
+                else {
                     return nil
                 }
-                return OutboxEntry(id: row["id"], result: result)
-            }
+                return OutboxEntry(id: id, result: result)
+            }.prefix(limit).map { $0 }
         }
     }
 
-    /// Forgets a result the broker has acknowledged. Committed without a sync of its own (the
-    /// next synced commit carries it): losing it to a power cut only publishes the result again,
-    /// which a payment server takes as the same answer, and a sync here would hold the journal
-    /// while the next payment arrives.
+    /// Forgets a result the broker has acknowledged. Its row is deleted with the next decision
+    /// (or `flushAcknowledged()`), not in a commit of its own: a sync here would hold the
+    /// journal as the next payment arrives, and even an unsynced commit leaves WAL pages that
+    /// the next start record's sync must write too. Lost to a crash, the deletion only publishes
+    /// the result again, which consumers de-duplicate by (`machineId`, `paymentId`).
     public func removeFromOutbox(_ id: Int64) throws {
-        try database.writeWithoutTransaction { db in
-            try db.execute(sql: "PRAGMA synchronous = NORMAL")
-            defer { try? db.execute(sql: "PRAGMA synchronous = FULL") }
-            try db.inTransaction {
-                try db.execute(sql: "DELETE FROM outbox WHERE id = ?", arguments: [id])
-                return .commit
-            }
-        }
+        _ = acknowledged.withLock { $0.insert(id) }
+    }
+
+    /// Deletes the acknowledged rows now (between payments: the heartbeat's turn in the
+    /// pipeline, and before a stop).
+    public func flushAcknowledged() throws {
+        guard acknowledged.withLock({ !$0.isEmpty }) else { return }
+        try database.write { db in try deleteAcknowledged(db) }
+    }
+
+    /// Whether acknowledged rows wait to be deleted.
+    public var hasAcknowledged: Bool { acknowledged.withLock { !$0.isEmpty } }
+
+    private func deleteAcknowledged(_ db: Database) throws {
+        let ids = acknowledged.withLock { $0 }
+        guard !ids.isEmpty else { return }
+        let statement = try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?")
+        for id in ids { try statement.execute(arguments: [id]) }
+        // Forgotten only once this transaction commits.
+        db.afterNextTransaction { _ in self.acknowledged.withLock { $0.subtract(ids) } }
     }
 
     public func outboxDepth() throws -> Int {
-        try database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox") ?? 0 }
+        let ids = try database.read { db in try Int64.fetchAll(db, sql: "SELECT id FROM outbox") }
+        let skip = acknowledged.withLock { $0 }
+        return ids.count { !skip.contains($0) }
     }
 
     // MARK: Counters
@@ -412,7 +443,7 @@ public final class AgentStore: Sendable {
     /// Copies the write-ahead log into the database (passive: never waits for readers). Called
     /// between payments, off the path to a first pulse.
     public func checkpoint() throws {
-        try database.writeWithoutTransaction { db in _ = try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(PASSIVE)") }
+        try checkpointer.writeWithoutTransaction { db in _ = try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(PASSIVE)") }
     }
 
     // MARK: Meta

@@ -228,7 +228,7 @@ extension EdgeAgent {
             } catch {
                 return
             }
-            if state.withLock({ !$0.unjournaled.isEmpty }) { submit(.retryJournal) }
+            if state.withLock({ !$0.unjournaled.isEmpty }) || store.hasAcknowledged { submit(.retryJournal) }
             guard client.connectionState.isConnected else { continue }
             let heartbeat = makeHeartbeat()
             do {

@@ -29,8 +29,9 @@ extension EdgeAgent {
         guard let (target, kind) = topics.parse(message.topic), target == machine else { return false }
         switch kind {
         case .paymentCompleted:
+            let arrived = monotonicNanoseconds()
             if pipelineIdle {
-                let receipt = PaymentReceipt.fresh()
+                let receipt = PaymentReceipt.fresh(arrivedNs: arrived)
                 let handed = submit(.payment(message.payload, receipt))
                 // Bounded: whatever holds the pipeline up, the payment is recorded here then.
                 if !handed || !receipt.waitUntilReleased(timeout: .milliseconds(500)) {
@@ -47,7 +48,7 @@ extension EdgeAgent {
                 } catch {
                     noteJournalFailure("cannot record a received completion: \(error)")
                 }
-                submit(.payment(message.payload, .recorded(received)))
+                submit(.payment(message.payload, .recorded(received, arrivedNs: arrived)))
             }
         case .configDesired:
             submit(.config(message.payload))
@@ -88,10 +89,13 @@ extension EdgeAgent {
                 await install(download, client: client)
             case .retryJournal:
                 retryJournal()
+                // Acknowledged outbox rows, when no decision has taken them along.
+                do { try store.flushAcknowledged() } catch { logger.warning("cannot delete acknowledged results: \(error)") }
             }
         }
     }
-    /// Every `count` payments, between payments: fold the write-ahead log into the database.
+    /// Every `count` payments: fold the write-ahead log into the database, on a queue of its
+    /// own (a checkpoint takes milliseconds; a payment arriving meanwhile must not wait for it).
     private func checkpointEvery(_ count: Int) {
         let due = state.withLock { s -> Bool in
             s.paymentsSinceCheckpoint += 1
@@ -100,12 +104,17 @@ extension EdgeAgent {
             return true
         }
         guard due else { return }
-        do { try store.checkpoint() } catch { logger.warning("journal checkpoint failed: \(error)") }
+        let (store, logger) = (self.store, self.logger)
+        checkpoints.async {
+            do { try store.checkpoint() } catch { logger.warning("journal checkpoint failed: \(error)") }
+        }
     }
 
     /// Decides a payment in PROTOCOL.md's order, fires its train if it is payable, and puts the
     /// result in the outbox (with the received record, in one transaction).
     func handlePayment(_ payload: Data, receipt: PaymentReceipt) async {
+        var marks = HotPathMarks(
+            paymentId: "", arrived: receipt.arrivedNs, pipeline: monotonicNanoseconds(), verified: 0, decided: 0, trainBegan: 0, committed: 0, firstEdge: 0)
         let trust = state.withLock { $0.trust }
         let verified: Verified<PaymentCompleted>
         do {
@@ -121,6 +130,8 @@ extension EdgeAgent {
             return
         }
         let payment = verified.body
+        marks.paymentId = payment.paymentId.rawValue
+        marks.verified = monotonicNanoseconds()
         var log = logger
         log[metadataKey: "payment.id"] = "\(payment.paymentId)"
 
@@ -214,7 +225,9 @@ extension EdgeAgent {
         let progress = self.progress
         let clock = options.clock
         let declined = Locked<RejectionReason?>(nil)
+        let startMarks = Locked<(began: UInt64, committed: UInt64)>((0, 0))
         let duration = plan.durationMs
+        marks.decided = monotonicNanoseconds()
         let report = await engine.fire(
             plan, on: lines,
             beforeFirstPulse: {
@@ -226,7 +239,9 @@ extension EdgeAgent {
                     throw TrainDeclined.expired
                 }
                 do {
+                    let began = monotonicNanoseconds()
                     try receipt.write { row in try store.recordTrainStarted(payment, plan: plan.pulseCounts, at: now, received: row) }
+                    startMarks.withLock { $0 = (began, monotonicNanoseconds()) }
                 } catch {
                     declined.withLock { $0 = .relayFault }
                     throw TrainDeclined.journal(error)
@@ -279,6 +294,11 @@ extension EdgeAgent {
                 "payment.reason": "\(outcome.reason?.rawValue ?? "-")",
             ])
         emit(outcome, payment: payment, receipt: receipt)
+        if let hotPathTrace, report.outcome == .completed, let first = report.edges.first {
+            (marks.trainBegan, marks.committed) = startMarks.withLock { $0 }
+            marks.firstEdge = first.actualNs
+            hotPathTrace.record(marks)
+        }
     }
 
     /// Why the pulse engine's start hook declined a train.

@@ -38,6 +38,8 @@ public struct AgentOptions: Sendable {
     /// Where firmware artifacts are downloaded (never the state folder, whose space belongs
     /// to the journal); default: INSTALL/downloads.
     public var downloadDirectory: String?
+    /// Where to append each credited payment's `HotPathMarks` (for `pulsebridge-bench`); nil: not traced.
+    public var hotPathTracePath: String?
     /// The agent's clock, milliseconds since the Unix epoch.
     public var clock: @Sendable () -> Int = { Int(Date().timeIntervalSince1970 * 1000) }
 
@@ -64,6 +66,9 @@ public final class EdgeAgent: Service, Sendable {
     let store: AgentStore
     let engine: PulseEngine
     let progress: TrainProgress
+    let hotPathTrace: HotPathTrace?
+    /// Where journal checkpoints run, one at a time, off the pipeline.
+    let checkpoints = DispatchQueue(label: "pulsebridge.journal-checkpoint", qos: .utility)
     let logger: Logger
     /// New at every start.
     public let bootId: String
@@ -100,6 +105,7 @@ public final class EdgeAgent: Service, Sendable {
         self.store = try AgentStore(path: options.stateDirectory + "/agent.sqlite")
         self.progress = try TrainProgress(path: options.stateDirectory + "/train-progress")
         self.engine = PulseEngine(realtime: options.realtime, logger: logger)
+        self.hotPathTrace = try options.hotPathTracePath.map { try HotPathTrace(path: $0) }
         self.bootId = UUID().uuidString.lowercased()
         self.state = Locked(AgentState())
         (outboxWakes, outboxWake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -157,6 +163,7 @@ public final class EdgeAgent: Service, Sendable {
             stopper.cancel()
             cancelFirmwareDownload()
             await drainOutbox(within: .seconds(3), client: client)
+            do { try store.flushAcknowledged() } catch { logger.warning("cannot delete acknowledged results: \(error)") }
             await publishOffline(client)
             await client.close()
             group.cancelAll()

@@ -25,15 +25,24 @@ final class PaymentReceipt: Sendable {
     }
     private let state: Locked<State>
     private let releasedSignal = DispatchSemaphore(value: 0)
+    /// CLOCK_MONOTONIC when the network thread got it (0: found in the journal at power-up).
+    let arrivedNs: UInt64
 
-    private init(_ state: State) { self.state = Locked(state) }
+    private init(_ state: State, arrivedNs: UInt64) {
+        self.state = Locked(state)
+        self.arrivedNs = arrivedNs
+    }
 
     /// Handed to an idle pipeline; nothing written yet. The network thread waits on it.
-    static func fresh() -> PaymentReceipt { PaymentReceipt(State(row: nil, durable: false, released: false)) }
+    static func fresh(arrivedNs: UInt64 = 0) -> PaymentReceipt {
+        PaymentReceipt(State(row: nil, durable: false, released: false), arrivedNs: arrivedNs)
+    }
 
     /// Recorded as received by the network thread (or found so at power-up); nil: the journal
     /// refused the record (the payment lives in memory only, as the unit reports).
-    static func recorded(_ row: Int64?) -> PaymentReceipt { PaymentReceipt(State(row: row, durable: row != nil, released: true)) }
+    static func recorded(_ row: Int64?, arrivedNs: UInt64 = 0) -> PaymentReceipt {
+        PaymentReceipt(State(row: row, durable: row != nil, released: true), arrivedNs: arrivedNs)
+    }
 
     /// The received row, for the results kept in memory when the journal refuses them.
     var row: Int64? { state.withLock { $0.row } }

@@ -58,6 +58,9 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "Refuse payments (as expired) while the kernel says the clock is not synchronised (NTP).")
     var requireClockSync = false
 
+    @Option(help: ArgumentHelp("Append when each credited payment reached each step to its first pulse (JSON lines; for pulsebridge-bench).", valueName: "file"))
+    var traceHotPath: String?
+
     func run() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
@@ -90,6 +93,7 @@ struct Run: AsyncParsableCommand {
             options.healthTimeout = .seconds(healthTimeout)
             options.downloadDirectory = downloadDir
             options.requireClockSync = requireClockSync
+            options.hotPathTracePath = traceHotPath
             agent = try EdgeAgent(options: options, logger: logger)
         } catch {
             fail("cannot open the state in \(stateDir): \(error)")

@@ -1,4 +1,5 @@
 import ArgumentParser
+import EdgeAgent
 import Foundation
 import LocalServices
 import MessageSchema
@@ -28,7 +29,20 @@ struct PeerComparison: AsyncParsableCommand {
         var toEdge: [Double] = []
         var toResult: [Double] = []
         var widthError: [Double] = []
+        /// edge-agent only: publish → first edge in pieces (`--trace-hot-path`), µs.
+        var stages: [String: [Double]] = [:]
     }
+
+    /// The pieces of publish → first edge, in order, from `HotPathMarks`.
+    static let stages: [(name: String, span: @Sendable (UInt64, HotPathMarks) -> Double)] = [
+        ("broker → agent callback", { t0, m in Double(Int64(bitPattern: m.arrived &- t0)) / 1e3 }),
+        ("hand-off to pipeline", { _, m in Double(m.pipeline - m.arrived) / 1e3 }),
+        ("open + verify", { _, m in Double(m.verified - m.pipeline) / 1e3 }),
+        ("look-up, checks, plan", { _, m in Double(m.decided - m.verified) / 1e3 }),
+        ("to the pulse thread, lines ready", { _, m in Double(m.trainBegan - m.decided) / 1e3 }),
+        ("start record (synced)", { _, m in Double(m.committed - m.trainBegan) / 1e3 }),
+        ("→ first edge", { _, m in Double(m.firstEdge - m.committed) / 1e3 }),
+    ]
 
     static func measure(count: Int, rounds: Int, peer: String) async throws -> [Measurement] {
         var samples: [String: Samples] = [:]
@@ -66,6 +80,12 @@ struct PeerComparison: AsyncParsableCommand {
             add("first edge p99", \.toEdge, 0.99, unit: "µs")
             add("result p50", \.toResult, 0.5, unit: "µs")
             add("width error p99", \.widthError, 0.99, unit: "µs")
+            for stage in stages {
+                let values = Distribution(ours.stages[stage.name] ?? [])
+                let name = "edge-agent pieces (\(load))"
+                measurements.append(Measurement(benchmark: name, metric: "\(stage.name) p50", value: values.percentile(0.5).rounded(), unit: "µs"))
+                measurements.append(Measurement(benchmark: name, metric: "\(stage.name) p99", value: values.percentile(0.99).rounded(), unit: "µs"))
+            }
         }
         return measurements
     }
@@ -78,7 +98,7 @@ struct PeerComparison: AsyncParsableCommand {
         var child: ChildProcess?
         switch kind {
         case .edgeAgent:
-            try unit.start(binary: productsDirectory() + "/edge-agent")
+            try unit.start(binary: productsDirectory() + "/edge-agent", arguments: ["--trace-hot-path", unit.directory + "/hot-path.jsonl"])
             _ = try await fleet.status(machine, .online)
             child = unit.child
         case .peer:
@@ -101,6 +121,7 @@ struct PeerComparison: AsyncParsableCommand {
             return fresh.split(separator: UInt8(ascii: "\n")).compactMap { try? JSONDecoder().decode(SimulatedEdge.self, from: $0) }
         }
         let resultTopic = fleet.topics.topic(.paymentResult, for: machine)
+        var published: [String: UInt64] = [:]
         for i in 0..<(count + 20) {
             let payment = fleet.payment(machine, amount: 100)
             let envelope = SignedEnvelope.sign(payment, kid: fleet.paymentKid, key: fleet.paymentKey).encoded()
@@ -122,11 +143,20 @@ struct PeerComparison: AsyncParsableCommand {
                 throw ValidationError("\(kind.rawValue): no pulse for payment \(i)")
             }
             if i >= 20 {  // warm-up
+                published[id] = t0
                 samples.toEdge.append(Double(rise.tNs - t0) / 1e3)
                 samples.toResult.append(Double(t1 - t0) / 1e3)
                 samples.widthError.append(abs(Double(fall.tNs - rise.tNs) / 1e3 - 10_000))
             }
         }
         await child?.terminate(grace: .seconds(10))
+        if kind == .edgeAgent {
+            let trace = FileManager.default.contents(atPath: unit.directory + "/hot-path.jsonl") ?? Data()
+            let marks = trace.split(separator: UInt8(ascii: "\n")).compactMap { try? JSONDecoder().decode(HotPathMarks.self, from: $0) }
+            for mark in marks {
+                guard let t0 = published[mark.paymentId] else { continue }
+                for stage in stages { samples.stages[stage.name, default: []].append(stage.span(t0, mark)) }
+            }
+        }
     }
 }

@@ -56,6 +56,43 @@ import Testing
         #expect(try store.counters().duplicate == 1)
     }
 
+    /// An acknowledged result is gone at once for the publisher and the depth, and deleted from
+    /// the file with the next decision (never in a commit of its own); one whose deletion a
+    /// crash lost is published again, never lost.
+    @Test func acknowledgedResultsAreDeletedWithTheNextDecision() throws {
+        do {
+            let store = try AgentStore(path: path)
+            try store.recordDecision(result("p-a", .rejected), payment: payment("p-a"))
+            try store.recordDecision(result("p-b", .rejected), payment: payment("p-b"))
+            let entries = try store.outbox()
+            try store.removeFromOutbox(entries[0].id)
+            #expect(try store.outbox().map { $0.result.paymentId } == ["p-b"])
+            #expect(try store.outboxDepth() == 1)
+            #expect(store.hasAcknowledged)
+        }
+        // A crash before any other write: the acknowledged result comes back, to be sent again.
+        do {
+            let store = try AgentStore(path: path)
+            #expect(try store.outbox().map { $0.result.paymentId } == ["p-a", "p-b"])
+            let entries = try store.outbox()
+            try store.removeFromOutbox(entries[0].id)
+            try store.removeFromOutbox(entries[1].id)
+            #expect(try store.outboxDepth() == 0)
+            // The next decision takes the deletions along in its transaction.
+            try store.recordDecision(result("p-c", .rejected), payment: payment("p-c"))
+            #expect(!store.hasAcknowledged)
+        }
+        do {
+            let store = try AgentStore(path: path)
+            #expect(try store.outbox().map { $0.result.paymentId } == ["p-c"])
+            try store.removeFromOutbox(try store.outbox()[0].id)
+            // Between payments (the heartbeat's turn), without a decision.
+            try store.flushAcknowledged()
+            #expect(!store.hasAcknowledged)
+        }
+        #expect(try AgentStore(path: path).outboxDepth() == 0)
+    }
+
     @Test func retentionForgetsOnlyOldFinishedDecisions() throws {
         let store = try AgentStore(path: path)
         try store.recordDecision(result("p-old", .credited, amount: 100, decidedAt: 1_000), payment: payment("p-old", amount: 100))
