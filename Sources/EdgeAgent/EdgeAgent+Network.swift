@@ -230,7 +230,7 @@ extension EdgeAgent {
             }
             if state.withLock({ !$0.unjournaled.isEmpty }) || store.hasAcknowledged { submit(.retryJournal) }
             guard client.connectionState.isConnected else { continue }
-            let heartbeat = makeHeartbeat()
+            let heartbeat = await makeHeartbeat()
             do {
                 try await client.publish(
                     topic: topics.topic(.heartbeat, for: machine), payload: WireCoding.encode(heartbeat), qos: .atMostOnce)
@@ -240,9 +240,12 @@ extension EdgeAgent {
         }
     }
 
-    func makeHeartbeat() -> Heartbeat {
-        let lines = state.withLock { $0.lines }
-        let inhibited = (try? lines?.inhibitActive()) ?? false
+    func makeHeartbeat() async -> Heartbeat {
+        // Only the pulse thread touches the lines (RelayLines' contract): the inhibit input is
+        // read there, in turn with trains and configuration changes, never beside them.
+        let inhibited = await withTaskExecutorPreference(engine.executor) {
+            (try? self.state.withLock { $0.lines }?.inhibitActive()) ?? false
+        }
         let (seq, version, relay, problems) = state.withLock { s in
             s.heartbeatSeq += 1
             return (s.heartbeatSeq, s.config?.version ?? 0, s.relay, s.problems.sorted())

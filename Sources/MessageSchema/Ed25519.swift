@@ -34,9 +34,27 @@ final class OwnedKey: @unchecked Sendable {
     deinit { EVP_PKEY_free(pointer) }
 }
 
+/// A verification context initialised once for a key (`EVP_DigestVerifyInit` looks the
+/// algorithm up in OpenSSL 3's provider store: ~40 µs of a ~175 µs verification here). Each
+/// verification works on a copy; the template itself is only read.
+final class VerifyTemplate: @unchecked Sendable {
+    let context: OpaquePointer?
+    init(_ key: OwnedKey) {
+        var made = EVP_MD_CTX_new()
+        if let context = made, EVP_DigestVerifyInit(context, nil, nil, nil, key.pointer) != 1 {
+            ERR_clear_error()
+            EVP_MD_CTX_free(context)
+            made = nil
+        }
+        context = made
+    }
+    deinit { EVP_MD_CTX_free(context) }
+}
+
 /// An Ed25519 public key (RFC 8032), verified through the system OpenSSL.
 public struct Ed25519PublicKey: Sendable, Hashable {
     let key: OwnedKey
+    let template: VerifyTemplate
     /// The 32 raw bytes.
     public let rawRepresentation: Data
 
@@ -47,6 +65,7 @@ public struct Ed25519PublicKey: Sendable, Hashable {
         }
         guard let made else { throw .invalidPublicKey(openSSLError()) }
         key = OwnedKey(made)
+        template = VerifyTemplate(key)
         rawRepresentation = raw
     }
 
@@ -64,7 +83,13 @@ public struct Ed25519PublicKey: Sendable, Hashable {
         guard signature.count == 64 else { return false }
         guard let context = EVP_MD_CTX_new() else { return false }
         defer { EVP_MD_CTX_free(context) }
-        guard EVP_DigestVerifyInit(context, nil, nil, nil, key.pointer) == 1 else {
+        let ready: Bool
+        if let template = template.context {
+            ready = EVP_MD_CTX_copy_ex(context, template) == 1
+        } else {
+            ready = EVP_DigestVerifyInit(context, nil, nil, nil, key.pointer) == 1
+        }
+        guard ready else {
             ERR_clear_error()
             return false
         }
