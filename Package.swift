@@ -183,6 +183,7 @@ let package = Package(
             name: "EdgeAgentTests",
             dependencies: ["EdgeAgent", "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strict),
         .testTarget(

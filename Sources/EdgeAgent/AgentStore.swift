@@ -18,6 +18,14 @@ public struct StoredDecision: Sendable, Hashable {
     public var reason: RejectionReason?
     public var amount: Int
     public var decidedAt: Int
+
+    public init(paymentId: PaymentID, status: PaymentStatus?, reason: RejectionReason?, amount: Int, decidedAt: Int) {
+        self.paymentId = paymentId
+        self.status = status
+        self.reason = reason
+        self.amount = amount
+        self.decidedAt = decidedAt
+    }
 }
 
 /// The unit's durable state in SQLite (WAL, `synchronous=FULL`): decisions, the outbox,

@@ -110,93 +110,99 @@ extension EdgeAgent {
         }
     }
 
-    /// Decides a payment in PROTOCOL.md's order, fires its train if it is payable, and puts the
-    /// result in the outbox (with the received record, in one transaction).
+    /// Decides a payment (DecisionCore: PROTOCOL.md's table as a pure function), fires its
+    /// train if it is payable, and puts the result in the outbox (with the received record, in
+    /// one transaction).
     func handlePayment(_ payload: Data, receipt: PaymentReceipt) async {
         var marks = HotPathMarks(
             paymentId: "", arrived: receipt.arrivedNs, pipeline: monotonicNanoseconds(), verified: 0, decided: 0, trainBegan: 0, committed: 0, firstEdge: 0)
         let trust = state.withLock { $0.trust }
-        let verified: Verified<PaymentCompleted>
-        do {
-            verified = try SignedEnvelope.open(payload, as: PaymentCompleted.self, trust: trust)
-        } catch {
+        let opened = Result { () throws(Refusal) in try SignedEnvelope.open(payload, as: PaymentCompleted.self, trust: trust) }
+        marks.verified = monotonicNanoseconds()
+
+        // The facts the table reads; the journal only for a signed payment for this machine.
+        var first: OriginalDecision?
+        var firstWaitsForTheJournal: PaymentResult?
+        if case .success(let verified) = opened, verified.body.machineId == machine {
+            let id = verified.body.paymentId
+            // A decision the journal has not taken yet is a decision all the same.
+            retryJournal()
+            if let kept = state.withLock({ s in s.unjournaled.first { $0.payment != nil && $0.result.paymentId == id }?.result }) {
+                first = OriginalDecision(status: kept.status, reason: kept.reason, amount: kept.amount)
+                firstWaitsForTheJournal = kept
+            } else {
+                do {
+                    first = try store.decision(id).map(DecisionCore.original(of:))
+                } catch {
+                    logger.error("cannot read the journal: \(error); refusing the payment", metadata: ["payment.id": "\(id)"])
+                    emit(result(for: id, .rejected, .relayFault), payment: nil, receipt: receipt)
+                    return
+                }
+            }
+        }
+        let nowMs = now()
+        let (clockVerdict, journalCreatedAt, config, lastTrainEnd) = state.withLock { s in
+            (s.clock.check(now: nowMs), s.journalCreatedAt, s.config, s.lastTrainEnd)
+        }
+        let quietUntil = lastTrainEnd.map { $0 + .milliseconds(config?.postVendDelayMs ?? 0) }
+        let waitMs = quietUntil.map { max(0, Self.milliseconds($0 - .now)) } ?? 0
+        let answer = DecisionCore.decide(
+            DecisionCore.Facts(
+                opened: opened, machine: machine, first: first, now: nowMs, clock: clockVerdict, journalCreatedAt: journalCreatedAt,
+                config: config, waitMs: waitMs))
+
+        let payment: PaymentCompleted
+        let plan: PulsePlan
+        switch answer {
+        case .refused(let reason, let paymentId):
             // Not a valid signed payment: answered, but not a decision (a forger must not be
             // able to block a real payment ID by sending it first). The hash tells the payment
             // server whether these were its bytes.
-            logger.warning("payment refused: \(error)", metadata: ["payment.id": "\(error.paymentId?.rawValue ?? "-")"])
-            var refusal = result(for: error.paymentId, .rejected, error.reason)
+            let detail = if case .failure(let refusal) = opened { "\(refusal)" } else { reason.rawValue }
+            logger.warning("payment refused: \(detail)", metadata: ["payment.id": "\(paymentId?.rawValue ?? "-")"])
+            var refusal = result(for: paymentId, .rejected, reason)
             refusal.payloadSha256 = SHA256Hasher.hex(of: payload)
             emit(refusal, payment: nil, receipt: receipt)
             return
+        case .wrongMachine(let payment):
+            logger.warning("payment for another machine (\(payment.machineId)) refused", metadata: ["payment.id": "\(payment.paymentId)"])
+            emit(result(for: payment.paymentId, .rejected, .wrongMachine), payment: nil, receipt: receipt)
+            return
+        case .duplicate(let payment, let original):
+            var duplicate = result(for: payment.paymentId, .duplicate, nil)
+            duplicate.original = original
+            if let kept = firstWaitsForTheJournal {
+                logger.info("duplicate payment; its first decision is still waiting for the journal", metadata: ["payment.id": "\(payment.paymentId)"])
+                // It tells of a decision that is not durable: it waits with it.
+                emit(duplicate, payment: nil, receipt: receipt, publishFromMemory: kept.pulsesFired > 0)
+            } else {
+                logger.info("duplicate payment; answering with the first decision", metadata: ["payment.id": "\(payment.paymentId)"])
+                emit(duplicate, payment: nil, receipt: receipt)
+            }
+            return
+        case .rejected(let payment, let reason, let pulses):
+            noteClock(clockVerdict, now: nowMs, paymentId: payment.paymentId)
+            logger.info(
+                "payment rejected: \(reason.rawValue)\(reason == .expired && !pulses.isEmpty ? " (a train starting in \(waitMs) ms would end too late)" : "")",
+                metadata: ["payment.id": "\(payment.paymentId)"])
+            var rejected = result(for: payment.paymentId, .rejected, reason)
+            rejected.pulses = pulses
+            emit(rejected, payment: payment, receipt: receipt)
+            return
+        case .fire(let payable, let payablePlan):
+            noteClock(clockVerdict, now: nowMs, paymentId: payable.paymentId)
+            payment = payable
+            plan = payablePlan
         }
-        let payment = verified.body
         marks.paymentId = payment.paymentId.rawValue
-        marks.verified = monotonicNanoseconds()
         var log = logger
         log[metadataKey: "payment.id"] = "\(payment.paymentId)"
 
-        guard payment.machineId == machine else {
-            log.warning("payment for another machine (\(payment.machineId)) refused")
-            emit(result(for: payment.paymentId, .rejected, .wrongMachine), payment: nil, receipt: receipt)
-            return
-        }
-        // A decision the journal has not taken yet is a decision all the same.
-        retryJournal()
-        if let kept = state.withLock({ s in s.unjournaled.first { $0.payment != nil && $0.result.paymentId == payment.paymentId }?.result }) {
-            log.info("duplicate payment; its first decision is still waiting for the journal")
-            var duplicate = result(for: payment.paymentId, .duplicate, nil)
-            duplicate.original = OriginalDecision(status: kept.status, reason: kept.reason, amount: kept.amount)
-            // It tells of a decision that is not durable: it waits with it.
-            emit(duplicate, payment: nil, receipt: receipt, publishFromMemory: kept.pulsesFired > 0)
-            return
-        }
-        do {
-            if let first = try store.decision(payment.paymentId) {
-                log.info("duplicate payment; answering with the first decision")
-                var duplicate = result(for: payment.paymentId, .duplicate, nil)
-                duplicate.original = OriginalDecision(
-                    status: first.status ?? .uncertain, reason: first.status == nil ? .interrupted : first.reason,
-                    amount: first.amount)
-                emit(duplicate, payment: nil, receipt: receipt)
-                return
-            }
-        } catch {
-            log.error("cannot read the journal: \(error); refusing the payment")
-            emit(result(for: payment.paymentId, .rejected, .relayFault), payment: nil, receipt: receipt)
-            return
-        }
-
-        if let reason = check(payment, log: log) {
-            log.info("payment rejected: \(reason.rawValue)")
-            emit(result(for: payment.paymentId, .rejected, reason), payment: payment, receipt: receipt)
-            return
-        }
-        let config = state.withLock { $0.config }!
-        let plan: PulsePlan
-        do {
-            plan = try PulsePlan.make(amount: payment.amount, outputs: config.outputs, maxAmount: config.maxAmount)
-        } catch {
-            log.info("payment rejected: \(error)")
-            emit(result(for: payment.paymentId, .rejected, error.reason), payment: payment, receipt: receipt)
-            return
-        }
-
-        // The train must be able to end by expiresAt − 2 s if it starts after the quiet time
-        // of the previous one: the payment server voids at expiresAt + 5 s.
-        let quietUntil = state.withLock { $0.lastTrainEnd }.map { $0 + .milliseconds(config.postVendDelayMs) }
-        let waitMs = quietUntil.map { max(0, Self.milliseconds($0 - .now)) } ?? 0
-        if now() + waitMs + plan.durationMs > payment.expiresAt - ProtocolLimits.trainEndMarginMs {
-            log.info("payment rejected: expired (a \(plan.durationMs) ms train starting in \(waitMs) ms would end too late)")
-            var rejected = result(for: payment.paymentId, .rejected, .expired)
-            rejected.pulses = plan.pulseCounts
-            emit(rejected, payment: payment, receipt: receipt)
-            return
-        }
         // Quiet time after the previous train; payments arriving meanwhile wait here, durable
         // as received.
         if let quietUntil, quietUntil > .now {
             do {
-                try receipt.ensureDurable { try self.store.recordReceived(payload, at: now()) }
+                try receipt.ensureDurable { try self.store.recordReceived(payload, at: self.now()) }
             } catch {
                 noteJournalFailure("cannot record a received completion: \(error)")
             }
@@ -234,7 +240,7 @@ extension EdgeAgent {
                 // Checked again at the last moment: never a train that would end after
                 // expiresAt − 2 s by our own clock.
                 let now = clock()
-                guard now + duration <= payment.expiresAt - ProtocolLimits.trainEndMarginMs else {
+                guard DecisionCore.trainMayStart(at: now, durationMs: duration, expiresAt: payment.expiresAt) else {
                     declined.withLock { $0 = .expired }
                     throw TrainDeclined.expired
                 }
@@ -256,36 +262,20 @@ extension EdgeAgent {
         var outcome = result(for: payment.paymentId, .credited, nil)
         outcome.pulses = plan.pulseCounts
         outcome.pulsesFired = report.pulsesFired
+        let why = declined.withLock { $0 }
+        (outcome.status, outcome.reason) = DecisionCore.outcome(of: report.outcome, declined: why)
+        if outcome.status == .credited { outcome.amount = payment.amount }
         switch report.outcome {
         case .completed:
-            outcome.amount = payment.amount
             state.withLock { $0.relay = .ok }
-        case .inhibitedBeforeStart:
-            outcome.status = .rejected
-            outcome.reason = .machineInhibited
-        case .faultBeforeStart(let error):
-            log.error("relay fault before the first pulse: \(error)")
+        case .faultBeforeStart(let error), .faultDuringTrain(let error):
+            log.error("relay fault \(report.outcome.startedFiring ? "during the train" : "before the first pulse"): \(error)")
             state.withLock { $0.relay = .fault }
-            outcome.status = .rejected
-            outcome.reason = .relayFault
-        case .declined(let why):
-            outcome.status = .rejected
-            outcome.reason = declined.withLock { $0 } ?? .relayFault
-            if outcome.reason == .relayFault {
-                log.error("could not record the train start: \(why)")
-                noteJournalFailure("cannot record a train start: \(why)")
-            }
-        case .inhibitedDuringTrain:
-            outcome.status = .uncertain
-            outcome.reason = .inhibitedDuringTrain
-        case .faultDuringTrain(let error):
-            log.error("relay fault during the train: \(error)")
-            state.withLock { $0.relay = .fault }
-            outcome.status = .uncertain
-            outcome.reason = .relayFault
-        case .cancelled:
-            outcome.status = .uncertain
-            outcome.reason = .interrupted
+        case .declined(let detail) where why == nil || why == .relayFault:
+            log.error("could not record the train start: \(detail)")
+            noteJournalFailure("cannot record a train start: \(detail)")
+        default:
+            break
         }
         log.info(
             "payment \(outcome.status.rawValue)",
@@ -311,31 +301,22 @@ extension EdgeAgent {
         Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
     }
 
-    /// The checks between the duplicate check and the plan, in PROTOCOL.md's order.
-    private func check(_ payment: PaymentCompleted, log: Logger) -> RejectionReason? {
-        let now = now()
-        switch state.withLock({ $0.clock.check(now: now) }) {
+    /// Says in status whether the clock could be trusted for a payment that got as far as the
+    /// clock row (ClockGuard), and logs why not.
+    private func noteClock(_ verdict: ClockGuard.Verdict, now: Int, paymentId: PaymentID) {
+        switch verdict {
         case .trusted:
             setProblem(UnitProblem.clockUntrusted, false)
         case .behind(let floor):
-            log.error("the clock reads \(now), behind \(floor) that this unit has already seen: refusing as expired")
+            logger.error(
+                "the clock reads \(now), behind \(floor) that this unit has already seen: refusing as expired",
+                metadata: ["payment.id": "\(paymentId)"])
             setProblem(UnitProblem.clockUntrusted, true)
-            return .expired
         case .unsynchronised:
-            log.error("the clock is not synchronised and --require-clock-sync is set: refusing as expired")
+            logger.error(
+                "the clock is not synchronised and --require-clock-sync is set: refusing as expired", metadata: ["payment.id": "\(paymentId)"])
             setProblem(UnitProblem.clockUntrusted, true)
-            return .expired
         }
-        if now > payment.expiresAt { return .expired }
-        if payment.issuedAt > now + ProtocolLimits.maxClockLeadMs { return .notYetValid }
-        // Issued before this journal existed: a lost journal may have decided it already.
-        if let created = state.withLock({ $0.journalCreatedAt }), payment.issuedAt < created {
-            log.warning("payment issued before this journal was created (\(created)); refused as expired")
-            return .expired
-        }
-        guard let config = state.withLock({ $0.config }) else { return .notConfigured }
-        if payment.currency != config.currency { return .currencyMismatch }
-        return nil
     }
 
     func result(for paymentId: PaymentID?, _ status: PaymentStatus, _ reason: RejectionReason?) -> PaymentResult {
