@@ -5,6 +5,10 @@ import MessageSchema
 /// not slow the pulse thread). After a crash of the process it tells `pulsesFired` of the
 /// interrupted train exactly; after a power loss it may lag (a lower bound). Decisions never
 /// depend on it: an interrupted train is `uncertain` whatever it says.
+struct TrainProgressError: Error, CustomStringConvertible {
+    var description: String
+}
+
 final class TrainProgress: @unchecked Sendable {
     // @unchecked: written only from the pulse thread during a train, read at start-up.
     private let fd: Int32
@@ -13,7 +17,7 @@ final class TrainProgress: @unchecked Sendable {
     init(path: String) throws {
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
-            throw BundleError(path: path, problem: "cannot open train progress file: \(String(cString: strerror(errno)))")
+            throw TrainProgressError(description: "cannot open the train progress file \(path): \(String(cString: strerror(errno))) (the state folder must be writable by the agent's user)")
         }
     }
 

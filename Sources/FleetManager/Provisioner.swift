@@ -1,4 +1,3 @@
-import EdgeAgent
 import Foundation
 import Logging
 import MQTT

@@ -1,6 +1,7 @@
 import ArgumentParser
 import EdgeAgent
 import Foundation
+import MessageSchema
 import Logging
 import PulseBridgeVersion
 import RelayOutput

@@ -1,5 +1,4 @@
 import Foundation
-import MessageSchema
 
 /// Why a device bundle cannot be used. Each says what to do.
 public struct BundleError: Error, Sendable, CustomStringConvertible {
