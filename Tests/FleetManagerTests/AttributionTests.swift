@@ -190,11 +190,15 @@ struct AttributionTests {
             try await Self.waitOnline(payments, b)
 
             // The unit freezes after its first pulse (its link is as good as down) until past
-            // expiresAt + 5 s; then it resumes and its result arrives late.
-            let late = Task { try await payments.pay(b, amount: 300, currency: "JPY", userId: "u-late", ttl: .seconds(3), unknownWait: .seconds(30)) }
+            // expiresAt + 5 s; then it resumes and its result arrives late. The time to live
+            // leaves the agent 5.5 s to start the 0.5 s train (it refuses one that would end
+            // within 2 s of the expiry), however slow a sanitizer build on a loaded machine is.
+            let ttl = Duration.seconds(8)
+            let sentAt = ContinuousClock.now
+            let late = Task { try await payments.pay(b, amount: 300, currency: "JPY", userId: "u-late", ttl: ttl, unknownWait: .seconds(30)) }
             try await agent.waitForEdges(1)
             kill(agent.process.pid, SIGSTOP)
-            let frozenUntil = ContinuousClock.now + .seconds(9)
+            let frozenUntil = sentAt + ttl + .seconds(6)
             try await Task.sleep(until: frozenUntil)  // the frozen span is the scenario itself, not a wait for a condition
             kill(agent.process.pid, SIGCONT)
             let outcome = try await late.value
