@@ -36,7 +36,8 @@ struct IntegrityTests {
             let short = fleet.payment(machine, amount: 1_000, ttlMs: 2_500)
             try await fleet.publish(short)
             #expect(try await fleet.result(short.paymentId, machine: machine).reason == .expired)
-            let fits = fleet.payment(machine, amount: 1_000, ttlMs: 4_000)
+            // 3 s of slack to start in, for a sanitizer build on a loaded machine.
+            let fits = fleet.payment(machine, amount: 1_000, ttlMs: 6_000)
             try await fleet.publish(fits)
             #expect(try await fleet.result(fits.paymentId, machine: machine).status == .credited)
             #expect(unit.activations(line: 17) == 10)
