@@ -101,12 +101,17 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
-        // Starting and stopping child processes (mosquitto, agents) without the
-        // blocked-signal-mask hang; used by tests, the benchmark, the demo and the agent's
-        // supervisor.
+        // Starting and stopping child processes without the blocked-signal-mask hang: the
+        // agent's supervisor (production) and everything below that starts brokers and agents.
+        .target(
+            name: "ChildProcesses",
+            dependencies: ["Locking"],
+            swiftSettings: strict),
+        // A broker on a free loopback port, for tests, the benchmark and the demo
+        // (re-exports ChildProcesses).
         .target(
             name: "LocalServices",
-            dependencies: ["Locking", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["ChildProcesses", "Locking", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
 
         // Test helpers shared by the test targets and the benchmark.
@@ -119,7 +124,7 @@ let package = Package(
         .executableTarget(
             name: "edge-agent",
             dependencies: [
-                "EdgeAgent", "MessageSchema", "RelayOutput", "LocalServices", "PulseBridgeVersion",
+                "EdgeAgent", "MessageSchema", "RelayOutput", "ChildProcesses", "PulseBridgeVersion",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -73,9 +73,16 @@ public enum LoopbackPort {
         }
     }
 
-    static func posixError(_ operation: String) -> ChildProcessError {
-        ChildProcessError(executable: operation, reason: String(cString: strerror(errno)))
+    static func posixError(_ operation: String) -> LoopbackPortError {
+        LoopbackPortError(operation: operation, reason: String(cString: strerror(errno)))
     }
+}
+
+/// Why no loopback port could be had.
+public struct LoopbackPortError: Error, Sendable, CustomStringConvertible {
+    public var operation: String
+    public var reason: String
+    public var description: String { "loopback port: \(operation): \(reason)" }
 }
 
 /// A port held closed; see `LoopbackPort.refusing()`.

@@ -1,7 +1,7 @@
 import ArgumentParser
 import EdgeAgent
 import Foundation
-import LocalServices
+import ChildProcesses
 
 /// The stable part of a self-updating unit: systemd starts this (from a path updates never
 /// replace); it runs `INSTALL/current/edge-agent run …`, restarts it when it exits, and rolls a
