@@ -200,13 +200,19 @@ public final class PulseEngine: Sendable {
     }
 }
 
-/// CLOCK_MONOTONIC, in nanoseconds.
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the pulse engine, the simulated edge log, the
+/// agent's hot-path trace and the benchmark, so their times compare.
+@inline(__always)
+public func monotonicNanoseconds() -> UInt64 {
+    var t = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
+}
+
+/// The engine's clock: `monotonicNanoseconds` and absolute sleeps on the same clock.
 enum Clock {
-    static func now() -> UInt64 {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
-    }
+    @inline(__always)
+    static func now() -> UInt64 { monotonicNanoseconds() }
 
     /// Sleeps until the absolute deadline (never wakes early; retries on signals).
     static func sleep(until deadline: UInt64) {

@@ -24,13 +24,6 @@ struct Distribution: Sendable {
     var mean: Double { sorted.reduce(0, +) / Double(Swift.max(sorted.count, 1)) }
 }
 
-/// The monotonic clock in nanoseconds, the one the edge log uses too.
-func monotonicNanoseconds() -> UInt64 {
-    var t = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &t)
-    return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
-}
-
 /// Folder of this executable, where SwiftPM also put its sibling products.
 func productsDirectory() -> String {
     let path = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]

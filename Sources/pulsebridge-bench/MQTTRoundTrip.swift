@@ -1,3 +1,4 @@
+import RelayOutput
 import ArgumentParser
 import Foundation
 import LocalServices
