@@ -52,8 +52,8 @@ public final class AgentStore: Sendable {
             _ = try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL")
             try db.execute(sql: "PRAGMA synchronous = FULL")
             // No automatic checkpoint: it would land on whichever commit crosses the threshold,
-            // possibly the "train started" one just before a first pulse. The pipeline
-            // checkpoints between payments instead (`checkpoint()`).
+            // possibly the "train started" one just before a first pulse. The agent checkpoints
+            // every 64 payments on a queue of its own instead (`checkpoint()`).
             _ = try Int.fetchOne(db, sql: "PRAGMA wal_autocheckpoint = 0")
         }
         configuration.busyMode = .timeout(5)
@@ -361,7 +361,7 @@ public final class AgentStore: Sendable {
     /// journal as the next payment arrives, and even an unsynced commit leaves WAL pages that
     /// the next start record's sync must write too. Lost to a crash, the deletion only publishes
     /// the result again, which consumers de-duplicate by (`machineId`, `paymentId`).
-    public func removeFromOutbox(_ id: Int64) throws {
+    public func acknowledge(_ id: Int64) {
         _ = acknowledged.withLock { $0.insert(id) }
     }
 
@@ -384,10 +384,17 @@ public final class AgentStore: Sendable {
         db.afterNextTransaction { _ in self.acknowledged.withLock { $0.subtract(ids) } }
     }
 
+    /// Results not yet acknowledged by the broker: the rows, less the acknowledged ones still
+    /// in the file (a handful at most: they go with the next decision).
     public func outboxDepth() throws -> Int {
-        let ids = try database.read { db in try Int64.fetchAll(db, sql: "SELECT id FROM outbox") }
         let skip = acknowledged.withLock { $0 }
-        return ids.count { !skip.contains($0) }
+        return try database.read { db in
+            let rows = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox") ?? 0
+            guard !skip.isEmpty else { return rows }
+            let present = try db.cachedStatement(sql: "SELECT 1 FROM outbox WHERE id = ?")
+            let gone = try skip.count { try Int.fetchOne(present, arguments: [$0]) != nil }
+            return rows - gone
+        }
     }
 
     // MARK: Counters
@@ -448,8 +455,9 @@ public final class AgentStore: Sendable {
         }
     }
 
-    /// Copies the write-ahead log into the database (passive: never waits for readers). Called
-    /// between payments, off the path to a first pulse.
+    /// Copies the write-ahead log into the database (passive: never waits for readers or the
+    /// writer), on a connection of its own. The agent calls it from its checkpoint queue, beside
+    /// the pipeline: a start record committed meanwhile does not wait for it.
     public func checkpoint() throws {
         try checkpointer.writeWithoutTransaction { db in _ = try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(PASSIVE)") }
     }

@@ -179,7 +179,7 @@ extension EdgeAgent {
                     try await client.publish(
                         topic: topics.topic(.paymentResult, for: machine), payload: WireCoding.encode(result),
                         qos: .atLeastOnce, retain: false)
-                    try store.removeFromOutbox(entry.id)
+                    store.acknowledge(entry.id)
                     _ = state.withLock { $0.seqByOutboxId.removeValue(forKey: entry.id) }
                 } catch {
                     logger.warning("result not published yet: \(error)", metadata: ["payment.id": "\(result.paymentId?.rawValue ?? "-")"])

@@ -1,3 +1,4 @@
+import RelayOutput
 import ArgumentParser
 import EdgeAgent
 import Foundation
@@ -45,7 +46,7 @@ struct JournalCommit: AsyncParsableCommand {
             try store.recordDecision(result, payment: payment)
             let decideNs = monotonicNanoseconds() - t
             // The broker acknowledges the result: its outbox row goes (unsynced), as in the agent.
-            for entry in try store.outbox() { try store.removeFromOutbox(entry.id) }
+            for entry in try store.outbox() { store.acknowledge(entry.id) }
             // One page overwritten and synced: the disk's own floor.
             _ = block.withUnsafeBytes { pwrite(fd, $0.baseAddress, 4096, off_t((i % 16) * 4096)) }
             t = monotonicNanoseconds()

@@ -49,7 +49,7 @@ import Testing
         try store.recordResultOnly(duplicate)
         let entries = try store.outbox()
         #expect(entries.map { $0.result.paymentId } == ["p-a", "p-b"])
-        try store.removeFromOutbox(entries[0].id)
+        store.acknowledge(entries[0].id)
         #expect(try store.outbox().map { $0.result.paymentId } == ["p-b"])
         // A duplicate is an answer, not a decision.
         #expect(try store.decision("p-b") == nil)
@@ -65,7 +65,7 @@ import Testing
             try store.recordDecision(result("p-a", .rejected), payment: payment("p-a"))
             try store.recordDecision(result("p-b", .rejected), payment: payment("p-b"))
             let entries = try store.outbox()
-            try store.removeFromOutbox(entries[0].id)
+            store.acknowledge(entries[0].id)
             #expect(try store.outbox().map { $0.result.paymentId } == ["p-b"])
             #expect(try store.outboxDepth() == 1)
             #expect(store.hasAcknowledged)
@@ -75,8 +75,8 @@ import Testing
             let store = try AgentStore(path: path)
             #expect(try store.outbox().map { $0.result.paymentId } == ["p-a", "p-b"])
             let entries = try store.outbox()
-            try store.removeFromOutbox(entries[0].id)
-            try store.removeFromOutbox(entries[1].id)
+            store.acknowledge(entries[0].id)
+            store.acknowledge(entries[1].id)
             #expect(try store.outboxDepth() == 0)
             // The next decision takes the deletions along in its transaction.
             try store.recordDecision(result("p-c", .rejected), payment: payment("p-c"))
@@ -85,7 +85,7 @@ import Testing
         do {
             let store = try AgentStore(path: path)
             #expect(try store.outbox().map { $0.result.paymentId } == ["p-c"])
-            try store.removeFromOutbox(try store.outbox()[0].id)
+            store.acknowledge(try store.outbox()[0].id)
             // Between payments (the heartbeat's turn), without a decision.
             try store.flushAcknowledged()
             #expect(!store.hasAcknowledged)
