@@ -5,7 +5,7 @@ import RelayOutput
 /// knows goes in (`Facts`), the answer comes out. No journal, no clock, no lines, no logging:
 /// the agent gathers the facts, calls `decide`, and acts on the answer. The rows after the plan
 /// (inhibit input, relay fault, every pulse fired, stopped part-way) belong to the lines;
-/// `outcome(of:declined:)` maps what the engine reports onto them.
+/// `outcome(of:refusal:)` maps what the engine reports onto them.
 public enum DecisionCore {
     /// Everything the table reads.
     public struct Facts: Sendable {
@@ -104,17 +104,31 @@ public enum DecisionCore {
     }
 
     /// The table's last rows, from what the engine reports: status and reason of the result.
-    /// `declined` is why the start hook refused the train (`expired` by the last-moment check,
-    /// `relay_fault` when the start record could not be written).
-    public static func outcome(of train: TrainOutcome, declined: RejectionReason?) -> (PaymentStatus, RejectionReason?) {
+    /// `refusal` is why the start hook refused the train.
+    public static func outcome(of train: TrainOutcome, refusal: StartRefusal?) -> (PaymentStatus, RejectionReason?) {
         switch train {
         case .completed: (.credited, nil)
         case .inhibitedBeforeStart: (.rejected, .machineInhibited)
-        case .faultBeforeStart: (.rejected, .relayFault)
-        case .declined: (.rejected, declined ?? .relayFault)
+        case .faultBeforeStart, .shutDown: (.rejected, .relayFault)
+        case .declined: (.rejected, refusal?.reason ?? .relayFault)
         case .inhibitedDuringTrain: (.uncertain, .inhibitedDuringTrain)
         case .faultDuringTrain: (.uncertain, .relayFault)
         case .cancelled: (.uncertain, .interrupted)
+        }
+    }
+}
+
+/// Why the agent's start hook, on the pulse thread just before the first edge, refused a train.
+public enum StartRefusal: Error {
+    /// The last-moment check: the train would now end after `expiresAt` − 2 s.
+    case expired
+    /// The "train started" record could not be committed: no pulse without it.
+    case journal(any Error)
+
+    public var reason: RejectionReason {
+        switch self {
+        case .expired: .expired
+        case .journal: .relayFault
         }
     }
 }

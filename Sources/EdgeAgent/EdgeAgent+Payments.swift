@@ -230,27 +230,24 @@ extension EdgeAgent {
         let store = self.store
         let progress = self.progress
         let clock = options.clock
-        let declined = Locked<RejectionReason?>(nil)
         let startMarks = Locked<(began: UInt64, committed: UInt64)>((0, 0))
         let duration = plan.durationMs
         marks.decided = monotonicNanoseconds()
         let report = await engine.fire(
             plan, on: lines,
-            beforeFirstPulse: {
+            beforeFirstPulse: { () throws(StartRefusal) in
                 // Checked again at the last moment: never a train that would end after
                 // expiresAt − 2 s by our own clock.
                 let now = clock()
                 guard DecisionCore.trainMayStart(at: now, durationMs: duration, expiresAt: payment.expiresAt) else {
-                    declined.withLock { $0 = .expired }
-                    throw TrainDeclined.expired
+                    throw .expired
                 }
                 do {
                     let began = monotonicNanoseconds()
                     try receipt.write { row in try store.recordTrainStarted(payment, plan: plan.pulseCounts, at: now, received: row) }
                     startMarks.withLock { $0 = (began, monotonicNanoseconds()) }
                 } catch {
-                    declined.withLock { $0 = .relayFault }
-                    throw TrainDeclined.journal(error)
+                    throw .journal(error)
                 }
                 // Only once the start is committed: a failed start must not overwrite the
                 // progress of a train that really ran.
@@ -262,8 +259,7 @@ extension EdgeAgent {
         var outcome = result(for: payment.paymentId, .credited, nil)
         outcome.pulses = plan.pulseCounts
         outcome.pulsesFired = report.pulsesFired
-        let why = declined.withLock { $0 }
-        (outcome.status, outcome.reason) = DecisionCore.outcome(of: report.outcome, declined: why)
+        (outcome.status, outcome.reason) = DecisionCore.outcome(of: report.outcome, refusal: report.refusal)
         if outcome.status == .credited { outcome.amount = payment.amount }
         switch report.outcome {
         case .completed:
@@ -271,9 +267,13 @@ extension EdgeAgent {
         case .faultBeforeStart(let error), .faultDuringTrain(let error):
             log.error("relay fault \(report.outcome.startedFiring ? "during the train" : "before the first pulse"): \(error)")
             state.withLock { $0.relay = .fault }
-        case .declined(let detail) where why == nil || why == .relayFault:
-            log.error("could not record the train start: \(detail)")
-            noteJournalFailure("cannot record a train start: \(detail)")
+        case .declined:
+            if case .journal(let error) = report.refusal {
+                log.error("could not record the train start: \(error)")
+                noteJournalFailure("cannot record a train start: \(error)")
+            }
+        case .shutDown:
+            log.error("the pulse engine is shut down: payment refused")
         default:
             break
         }
@@ -289,12 +289,6 @@ extension EdgeAgent {
             marks.firstEdge = first.actualNs
             hotPathTrace.record(marks)
         }
-    }
-
-    /// Why the pulse engine's start hook declined a train.
-    private enum TrainDeclined: Error {
-        case expired
-        case journal(any Error)
     }
 
     static func milliseconds(_ duration: Duration) -> Int {

@@ -27,8 +27,11 @@ public enum TrainOutcome: Sendable, Hashable {
     case faultBeforeStart(RelayError)
     /// A line failed part-way.
     case faultDuringTrain(RelayError)
-    /// The `beforeFirstPulse` hook declined (e.g. the payment expired meanwhile): nothing fired.
-    case declined(String)
+    /// The `beforeFirstPulse` hook declined (e.g. the payment expired meanwhile): nothing
+    /// fired. Its error, typed as the hook throws it, is the report's `refusal`.
+    case declined
+    /// The engine was shut down before the train could run: nothing fired.
+    case shutDown
     /// `cancel()` stopped the train (between pulses).
     case cancelled
 
@@ -36,14 +39,16 @@ public enum TrainOutcome: Sendable, Hashable {
     public var startedFiring: Bool {
         switch self {
         case .completed, .inhibitedDuringTrain, .faultDuringTrain, .cancelled: true
-        case .inhibitedBeforeStart, .faultBeforeStart, .declined: false
+        case .inhibitedBeforeStart, .faultBeforeStart, .declined, .shutDown: false
         }
     }
 }
 
-/// What a train did.
-public struct TrainReport: Sendable {
+/// What a train did. `Refusal` is the error type of the start hook (`Never` without one).
+public struct TrainReport<Refusal: Error>: Sendable {
     public var outcome: TrainOutcome
+    /// Why the start hook declined the train (`outcome == .declined`), as it threw it.
+    public var refusal: Refusal?
     /// Pulses completed (contact closed and opened again), over all steps.
     public var pulsesFired: Int
     /// Pulses completed per plan step.
@@ -92,23 +97,31 @@ public final class PulseEngine: Sendable {
     /// is driven inactive again.
     /// `afterPulse` runs on the pulse thread after each completed pulse with the count so far
     /// (in the gap; it must be quick).
-    public func fire(
+    public func fire<Refusal: Error>(
         _ plan: PulsePlan, on lines: any RelayLines,
-        beforeFirstPulse: @escaping @Sendable () throws -> Void = {},
+        beforeFirstPulse: @escaping @Sendable () throws(Refusal) -> Void,
         afterPulse: @escaping @Sendable (Int) -> Void = { _ in }
-    ) async -> TrainReport {
+    ) async -> TrainReport<Refusal> {
         cancelRequested.store(false, ordering: .relaxed)
         return await withCheckedContinuation { continuation in
-            let accepted = thread.submit(
-                work: { [self] in runTrain(plan, lines: lines, beforeFirstPulse: beforeFirstPulse, afterPulse: afterPulse) },
-                completion: { continuation.resume(returning: $0) })
+            let accepted = thread.submit { [self] in
+                let report = runTrain(plan, lines: lines, beforeFirstPulse: beforeFirstPulse, afterPulse: afterPulse)
+                return { continuation.resume(returning: report) }
+            }
             if !accepted {
                 continuation.resume(
                     returning: TrainReport(
-                        outcome: .declined("the pulse engine is shut down"), pulsesFired: 0,
+                        outcome: .shutDown, pulsesFired: 0,
                         firedPerStep: Array(repeating: 0, count: plan.steps.count), edges: [], startNs: 0))
             }
         }
+    }
+
+    /// Fires `plan` on `lines` with no start hook.
+    public func fire(
+        _ plan: PulsePlan, on lines: any RelayLines, afterPulse: @escaping @Sendable (Int) -> Void = { _ in }
+    ) async -> TrainReport<Never> {
+        await fire(plan, on: lines, beforeFirstPulse: {}, afterPulse: afterPulse)
     }
 
     /// Stops the running train between pulses (the current pulse completes).
@@ -125,10 +138,10 @@ public final class PulseEngine: Sendable {
         thread.stop()
     }
 
-    private func runTrain(
-        _ plan: PulsePlan, lines: any RelayLines, beforeFirstPulse: () throws -> Void, afterPulse: (Int) -> Void
-    ) -> TrainReport {
-        var report = TrainReport(
+    private func runTrain<Refusal: Error>(
+        _ plan: PulsePlan, lines: any RelayLines, beforeFirstPulse: () throws(Refusal) -> Void, afterPulse: (Int) -> Void
+    ) -> TrainReport<Refusal> {
+        var report = TrainReport<Refusal>(
             outcome: .completed, pulsesFired: 0, firedPerStep: Array(repeating: 0, count: plan.steps.count),
             edges: [], startNs: 0)
         report.edges.reserveCapacity(plan.totalPulses * 2)
@@ -145,10 +158,11 @@ public final class PulseEngine: Sendable {
             try? lines.driveAllInactive()
             return report
         }
-        do {
+        do throws(Refusal) {
             try beforeFirstPulse()
         } catch {
-            report.outcome = .declined("\(error)")
+            report.outcome = .declined
+            report.refusal = error
             return report
         }
 
@@ -190,7 +204,7 @@ public final class PulseEngine: Sendable {
         return report
     }
 
-    private func finish(_ report: TrainReport, _ lines: any RelayLines) -> TrainReport {
+    private func finish<Refusal>(_ report: TrainReport<Refusal>, _ lines: any RelayLines) -> TrainReport<Refusal> {
         do {
             try lines.driveAllInactive()
         } catch {
@@ -236,9 +250,10 @@ enum Clock {
 /// SCHED_FIFO too (a CPU-bound one then starves the machine). So the thread drops back to
 /// the normal scheduler before it hands a result back, and runs task jobs at normal priority.
 final class PulseThread: TaskExecutor, Sendable {
+    /// A train: the work runs (at real-time priority) and returns how to hand its report back,
+    /// which runs once the thread is back on the normal scheduler.
     private struct Train: Sendable {
-        var work: @Sendable () -> TrainReport
-        var completion: @Sendable (TrainReport) -> Void
+        var work: @Sendable () -> @Sendable () -> Void
     }
     private enum Work: @unchecked Sendable {
         // @unchecked: an UnownedJob is run exactly once, by whichever thread dequeues it.
@@ -304,18 +319,18 @@ final class PulseThread: TaskExecutor, Sendable {
                 job.runSynchronously(on: asUnownedTaskExecutor())
             case .train(let train):
                 let elevated = isRealtime && setScheduler(fifo: true) == 0
-                let report = train.work()
+                let handBack = train.work()
                 if elevated { _ = setScheduler(fifo: false) }
-                train.completion(report)
+                handBack()
             }
         }
     }
 
     /// Queues a train; false if the thread has been stopped.
-    func submit(work: @escaping @Sendable () -> TrainReport, completion: @escaping @Sendable (TrainReport) -> Void) -> Bool {
+    func submit(_ work: @escaping @Sendable () -> @Sendable () -> Void) -> Bool {
         let accepted = jobs.withLock { state -> Bool in
             guard !state.stopped else { return false }
-            state.queue.append(.train(Train(work: work, completion: completion)))
+            state.queue.append(.train(Train(work: work)))
             return true
         }
         if accepted { available.signal() }

@@ -164,16 +164,17 @@ import Testing
     }
 
     @Test func theEnginesOutcomesMapOntoTheLastRows() {
-        func row(_ train: TrainOutcome, _ declined: RejectionReason? = nil) -> String {
-            let (status, reason) = DecisionCore.outcome(of: train, declined: declined)
+        func row(_ train: TrainOutcome, _ refusal: StartRefusal? = nil) -> String {
+            let (status, reason) = DecisionCore.outcome(of: train, refusal: refusal)
             return "\(status.rawValue) \(reason?.rawValue ?? "-")"
         }
         let fault = RelayError.writeFailed(chip: "gpiochip0", line: 17, reason: "test")
         #expect(row(.completed) == "credited -")
         #expect(row(.inhibitedBeforeStart) == "rejected machine_inhibited")
         #expect(row(.faultBeforeStart(fault)) == "rejected relay_fault")
-        #expect(row(.declined("late"), .expired) == "rejected expired")
-        #expect(row(.declined("journal")) == "rejected relay_fault")
+        #expect(row(.declined, .expired) == "rejected expired")
+        #expect(row(.declined, .journal(CancellationError())) == "rejected relay_fault")
+        #expect(row(.shutDown) == "rejected relay_fault")
         #expect(row(.inhibitedDuringTrain) == "uncertain inhibited_during_train")
         #expect(row(.faultDuringTrain(fault)) == "uncertain relay_fault")
         #expect(row(.cancelled) == "uncertain interrupted")

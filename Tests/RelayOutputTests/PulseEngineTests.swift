@@ -124,11 +124,27 @@ struct PulseEngineTests {
     }
 
     @Test func declinedHookFiresNothing() async throws {
-        struct Expired: Error {}
+        struct Expired: Error, Equatable { var by: Int }
         let lines = try driver.open(outputs: [Self.coin], inhibit: nil)
-        let report = await engine.fire(try PulsePlan.make(amount: 300, outputs: [Self.coin]), on: lines) { throw Expired() }
+        let report = await engine.fire(try PulsePlan.make(amount: 300, outputs: [Self.coin]), on: lines) { () throws(Expired) in
+            throw Expired(by: 7)
+        }
         lines.close()
+        #expect(report.outcome == .declined)
         #expect(!report.outcome.startedFiring)
+        // The hook's own error, typed, comes back with the report.
+        #expect(report.refusal == Expired(by: 7))
+        #expect(activations(SimulatedEdge.read(driver.edgeLogPath), line: 17) == 0)
+    }
+
+    @Test func shutDownEngineFiresNothingAndSaysSo() async throws {
+        let engine = PulseEngine(realtime: RealtimePolicy(fifoPriority: nil))
+        engine.shutdown()
+        let lines = try driver.open(outputs: [Self.coin], inhibit: nil)
+        let report = await engine.fire(try PulsePlan.make(amount: 300, outputs: [Self.coin]), on: lines)
+        lines.close()
+        #expect(report.outcome == .shutDown)
+        #expect(report.pulsesFired == 0)
         #expect(activations(SimulatedEdge.read(driver.edgeLogPath), line: 17) == 0)
     }
 
