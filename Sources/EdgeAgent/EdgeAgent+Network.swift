@@ -167,20 +167,13 @@ extension EdgeAgent {
                 return state.withLock { !$0.unjournaled.contains { $0.publishFromMemory && !$0.published } }
             }
             for entry in entries {
-                var result = entry.result
-                result.bootId = bootId
-                result.seq = state.withLock { s in
-                    if let seq = s.seqByOutboxId[entry.id] { return seq }
-                    s.resultSeq += 1
-                    s.seqByOutboxId[entry.id] = s.resultSeq
-                    return s.resultSeq
-                }
+                let result = stamps.stamp(entry.result, outboxId: entry.id)
                 do {
                     try await client.publish(
                         topic: topics.topic(.paymentResult, for: machine), payload: WireCoding.encode(result),
                         qos: .atLeastOnce, retain: false)
                     store.acknowledge(entry.id)
-                    _ = state.withLock { $0.seqByOutboxId.removeValue(forKey: entry.id) }
+                    stamps.acknowledged(outboxId: entry.id)
                 } catch {
                     logger.warning("result not published yet: \(error)", metadata: ["payment.id": "\(result.paymentId?.rawValue ?? "-")"])
                     return false
@@ -196,12 +189,8 @@ extension EdgeAgent {
         let waiting = state.withLock { s in s.unjournaled.indices.filter { s.unjournaled[$0].publishFromMemory && !s.unjournaled[$0].published } }
         var sent = false
         for index in waiting {
-            guard var result = state.withLock({ $0.unjournaled.indices.contains(index) ? $0.unjournaled[index].result : nil }) else { break }
-            result.bootId = bootId
-            result.seq = state.withLock { s in
-                s.resultSeq += 1
-                return s.resultSeq
-            }
+            guard let unstamped = state.withLock({ $0.unjournaled.indices.contains(index) ? $0.unjournaled[index].result : nil }) else { break }
+            let result = stamps.stamp(unstamped)
             do {
                 try await client.publish(
                     topic: topics.topic(.paymentResult, for: machine), payload: WireCoding.encode(result), qos: .atLeastOnce)

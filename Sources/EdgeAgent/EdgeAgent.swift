@@ -71,7 +71,9 @@ public final class EdgeAgent: Service, Sendable {
     let checkpoints = DispatchQueue(label: "pulsebridge.journal-checkpoint", qos: .utility)
     let logger: Logger
     /// New at every start.
-    public let bootId: String
+    public var bootId: String { stamps.bootId }
+    /// Every published result's identity (bootId, seq), stamped in this one place.
+    let stamps: ResultStamps
     let startedAt = ContinuousClock.now
     let state: Locked<AgentState>
     /// Wakes the outbox publisher.
@@ -106,7 +108,7 @@ public final class EdgeAgent: Service, Sendable {
         self.progress = try TrainProgress(path: options.stateDirectory + "/train-progress")
         self.engine = PulseEngine(realtime: options.realtime, logger: logger)
         self.hotPathTrace = try options.hotPathTracePath.map { try HotPathTrace(path: $0) }
-        self.bootId = UUID().uuidString.lowercased()
+        self.stamps = ResultStamps(bootId: UUID().uuidString.lowercased())
         self.state = Locked(AgentState())
         (outboxWakes, outboxWake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         (restartRequests, restartRequest) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(1))
@@ -332,9 +334,6 @@ struct AgentState: Sendable {
     var stopping = false
     var subscribed = false
     var heartbeatSeq = 0
-    var resultSeq = 0
-    /// Seq stamped on an outbox entry in this boot, reused if it is published again.
-    var seqByOutboxId: [Int64: Int] = [:]
     /// CLOCK_MONOTONIC instant the last train ended (for postVendDelayMs).
     var lastTrainEnd: ContinuousClock.Instant?
     var reportedConfigThisBoot = false
