@@ -15,7 +15,8 @@ import Synchronization
 public final class MQTTClient: Sendable {
     /// The settings the client was made with.
     public let configuration: MQTTConfiguration
-    /// Every message the broker delivers, in order, for all subscriptions. One consumer.
+    /// Every message the broker delivers that no ``subscription(to:qos:)`` stream takes, in
+    /// order, for all other subscriptions. One consumer.
     public let messages: AsyncStream<MQTTMessage>
 
     let connection: MosquittoConnection
@@ -66,6 +67,28 @@ public final class MQTTClient: Sendable {
         try await connection.subscribe([MQTTSubscription(filter, qos: qos)])
     }
 
+    /// Subscribes to `filter` and returns the subscription's own stream: every message whose
+    /// topic matches the filter, in order, and no other (those no longer reach ``messages``).
+    /// Retained messages sent with the SUBACK are in it. The stream ends when the client
+    /// closes; when its consumer goes away first, the client unsubscribes (unless another
+    /// stream has the same filter). A filter the broker refuses throws
+    /// ``MQTTError/subscriptionRefused(filter:reasonCode:reason:)``.
+    public func subscription(to filter: String, qos: MQTTQoS = .atLeastOnce) async throws -> AsyncStream<MQTTMessage> {
+        let connection = self.connection
+        // Routed before the SUBSCRIBE leaves: a retained message may arrive before the SUBACK.
+        guard let (id, stream) = connection.router.add(filter: filter, onEnd: { last in
+            guard last else { return }
+            Task { try? await connection.unsubscribe([filter]) }
+        }) else { throw MQTTError.closed }
+        do {
+            try await connection.subscribe([MQTTSubscription(filter, qos: qos)])
+        } catch {
+            connection.router.remove(id)
+            throw error
+        }
+        return stream
+    }
+
     /// Unsubscribes and waits for the UNSUBACK.
     public func unsubscribe(_ filters: [String]) async throws {
         try await connection.unsubscribe(filters)
@@ -104,5 +127,26 @@ public final class MQTTClient: Sendable {
     @_spi(Testing)
     public func dropConnectionWithoutDisconnect() {
         connection.dropSocket()
+    }
+}
+
+extension MQTTClient {
+    /// Makes a client, connects it, runs `body` with it and closes it, whatever `body` does
+    /// (returns, throws, or is cancelled): the scoped way to use a client for one job.
+    public static func withClient<Result>(
+        _ configuration: MQTTConfiguration, logger: Logger = Logger(label: "pulsebridge.mqtt"),
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (MQTTClient) async throws -> Result
+    ) async throws -> Result {
+        let client = try MQTTClient(configuration, logger: logger)
+        do {
+            try await client.connect()
+            let result = try await body(client)
+            await client.close()
+            return result
+        } catch {
+            await client.close()
+            throw error
+        }
     }
 }

@@ -45,4 +45,22 @@ extension BrokerIdentity {
         }
         return client
     }
+
+    /// Connects (as `connect` does), runs `body` with the client and closes it, whatever
+    /// `body` does: one job, one connection, never left open.
+    public func withClient<Result>(
+        clientID: String, cleanStart: Bool = true, logger: Logger = Logger(label: "pulsebridge.fleet"),
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (MQTTClient) async throws -> Result
+    ) async throws -> Result {
+        let client = try await connect(clientID: clientID, cleanStart: cleanStart, logger: logger)
+        do {
+            let result = try await body(client)
+            await client.close()
+            return result
+        } catch {
+            await client.close()
+            throw error
+        }
+    }
 }

@@ -75,15 +75,7 @@ func readSecret(file: String?, value: String?, name: String) throws -> String {
 /// Connects as the fleet manager (`purpose` names the client), runs `body`, and closes the
 /// connection whatever happens.
 func withManagerClient<T>(_ home: FleetHome, purpose: String, _ body: (MQTTClient) async throws -> T) async throws -> T {
-    let client = try await home.settings.manager.connect(clientID: "fleet-manager-\(purpose)-\(UUID().uuidString.prefix(8).lowercased())")
-    do {
-        let result = try await body(client)
-        await client.close()
-        return result
-    } catch {
-        await client.close()
-        throw error
-    }
+    try await home.settings.manager.withClient(clientID: "fleet-manager-\(purpose)-\(UUID().uuidString.prefix(8).lowercased())", body)
 }
 
 /// A `Provisioner` with its two connections (dynamic security and the manager's client), both

@@ -1,5 +1,6 @@
 import Foundation
 import LocalServices
+import Locking
 @_spi(Testing) import MQTT
 import Testing
 import TestSupport
@@ -40,6 +41,96 @@ struct MQTTClientTests {
             #expect(!one.retain)
             await subscriber.close()
             await publisher.close()
+        }
+    }
+
+    /// Each subscription stream gets the messages its filter matches, and only those; the
+    /// catch-all stream gets the rest. A retained message comes with the subscription.
+    @Test func subscriptionStreamsGetOnlyTheirOwnMessages() async throws {
+        try await LocalMosquitto.with { broker in
+            let publisher = try Self.client(broker)
+            try await publisher.connect()
+            try await publisher.publish(topic: "s/a/kept", payload: Data("r".utf8), retain: true)
+            let client = try Self.client(broker)
+            try await client.connect()
+            let rest = Inbox(client)
+            var a = try await client.subscription(to: "s/a/+").makeAsyncIterator()
+            var b = try await client.subscription(to: "s/b/#").makeAsyncIterator()
+            try await client.subscribe("s/c")
+            for topic in ["s/a/1", "s/b/x/y", "s/c", "s/a/2"] {
+                try await publisher.publish(topic: topic, payload: Data(topic.utf8))
+            }
+            let fromA = [await a.next(), await a.next(), await a.next()].map { $0?.topic }
+            #expect(fromA == ["s/a/kept", "s/a/1", "s/a/2"])
+            #expect(await b.next()?.topic == "s/b/x/y")
+            _ = try await rest.next(on: "s/c")
+            #expect(await rest.topicsSeen == ["s/c"])
+            await client.close()
+            // Closing the client ends the streams.
+            #expect(await a.next() == nil)
+            try await publisher.publish(topic: "s/a/kept", payload: Data(), retain: true)
+            await publisher.close()
+        }
+    }
+
+    /// A subscription stream whose consumer goes away unsubscribes: its topic then reaches no
+    /// stream at all (not even the catch-all).
+    @Test func droppingASubscriptionStreamUnsubscribes() async throws {
+        try await LocalMosquitto.with { broker in
+            let client = try Self.client(broker)
+            try await client.connect()
+            let rest = Inbox(client)
+            var marker = try await client.subscription(to: "d/marker").makeAsyncIterator()
+            let consumed = Locked(false)
+            let consumer = Task {
+                for await message in try await client.subscription(to: "d/topic") where message.payload == Data("stop".utf8) { break }
+                consumed.withLock { $0 = true }
+            }
+            // Until the consumer has subscribed and read a message (then it stops reading).
+            let subscribedBy = ContinuousClock.now + .seconds(10)
+            while !consumed.withLock({ $0 }), ContinuousClock.now < subscribedBy {
+                try await client.publish(topic: "d/topic", payload: Data("stop".utf8))
+                try await client.publish(topic: "d/marker", payload: Data())
+                _ = await marker.next()
+            }
+            try await consumer.value
+            #expect(consumed.withLock { $0 })
+            // The UNSUBSCRIBE is sent after the stream ends; until the broker has it, a message on
+            // the topic reaches the catch-all. Sent again with a marker until one does not.
+            var unsubscribed = false
+            let deadline = ContinuousClock.now + .seconds(10)
+            while !unsubscribed, ContinuousClock.now < deadline {
+                let before = await rest.topicsSeen.count
+                try await client.publish(topic: "d/topic", payload: Data("late".utf8))
+                try await client.publish(topic: "d/marker", payload: Data())
+                _ = await marker.next()
+                unsubscribed = await rest.topicsSeen.count == before
+            }
+            #expect(unsubscribed)
+            await client.close()
+        }
+    }
+
+    @Test func withClientClosesTheClientWhenTheBodyThrows() async throws {
+        struct Failed: Error {}
+        try await LocalMosquitto.with { broker in
+            var configuration = MQTTConfiguration(host: broker.host, port: broker.port, clientID: "scoped")
+            configuration.reconnect = MQTTReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(200))
+            let used = Locked<MQTTClient?>(nil)
+            await #expect(throws: Failed.self) {
+                try await MQTTClient.withClient(configuration) { client in
+                    used.withLock { $0 = client }
+                    try await client.publish(topic: "w/1", payload: Data("x".utf8))
+                    throw Failed()
+                }
+            }
+            #expect(used.withLock { $0?.connectionState } == .closed)
+            // Connected for the body, and what it returns comes back.
+            let wasConnected = try await MQTTClient.withClient(configuration) { client in
+                try await client.publish(topic: "w/2", payload: Data("y".utf8))
+                return client.connectionState.isConnected
+            }
+            #expect(wasConnected)
         }
     }
 
