@@ -64,7 +64,7 @@ let package = Package(
             swiftSettings: strict),
         .target(
             name: "RelayOutput",
-            dependencies: ["CGPIOD", "MessageSchema", "Locking", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CGPIOD", "Locking", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         .target(
             name: "EdgeAgent",
@@ -211,7 +211,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "RelayOutputTests",
-            dependencies: ["RelayOutput", "MessageSchema"],
+            dependencies: ["RelayOutput"],
             swiftSettings: strict),
     ]
 )

@@ -1,6 +1,5 @@
 internal import CGPIOD
 import Foundation
-import MessageSchema
 
 /// Real GPIO lines through libgpiod 1.6: outputs requested as `pulsebridge` with initial value
 /// inactive and `activeLow` honoured by the kernel, the inhibit line as an input.
@@ -10,7 +9,7 @@ public struct GPIODLineDriver: LineDriver {
 
     public init() {}
 
-    public func open(outputs: [OutputConfig], inhibit: InhibitConfig?) throws(RelayError) -> any RelayLines {
+    public func open(outputs: [OutputLine], inhibit: InhibitLine?) throws(RelayError) -> any RelayLines {
         try GPIODRelayLines(outputs: outputs, inhibit: inhibit)
     }
 }
@@ -19,14 +18,14 @@ public struct GPIODLineDriver: LineDriver {
 final class GPIODRelayLines: RelayLines, @unchecked Sendable {
     // @unchecked: libgpiod handles; one thread at a time drives them (RelayLines' contract),
     // and `closed` flips once, from `close()`.
-    let outputs: [OutputConfig]
-    private let inhibitConfig: InhibitConfig?
+    let outputs: [OutputLine]
+    private let inhibitConfig: InhibitLine?
     private var chips: [String: OpaquePointer] = [:]
     private var outputLines: [OpaquePointer] = []
     private var inhibitLine: OpaquePointer?
     private var closed = false
 
-    init(outputs: [OutputConfig], inhibit: InhibitConfig?) throws(RelayError) {
+    init(outputs: [OutputLine], inhibit: InhibitLine?) throws(RelayError) {
         self.outputs = outputs
         self.inhibitConfig = inhibit
         do {

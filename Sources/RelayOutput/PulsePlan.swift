@@ -1,4 +1,3 @@
-import MessageSchema
 
 /// Why an amount cannot be paid out.
 public enum PlanError: Error, Sendable, Hashable, CustomStringConvertible {
@@ -12,16 +11,6 @@ public enum PlanError: Error, Sendable, Hashable, CustomStringConvertible {
     /// (pulse values that are large and have no common divisor). Refused rather than risk the
     /// unit's memory; the configuration is refused the same way when it is applied.
     case tooComplex(amount: Int, values: [Int], entries: Int)
-
-    /// The wire reason (`over_limit`, `amount_not_payable`; an invalid amount never passes
-    /// message validation, so it maps to `malformed`).
-    public var reason: RejectionReason {
-        switch self {
-        case .invalidAmount: .malformed
-        case .overLimit: .overLimit
-        case .notPayable, .tooComplex: .amountNotPayable
-        }
-    }
 
     public var description: String {
         switch self {
@@ -55,8 +44,6 @@ public struct PulsePlan: Sendable, Hashable {
     /// Σ count × (pulseMs + gapMs).
     public var durationMs: Int { steps.reduce(0) { $0 + $1.count * ($1.pulseMs + $1.gapMs) } }
     public var totalPulses: Int { steps.reduce(0) { $0 + $1.count } }
-    /// The plan as `payment.result` carries it.
-    public var pulseCounts: [PulseCount] { steps.map { PulseCount(channel: $0.channel, count: $0.count) } }
 
     /// The combination of pulses that sums exactly to `amount` in the least total time
     /// (PROTOCOL.md, `config`). Ties go to fewer pulses, then to the earlier output.
@@ -70,7 +57,7 @@ public struct PulsePlan: Sendable, Hashable {
     /// bill values need a few hundred entries.
     public static let maxTableEntries = 1 << 20
 
-    public static func make(amount: Int, outputs: [OutputConfig], maxAmount: Int? = nil) throws(PlanError) -> PulsePlan {
+    public static func make(amount: Int, outputs: [OutputLine], maxAmount: Int? = nil) throws(PlanError) -> PulsePlan {
         guard amount > 0 else { throw .invalidAmount(amount) }
         if let maxAmount, amount > maxAmount { throw .overLimit(amount: amount, maxAmount: maxAmount) }
         let values = outputs.map(\.valuePerPulse)
@@ -142,7 +129,7 @@ public struct PulsePlan: Sendable, Hashable {
 
     /// The most time-efficient output: least (pulseMs + gapMs) / valuePerPulse; on a tie the
     /// larger value (fewer pulses), then the earlier output.
-    static func fastestOutput(_ outputs: [OutputConfig]) -> Int {
+    static func fastestOutput(_ outputs: [OutputLine]) -> Int {
         var best = 0
         for j in outputs.indices.dropFirst() {
             let lhs = outputs[j].periodMs * outputs[best].valuePerPulse
@@ -153,7 +140,7 @@ public struct PulsePlan: Sendable, Hashable {
     }
 
     /// The most value the other outputs pay in some optimal plan (see ``make(amount:outputs:maxAmount:)``).
-    static func otherOutputsBound(amount: Int, outputs: [OutputConfig], best: Int) -> Int {
+    static func otherOutputsBound(amount: Int, outputs: [OutputLine], best: Int) -> Int {
         let vb = outputs[best].valuePerPulse
         var bound = 0
         for j in outputs.indices where j != best {
@@ -167,7 +154,7 @@ public struct PulsePlan: Sendable, Hashable {
     /// Throws ``PlanError/tooComplex(amount:values:entries:)`` when some amount up to
     /// `maxAmount` would need a planning table over the limit: checked when a configuration
     /// is applied, so such a configuration is refused rather than found out at a payment.
-    public static func checkPlannable(outputs: [OutputConfig], maxAmount: Int) throws(PlanError) {
+    public static func checkPlannable(outputs: [OutputLine], maxAmount: Int) throws(PlanError) {
         let values = outputs.map(\.valuePerPulse)
         guard !outputs.isEmpty, values.allSatisfy({ $0 > 0 }) else { return }
         let unit = values.reduce(0, gcd)

@@ -1,4 +1,3 @@
-import MessageSchema
 
 /// Why a relay line could not be opened, driven or read. Each case names the chip and line.
 public enum RelayError: Error, Sendable, Hashable, CustomStringConvertible {
@@ -24,7 +23,7 @@ public enum RelayError: Error, Sendable, Hashable, CustomStringConvertible {
 /// between trains); implementations need not lock.
 public protocol RelayLines: AnyObject, Sendable {
     /// The outputs, in configuration order; `drive` takes an index into it.
-    var outputs: [OutputConfig] { get }
+    var outputs: [OutputLine] { get }
     /// Drives output `index` active (contact closed) or inactive.
     func drive(_ index: Int, active: Bool) throws(RelayError)
     /// Whether the machine's inhibit input is active; false when there is none.
@@ -52,7 +51,7 @@ extension RelayLines {
 public protocol LineDriver: Sendable {
     /// Opens the outputs and drives each inactive before anything else; opens the inhibit
     /// input. A missing chip or line is an error that names it.
-    func open(outputs: [OutputConfig], inhibit: InhibitConfig?) throws(RelayError) -> any RelayLines
+    func open(outputs: [OutputLine], inhibit: InhibitLine?) throws(RelayError) -> any RelayLines
     /// What the driver is, for logs (`libgpiod`, `simulated (edge log …)`).
     var name: String { get }
 }

@@ -1,5 +1,4 @@
 import Foundation
-import MessageSchema
 import Locking
 
 /// Lines for a machine without GPIO: every edge is appended to an edge log, one JSON line
@@ -25,7 +24,7 @@ public struct SimulatedLineDriver: LineDriver {
     public var inhibitPath: String { edgeLogPath + ".inhibit" }
     public var faultPath: String { edgeLogPath + ".fault" }
 
-    public func open(outputs: [OutputConfig], inhibit: InhibitConfig?) throws(RelayError) -> any RelayLines {
+    public func open(outputs: [OutputLine], inhibit: InhibitLine?) throws(RelayError) -> any RelayLines {
         let lines = try SimulatedRelayLines(driver: self, outputs: outputs, inhibit: inhibit)
         try lines.driveAllInactive()
         return lines
@@ -62,8 +61,8 @@ public struct SimulatedEdge: Codable, Sendable, Hashable {
 }
 
 final class SimulatedRelayLines: RelayLines, Sendable {
-    let outputs: [OutputConfig]
-    private let inhibit: InhibitConfig?
+    let outputs: [OutputLine]
+    private let inhibit: InhibitLine?
     private let driver: SimulatedLineDriver
 
     /// What changes: behind a lock, so that `close()` from another thread than the one that
@@ -80,7 +79,7 @@ final class SimulatedRelayLines: RelayLines, Sendable {
     }
     private let mutable: Locked<Mutable>
 
-    init(driver: SimulatedLineDriver, outputs: [OutputConfig], inhibit: InhibitConfig?) throws(RelayError) {
+    init(driver: SimulatedLineDriver, outputs: [OutputLine], inhibit: InhibitLine?) throws(RelayError) {
         self.driver = driver
         self.outputs = outputs
         self.inhibit = inhibit

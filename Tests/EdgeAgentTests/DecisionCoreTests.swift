@@ -163,6 +163,20 @@ import Testing
         #expect(plan == [PulseCount(channel: "coin", count: 3)])
     }
 
+    @Test func planErrorsMapToTheWire() {
+        #expect(PlanError.invalidAmount(0).reason == .malformed)
+        #expect(PlanError.overLimit(amount: 2, maxAmount: 1).reason == .overLimit)
+        #expect(PlanError.notPayable(amount: 2, values: [3]).reason == .amountNotPayable)
+        #expect(PlanError.tooComplex(amount: 2, values: [3], entries: 1 << 21).reason == .amountNotPayable)
+    }
+
+    /// The relay layer's own line types carry every field of the configuration's.
+    @Test func configurationLinesBecomeRelayLines() {
+        let config = OutputConfig(channel: "bill", chip: "gpiochip1", line: 27, activeLow: true, valuePerPulse: 1000, pulseMs: 40, gapMs: 60)
+        #expect(OutputLine(config) == OutputLine(channel: "bill", chip: "gpiochip1", line: 27, activeLow: true, valuePerPulse: 1000, pulseMs: 40, gapMs: 60))
+        #expect(InhibitLine(InhibitConfig(chip: "gpiochip0", line: 22, activeLow: true)) == InhibitLine(chip: "gpiochip0", line: 22, activeLow: true))
+    }
+
     @Test func theEnginesOutcomesMapOntoTheLastRows() {
         func row(_ train: TrainOutcome, _ refusal: StartRefusal? = nil) -> String {
             let (status, reason) = DecisionCore.outcome(of: train, refusal: refusal)

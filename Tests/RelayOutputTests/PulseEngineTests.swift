@@ -1,5 +1,4 @@
 import Foundation
-import MessageSchema
 import Testing
 
 @testable import RelayOutput
@@ -7,9 +6,9 @@ import Testing
 /// The pulse engine on the simulated line driver: the very engine that drives libgpiod lines.
 @Suite(.timeLimit(.minutes(3)))
 struct PulseEngineTests {
-    static let coin = OutputConfig(channel: "coin", chip: "gpiochip0", line: 17, valuePerPulse: 100, pulseMs: 30, gapMs: 30)
-    static let bill = OutputConfig(channel: "bill", chip: "gpiochip0", line: 27, valuePerPulse: 1000, pulseMs: 40, gapMs: 40)
-    static let inhibit = InhibitConfig(chip: "gpiochip0", line: 22, activeLow: true)
+    static let coin = OutputLine(channel: "coin", chip: "gpiochip0", line: 17, valuePerPulse: 100, pulseMs: 30, gapMs: 30)
+    static let bill = OutputLine(channel: "bill", chip: "gpiochip0", line: 27, valuePerPulse: 1000, pulseMs: 40, gapMs: 40)
+    static let inhibit = InhibitLine(chip: "gpiochip0", line: 22, activeLow: true)
 
     let engine = PulseEngine(realtime: RealtimePolicy(fifoPriority: 50, lockMemory: false))
     let driver = SimulatedLineDriver(edgeLogPath: NSTemporaryDirectory() + "edges-\(UUID().uuidString).jsonl")
@@ -26,7 +25,8 @@ struct PulseEngineTests {
     @Test func firesExactPulsesPerChannelWithinTolerance() async throws {
         let lines = try driver.open(outputs: [Self.coin, Self.bill], inhibit: nil)
         let plan = try PulsePlan.make(amount: 2300, outputs: [Self.coin, Self.bill])
-        #expect(plan.pulseCounts == [PulseCount(channel: "coin", count: 3), PulseCount(channel: "bill", count: 2)])
+        #expect(plan.steps.map(\.channel) == ["coin", "bill"])
+        #expect(plan.steps.map(\.count) == [3, 2])
         let report = await engine.fire(plan, on: lines)
         lines.close()
 
@@ -184,7 +184,7 @@ struct PulseEngineTests {
         #expect(reason.contains("No such file"))
         #expect(error?.description.contains("gpiochip0") == true)
         #expect(throws: RelayError.self) {
-            _ = try GPIODLineDriver().open(outputs: [OutputConfig(channel: "c", chip: "/dev/gpiochip9", line: 1, valuePerPulse: 1, pulseMs: 10, gapMs: 10)], inhibit: nil)
+            _ = try GPIODLineDriver().open(outputs: [OutputLine(channel: "c", chip: "/dev/gpiochip9", line: 1, valuePerPulse: 1, pulseMs: 10, gapMs: 10)], inhibit: nil)
         }
     }
 }
@@ -199,7 +199,7 @@ final class InhibitAfter: RelayLines, @unchecked Sendable {
         self.inner = inner
         self.pulses = pulses
     }
-    var outputs: [OutputConfig] { inner.outputs }
+    var outputs: [OutputLine] { inner.outputs }
     func drive(_ index: Int, active: Bool) throws(RelayError) {
         try inner.drive(index, active: active)
         if active { activations += 1 }
