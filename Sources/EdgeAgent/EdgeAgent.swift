@@ -124,55 +124,43 @@ public final class EdgeAgent: Service, Sendable {
         if !pending.isEmpty { logger.notice("deciding \(pending.count) payment(s) received before the last stop") }
         for (id, payload) in pending { submit(.payment(payload, .recorded(id))) }
         let client = try makeClient()
-        try client.start()
-        let inputs = self.inputs
-        let inputContinuation = self.input
 
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.watchConnection(client) }
-            group.addTask { await self.route(client.messages, client: client) }
-            group.addTask { await self.publishStatusChanges(client) }
-            group.addTask { await self.publishOutbox(client) }
-            group.addTask { await self.sendHeartbeats(client) }
-            // On the pulse thread: a completion wakes it directly, and decision, start record and
-            // first pulse follow on one thread (PulseEngine.executor).
-            let pipeline = Task(executorPreference: engine.executor) { await self.runPipeline(inputs, client: client) }
-
-            group.addTask { await self.watchFirmwareHealth(client) }
-
-            // Until SIGTERM / SIGINT (or cancellation), or a restart into new firmware.
-            let requests = restartRequests
-            await withTaskGroup(of: Void.self) { wait in
-                wait.addTask { try? await gracefulShutdown() }
-                wait.addTask {
-                    for await reason in requests {
-                        self.logger.notice("restarting: \(reason)")
-                        break
-                    }
-                }
-                await wait.next()
-                wait.cancelAll()
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(services: services(client), logger: logger))
+        // Off this task, so that cancelling the agent stops it gracefully (as SIGTERM does)
+        // instead of cancelling every part at once. Task locals, and with them the outer
+        // group's graceful shutdown, are inherited.
+        let running = Task { try await group.run() }
+        let requests = restartRequests
+        let restarts = Task {
+            for await reason in requests {
+                self.logger.notice("restarting: \(reason)")
+                await group.triggerGracefulShutdown()
+                return
             }
-            logger.info("stopping: no new payments; a running train may finish")
-            inputContinuation.finish()
-            let grace = options.trainStopGrace
-            let stopper = Task {
-                try await Task.sleep(for: grace)
-                self.logger.warning("a train is still running after the stop grace; stopping it between pulses")
-                self.engine.cancel()
-            }
-            await pipeline.value
-            stopper.cancel()
-            cancelFirmwareDownload()
-            await drainOutbox(within: .seconds(3), client: client)
-            do { try store.flushAcknowledged() } catch { logger.warning("cannot delete acknowledged results: \(error)") }
-            await publishOffline(client)
-            await client.close()
-            group.cancelAll()
         }
+        await withTaskCancellationHandler {
+            do { try await running.value } catch { logger.error("the agent's services ended: \(error)") }
+        } onCancel: {
+            Task { await group.triggerGracefulShutdown() }
+        }
+        restarts.cancel()
         closeLines()
         engine.shutdown()
         logger.info("stopped; relay outputs inactive")
+    }
+
+    /// The agent's parts in start order; a graceful stop runs through them backwards
+    /// (AgentServices.swift). Each runs until its own graceful shutdown; firmware's health
+    /// check may end sooner.
+    func services(_ client: MQTTClient) -> [ServiceGroupConfiguration.ServiceConfiguration] {
+        [
+            .init(service: ConnectionService(agent: self, client: client)),
+            .init(service: PresenceService(agent: self, client: client)),
+            .init(service: OutboxService(agent: self, client: client)),
+            .init(service: PipelineService(agent: self, client: client)),
+            .init(service: FirmwareService(agent: self, client: client)),
+        ]
     }
 
     /// Power-up: finish what a crash left, load configuration and trust, drive every output
