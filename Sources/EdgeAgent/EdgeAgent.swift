@@ -63,6 +63,8 @@ public final class EdgeAgent: Service, Sendable {
     let options: AgentOptions
     let machine: MachineID
     let topics: TopicScheme
+    /// One agent per state folder, for as long as this one lives.
+    let stateLock: StateDirectoryLock
     let store: AgentStore
     let engine: PulseEngine
     let progress: TrainProgress
@@ -104,6 +106,7 @@ public final class EdgeAgent: Service, Sendable {
         logger[metadataKey: "machine"] = "\(options.bundle.machineId)"
         self.logger = logger
         try FileManager.default.createDirectory(atPath: options.stateDirectory, withIntermediateDirectories: true)
+        self.stateLock = try StateDirectoryLock(directory: options.stateDirectory)
         self.store = try AgentStore(path: options.stateDirectory + "/agent.sqlite")
         self.progress = try TrainProgress(path: options.stateDirectory + "/train-progress")
         self.engine = PulseEngine(realtime: options.realtime, logger: logger)

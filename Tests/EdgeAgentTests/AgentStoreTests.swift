@@ -41,6 +41,30 @@ import Testing
         #expect(try reopened.outboxDepth() == 200)
     }
 
+    /// The look-up on a payment's way answers from memory for an ID never decided, and every
+    /// decided or started ID (written in this process or found at open) still reads the file.
+    @Test func everyDecidedIdIsFoundWithOrWithoutReopening() throws {
+        let store = try AgentStore(path: path)
+        for i in 0..<500 {
+            #expect(try store.decision(PaymentID(rawValue: "q-\(i)")!) == nil)
+            if i.isMultiple(of: 2) {
+                try store.recordDecision(result("q-\(i)", .credited, amount: 100), payment: payment("q-\(i)", amount: 100))
+            } else {
+                try store.recordTrainStarted(payment("q-\(i)"), plan: [], at: 5_000)
+            }
+        }
+        let reopened = try AgentStore(path: path)
+        for i in 0..<500 {
+            let id = PaymentID(rawValue: "q-\(i)")!
+            let expected: PaymentStatus? = i.isMultiple(of: 2) ? .credited : nil
+            #expect(try store.decision(id)?.status == expected)
+            #expect(try store.decision(id) != nil)
+            #expect(try reopened.decision(id)?.status == expected)
+            #expect(try reopened.decision(id) != nil)
+        }
+        #expect(try reopened.decision("q-500") == nil)
+    }
+
     @Test func outboxKeepsOrderUntilRemoved() throws {
         let store = try AgentStore(path: path)
         try store.recordDecision(result("p-a", .rejected), payment: payment("p-a"))

@@ -298,6 +298,31 @@ struct ResilienceTests {
         }
     }
 
+    /// One agent per state folder: a second one on a running agent's journal would fire what
+    /// the first decided. It stops at once, says who holds it, and the first goes on paying.
+    @Test func secondAgentOnTheSameStateFolderIsRefused() async throws {
+        try await FleetHarness.with { fleet in
+            let machine: MachineID = "lock-01"
+            let unit = try fleet.unit(machine)
+            try unit.start()
+            let online = try await fleet.status(machine, .online)
+            let second = try ChildProcess.spawn(
+                AgentUnit.binary, ["run", "--bundle", unit.bundlePath, "--state-dir", unit.stateDirectory, "--gpio", "sim:\(unit.directory)/edges-2"],
+                outputPath: unit.directory + "/second.out")
+            #expect(await second.waitForExit() == .exited(2))
+            let output = second.output().trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(output.split(separator: "\n").count == 1, "\(output)")
+            #expect(output.contains("another edge-agent (pid \(unit.child?.pid ?? -1)) is using the state folder"), "\(output)")
+            let payment = fleet.payment(machine, amount: 100)
+            try await fleet.publish(payment)
+            #expect(try await fleet.result(payment.paymentId, machine: machine).status == .credited)
+            // The first agent, the same boot, still runs.
+            _ = try await fleet.heartbeat(machine) { $0.bootId == online.bootId }
+            #expect(unit.child?.isRunning == true)
+            await unit.terminate()
+        }
+    }
+
     @Test(arguments: [
         ("missing", nil, "no such file"),
         ("not json", "{{{", "not valid JSON"),
