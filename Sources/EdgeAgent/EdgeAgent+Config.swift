@@ -22,7 +22,7 @@ extension EdgeAgent {
             await reportConfig(version: version, status: .rejected, reason: reason, client: client)
         case .ignored:
             // The retained copy of what is applied comes back on every (re)subscription.
-            if let version = state.withLock({ $0.config?.version }) {
+            if let version = pipeline.withLock({ $0.config?.version }) {
                 await reportConfig(version: version, status: .applied, reason: nil, client: client)
             }
         }
@@ -31,7 +31,7 @@ extension EdgeAgent {
     /// Verifies and applies a signed configuration: newer version only, lines re-opened (the
     /// pipeline only gets here between trains), persisted, trust rotated.
     func applyConfig(_ payload: Data, now: Int) -> ConfigOutcome {
-        let (trust, current) = state.withLock { ($0.trust, $0.config) }
+        let (trust, current) = pipeline.withLock { ($0.trust, $0.config) }
         let verified: Verified<MachineConfig>
         do {
             verified = try SignedEnvelope.open(payload, as: MachineConfig.self, trust: trust)
@@ -56,7 +56,7 @@ extension EdgeAgent {
             logger.error("configuration \(config.version) rejected: \(error)")
             return .rejected(version: config.version, reason: .amountNotPayable)
         }
-        if current?.outputs != config.outputs || current?.inhibit != config.inhibit || state.withLock({ $0.lines }) == nil {
+        if current?.outputs != config.outputs || current?.inhibit != config.inhibit || pipeline.withLock({ $0.lines }) == nil {
             closeLines()
             if let error = openLines(for: config) {
                 // Back to the lines that worked.
@@ -74,7 +74,7 @@ extension EdgeAgent {
         }
         var rotated: TrustStore?
         if let entries = config.trust { rotated = try? TrustStore(entries: entries) }
-        state.withLock { s in
+        pipeline.withLock { s in
             s.config = config
             if let rotated { s.trust = rotated }
             // Signed by the fleet: the clock cannot truly be earlier than this.
@@ -92,7 +92,7 @@ extension EdgeAgent {
             try await client.publish(
                 topic: topics.topic(.configReported, for: machine), payload: WireCoding.encode(report), qos: .atLeastOnce,
                 retain: true)
-            state.withLock { $0.reportedConfigThisBoot = true }
+            link.withLock { $0.reportedConfigThisBoot = true }
         } catch {
             logger.warning("cannot report configuration \(version): \(error)")
         }

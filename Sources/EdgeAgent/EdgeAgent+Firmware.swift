@@ -9,7 +9,7 @@ extension EdgeAgent {
     /// between trains (`install`).
     func handleFirmware(_ payload: Data, client: MQTTClient) async {
         guard !payload.isEmpty else { return }
-        let trust = state.withLock { $0.trust }
+        let trust = pipeline.withLock { $0.trust }
         let update: FirmwareUpdate
         do {
             update = try SignedEnvelope.open(payload, as: FirmwareUpdate.self, trust: trust).body
@@ -59,9 +59,9 @@ extension EdgeAgent {
         }
         // A newer update replaces one still downloading.
         let task = Task { await self.download(update, into: downloads, client: client) }
-        let previous = state.withLock { s in
-            defer { s.firmwareDownload = task }
-            return s.firmwareDownload
+        let previous = firmwareDownload.withLock { s in
+            defer { s = task }
+            return s
         }
         previous?.cancel()
     }
@@ -72,7 +72,7 @@ extension EdgeAgent {
     }
 
     func cancelFirmwareDownload() {
-        state.withLock { $0.firmwareDownload }?.cancel()
+        firmwareDownload.withLock { $0 }?.cancel()
     }
 
     /// Off the pipeline: free space, download, size and SHA-256; then the pipeline installs.

@@ -9,17 +9,17 @@ extension EdgeAgent {
         for await connection in client.connectionStates() {
             guard case .connected(let session, _) = connection else {
                 if case .disconnected(let reason) = connection {
-                    state.withLock { $0.connected = false }
+                    link.withLock { $0.connected = false }
                     logger.warning("broker connection lost: \(reason)")
                 }
                 continue
             }
-            state.withLock {
+            link.withLock {
                 $0.connected = true
                 $0.session = Int(session)
             }
             logger.info("connected to the broker", metadata: ["mqtt.session": "\(session)"])
-            if !state.withLock({ $0.subscribed }) {
+            if !link.withLock({ $0.subscribed }) {
                 do {
                     try await client.subscribe([
                         MQTTSubscription(topics.topic(.paymentCompleted, for: machine), qos: .atLeastOnce),
@@ -27,7 +27,7 @@ extension EdgeAgent {
                         MQTTSubscription(topics.topic(.firmwareDesired, for: machine), qos: .atLeastOnce),
                         MQTTSubscription(topics.topic(.status, for: machine), qos: .atLeastOnce),
                     ])
-                    state.withLock { $0.subscribed = true }
+                    link.withLock { $0.subscribed = true }
                 } catch {
                     logger.error("cannot subscribe: \(error); retrying on the next connection")
                     continue
@@ -42,7 +42,7 @@ extension EdgeAgent {
                 continue
             }
             await announceOnline(client)
-            if !state.withLock({ $0.reportedConfigThisBoot }), let version = state.withLock({ $0.config?.version }) {
+            if !link.withLock({ $0.reportedConfigThisBoot }), let version = pipeline.withLock({ $0.config?.version }) {
                 await reportConfig(version: version, status: .applied, reason: nil, client: client)
             }
             outboxWake.yield()
@@ -64,7 +64,7 @@ extension EdgeAgent {
     /// A problem appeared or cleared: the retained status says so at once.
     func publishStatusChanges(_ client: MQTTClient) async {
         for await _ in statusChanges {
-            guard client.connectionState.isConnected, state.withLock({ $0.connected && !$0.stopping }) else { continue }
+            guard client.connectionState.isConnected, link.withLock({ $0.connected && !$0.stopping }) else { continue }
             await publishOnline(client)
         }
     }
@@ -73,7 +73,7 @@ extension EdgeAgent {
     /// session's, delivered late) or a mistake: say `online` again.
     private func checkStatus(_ payload: Data, client: MQTTClient) async {
         guard let status = try? WireCoding.decode(StatusMessage.self, from: payload), status.state == .offline else { return }
-        let (connected, stopping, session) = state.withLock { ($0.connected, $0.stopping, $0.session) }
+        let (connected, stopping, session) = link.withLock { ($0.connected, $0.stopping, $0.session) }
         guard connected, !stopping else { return }
         logger.info(
             "stale offline status seen; publishing online again",
@@ -82,9 +82,9 @@ extension EdgeAgent {
     }
 
     func statusMessage(_ machineState: MachineState) -> StatusMessage {
-        let (session, version, problems, began) = state.withLock {
-            ($0.session, $0.config?.version ?? 0, $0.problems.sorted(), $0.sessionStartedAt)
-        }
+        let (session, began) = link.withLock { ($0.session, $0.sessionStartedAt) }
+        let version = pipeline.withLock { $0.config?.version ?? 0 }
+        let problems = self.problems.withLock { $0.sorted() }
         var status = StatusMessage(
             machineId: machine, state: machineState, bootId: bootId, session: session, firmware: options.firmwareVersion,
             configVersion: version, at: now())
@@ -105,7 +105,7 @@ extension EdgeAgent {
 
     /// Graceful stop: `offline` ourselves (the will is for crashes), bounded in time.
     func publishOffline(_ client: MQTTClient) async {
-        state.withLock { $0.stopping = true }
+        link.withLock { $0.stopping = true }
         guard client.connectionState.isConnected else { return }
         let offline = statusMessage(.offline)
         let topic = topics.topic(.status, for: machine)
@@ -127,7 +127,7 @@ extension EdgeAgent {
     func publishOutbox(_ client: MQTTClient) async {
         for await _ in outboxWakes {
             let flushed = await publishPendingResults(client)
-            let (connected, session, announced) = state.withLock { ($0.connected, $0.session, $0.onlineSession) }
+            let (connected, session, announced) = link.withLock { ($0.connected, $0.session, $0.onlineSession) }
             if flushed, connected, announced != session { await announceOnline(client) }
         }
     }
@@ -135,12 +135,12 @@ extension EdgeAgent {
     /// `online` for this session, once its results are out.
     func announceOnline(_ client: MQTTClient) async {
         let now = now()
-        let session = state.withLock { s in
+        let session = link.withLock { s in
             if s.onlineSession != s.session { s.sessionStartedAt = now }
             return s.session
         }
         await publishOnline(client)
-        state.withLock { $0.onlineSession = session }
+        link.withLock { $0.onlineSession = session }
         onlineSignal.yield()
     }
 
@@ -164,7 +164,7 @@ extension EdgeAgent {
                 if let depth = try? store.outboxDepth(), depth > 0 {
                     logger.error("\(depth) outbox row(s) cannot be read as results and are not published", metadata: ["state.path": "\(store.path)"])
                 }
-                return state.withLock { !$0.unjournaled.contains { $0.publishFromMemory && !$0.published } }
+                return pipeline.withLock { !$0.unjournaled.contains { $0.publishFromMemory && !$0.published } }
             }
             for entry in entries {
                 let result = stamps.stamp(entry.result, outboxId: entry.id)
@@ -186,15 +186,15 @@ extension EdgeAgent {
     /// Publishes, from memory, the results the journal could not take that must not wait
     /// (pulses fired, or answers that decide nothing); true if any were sent.
     private func publishUnjournaled(_ client: MQTTClient) async -> Bool {
-        let waiting = state.withLock { s in s.unjournaled.indices.filter { s.unjournaled[$0].publishFromMemory && !s.unjournaled[$0].published } }
+        let waiting = pipeline.withLock { s in s.unjournaled.indices.filter { s.unjournaled[$0].publishFromMemory && !s.unjournaled[$0].published } }
         var sent = false
         for index in waiting {
-            guard let unstamped = state.withLock({ $0.unjournaled.indices.contains(index) ? $0.unjournaled[index].result : nil }) else { break }
+            guard let unstamped = pipeline.withLock({ $0.unjournaled.indices.contains(index) ? $0.unjournaled[index].result : nil }) else { break }
             let result = stamps.stamp(unstamped)
             do {
                 try await client.publish(
                     topic: topics.topic(.paymentResult, for: machine), payload: WireCoding.encode(result), qos: .atLeastOnce)
-                state.withLock { s in
+                pipeline.withLock { s in
                     if let i = s.unjournaled.firstIndex(where: { $0.result.paymentId == result.paymentId && $0.result.decidedAt == result.decidedAt }) {
                         s.unjournaled[i].published = true
                     }
@@ -211,13 +211,13 @@ extension EdgeAgent {
     /// Every `heartbeatS` seconds while connected, QoS 0.
     func sendHeartbeats(_ client: MQTTClient) async {
         while !Task.isCancelled {
-            let interval = state.withLock { $0.config?.heartbeatS } ?? options.defaultHeartbeatS
+            let interval = pipeline.withLock { $0.config?.heartbeatS } ?? options.defaultHeartbeatS
             do {
                 try await Task.sleep(for: .seconds(interval))
             } catch {
                 return
             }
-            if state.withLock({ !$0.unjournaled.isEmpty }) || store.hasAcknowledged { submit(.retryJournal) }
+            if pipeline.withLock({ !$0.unjournaled.isEmpty }) || store.hasAcknowledged { submit(.retryJournal) }
             guard client.connectionState.isConnected else { continue }
             let heartbeat = await makeHeartbeat()
             do {
@@ -233,12 +233,14 @@ extension EdgeAgent {
         // Only the pulse thread touches the lines (RelayLines' contract): the inhibit input is
         // read there, in turn with trains and configuration changes, never beside them.
         let inhibited = await withTaskExecutorPreference(engine.executor) {
-            (try? self.state.withLock { $0.lines }?.inhibitActive()) ?? false
+            (try? self.pipeline.withLock { $0.lines }?.inhibitActive()) ?? false
         }
-        let (seq, version, relay, problems) = state.withLock { s in
+        let seq = link.withLock { s in
             s.heartbeatSeq += 1
-            return (s.heartbeatSeq, s.config?.version ?? 0, s.relay, s.problems.sorted())
+            return s.heartbeatSeq
         }
+        let (version, relay) = pipeline.withLock { ($0.config?.version ?? 0, $0.relay) }
+        let problems = self.problems.withLock { $0.sorted() }
         var heartbeat = Heartbeat(
             machineId: machine, bootId: bootId, seq: seq, at: now(),
             uptimeS: Int((ContinuousClock.now - startedAt).components.seconds), firmware: options.firmwareVersion,

@@ -97,7 +97,7 @@ extension EdgeAgent {
     /// Every `count` payments: fold the write-ahead log into the database, on a queue of its
     /// own (a checkpoint takes milliseconds; a payment arriving meanwhile must not wait for it).
     private func checkpointEvery(_ count: Int) {
-        let due = state.withLock { s -> Bool in
+        let due = pipeline.withLock { s -> Bool in
             s.paymentsSinceCheckpoint += 1
             guard s.paymentsSinceCheckpoint >= count else { return false }
             s.paymentsSinceCheckpoint = 0
@@ -116,7 +116,7 @@ extension EdgeAgent {
     func handlePayment(_ payload: Data, receipt: PaymentReceipt) async {
         var marks = HotPathMarks(
             paymentId: "", arrived: receipt.arrivedNs, pipeline: monotonicNanoseconds(), verified: 0, decided: 0, trainBegan: 0, committed: 0, firstEdge: 0)
-        let trust = state.withLock { $0.trust }
+        let trust = pipeline.withLock { $0.trust }
         let opened = Result { () throws(Refusal) in try SignedEnvelope.open(payload, as: PaymentCompleted.self, trust: trust) }
         marks.verified = monotonicNanoseconds()
 
@@ -127,7 +127,7 @@ extension EdgeAgent {
             let id = verified.body.paymentId
             // A decision the journal has not taken yet is a decision all the same.
             retryJournal()
-            if let kept = state.withLock({ s in s.unjournaled.first { $0.payment != nil && $0.result.paymentId == id }?.result }) {
+            if let kept = pipeline.withLock({ s in s.unjournaled.first { $0.payment != nil && $0.result.paymentId == id }?.result }) {
                 first = OriginalDecision(status: kept.status, reason: kept.reason, amount: kept.amount)
                 firstWaitsForTheJournal = kept
             } else {
@@ -141,7 +141,7 @@ extension EdgeAgent {
             }
         }
         let nowMs = now()
-        let (clockVerdict, journalCreatedAt, config, lastTrainEnd) = state.withLock { s in
+        let (clockVerdict, journalCreatedAt, config, lastTrainEnd) = pipeline.withLock { s in
             (s.clock.check(now: nowMs), s.journalCreatedAt, s.config, s.lastTrainEnd)
         }
         let quietUntil = lastTrainEnd.map { $0 + .milliseconds(config?.postVendDelayMs ?? 0) }
@@ -209,7 +209,7 @@ extension EdgeAgent {
             try? await Task.sleep(until: quietUntil, clock: .continuous)
         }
 
-        guard let lines = state.withLock({ $0.lines }) else {
+        guard let lines = pipeline.withLock({ $0.lines }) else {
             log.error("payment rejected: relay lines are not open")
             var rejected = result(for: payment.paymentId, .rejected, .relayFault)
             rejected.pulses = plan.pulseCounts
@@ -254,7 +254,7 @@ extension EdgeAgent {
                 progress.record(payment.paymentId, fired: 0)
             },
             afterPulse: { progress.record(payment.paymentId, fired: $0) })
-        state.withLock { $0.lastTrainEnd = .now }
+        pipeline.withLock { $0.lastTrainEnd = .now }
 
         var outcome = result(for: payment.paymentId, .credited, nil)
         outcome.pulses = plan.pulseCounts
@@ -263,10 +263,10 @@ extension EdgeAgent {
         if outcome.status == .credited { outcome.amount = payment.amount }
         switch report.outcome {
         case .completed:
-            state.withLock { $0.relay = .ok }
+            pipeline.withLock { $0.relay = .ok }
         case .faultBeforeStart(let error), .faultDuringTrain(let error):
             log.error("relay fault \(report.outcome.startedFiring ? "during the train" : "before the first pulse"): \(error)")
-            state.withLock { $0.relay = .fault }
+            pipeline.withLock { $0.relay = .fault }
         case .declined:
             if case .journal(let error) = report.refusal {
                 log.error("could not record the train start: \(error)")
@@ -335,7 +335,7 @@ extension EdgeAgent {
                 "cannot write the journal: \(error); \(fired || !decides ? "publishing the result from memory" : "the result waits until it can be written")",
                 metadata: ["payment.id": "\(result.paymentId?.rawValue ?? "-")"])
             noteJournalFailure("\(error)")
-            state.withLock {
+            pipeline.withLock {
                 $0.unjournaled.append(
                     UnjournaledResult(result: result, payment: payment, receipt: receipt, publishFromMemory: fired || !decides))
             }
@@ -353,7 +353,7 @@ extension EdgeAgent {
                 }
             }
         }
-        if payment != nil { state.withLock { $0.clock.raise(to: result.decidedAt - ClockGuard.toleranceMs) } }
+        if payment != nil { pipeline.withLock { $0.clock.raise(to: result.decidedAt - ClockGuard.toleranceMs) } }
     }
 
     /// Writes what the journal refused before, oldest first; stops at the first failure.
@@ -361,12 +361,12 @@ extension EdgeAgent {
     /// heartbeat loop), so a decision is never being written while a payment is decided.
     func retryJournal() {
         var wrote = false
-        while let entry = state.withLock({ s in s.unjournaled.isEmpty ? nil : s.unjournaled.removeFirst() }) {
+        while let entry = pipeline.withLock({ s in s.unjournaled.isEmpty ? nil : s.unjournaled.removeFirst() }) {
             do {
                 // One already published from memory goes into the journal but not the outbox again.
                 try journal(entry.result, payment: entry.payment, receipt: entry.receipt, enqueue: !entry.published)
             } catch {
-                state.withLock { $0.unjournaled.insert(entry, at: 0) }
+                pipeline.withLock { $0.unjournaled.insert(entry, at: 0) }
                 return
             }
             wrote = true
@@ -396,8 +396,8 @@ extension EdgeAgent {
     /// Sets or clears one of the problems reported in status and heartbeats; a change is
     /// published in the retained status at once.
     func setProblem(_ problem: String, _ present: Bool) {
-        let changed = state.withLock { s -> Bool in
-            present ? s.problems.insert(problem).inserted : s.problems.remove(problem) != nil
+        let changed = problems.withLock { s -> Bool in
+            present ? s.insert(problem).inserted : s.remove(problem) != nil
         }
         if changed { statusChanged.yield() }
     }

@@ -77,7 +77,14 @@ public final class EdgeAgent: Service, Sendable {
     /// Every published result's identity (bootId, seq), stamped in this one place.
     let stamps: ResultStamps
     let startedAt = ContinuousClock.now
-    let state: Locked<AgentState>
+    /// The pipeline's state (configuration, trust, lines, journal side state).
+    let pipeline: Locked<PipelineState>
+    /// The connection's and presence's state (session, what was announced).
+    let link = Locked(LinkState())
+    /// What status and heartbeats report in `problems`; set by whichever part finds one.
+    let problems = Locked<Set<String>>([])
+    /// The firmware download under way, off the pipeline.
+    let firmwareDownload = Locked<Task<Void, Never>?>(nil)
     /// Wakes the outbox publisher.
     let outboxWake: AsyncStream<Void>.Continuation
     let outboxWakes: AsyncStream<Void>
@@ -112,7 +119,7 @@ public final class EdgeAgent: Service, Sendable {
         self.engine = PulseEngine(realtime: options.realtime, logger: logger)
         self.hotPathTrace = try options.hotPathTracePath.map { try HotPathTrace(path: $0) }
         self.stamps = ResultStamps(bootId: UUID().uuidString.lowercased())
-        self.state = Locked(AgentState())
+        self.pipeline = Locked(PipelineState())
         (outboxWakes, outboxWake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         (restartRequests, restartRequest) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(1))
         (onlineSignals, onlineSignal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -203,13 +210,13 @@ public final class EdgeAgent: Service, Sendable {
             trust = options.bundle.trust
         }
         let trustStore = try TrustStore(entries: trust ?? [])
-        state.withLock { $0.trust = trustStore }
+        pipeline.withLock { $0.trust = trustStore }
 
         if let envelope = try store.appliedConfigEnvelope() {
             // Our own stored copy, verified when it was applied (a later key rotation may have
             // dropped the key that signed it, so it is not verified again).
             let config = try WireCoding.decode(MachineConfig.self, from: Data(configBody(envelope).utf8))
-            state.withLock { $0.config = config }
+            pipeline.withLock { $0.config = config }
             clock.raise(to: config.issuedAt - ProtocolLimits.maxClockLeadMs)
         } else if let initial = options.bundle.initialConfig {
             switch applyConfig(Data(initial.utf8), now: now) {
@@ -219,11 +226,11 @@ public final class EdgeAgent: Service, Sendable {
             }
         }
         let guardNow = clock
-        state.withLock {
+        pipeline.withLock {
             $0.clock = guardNow
             $0.journalCreatedAt = createdAt.flatMap { $0 > 0 ? $0 : nil }
         }
-        if let config = state.withLock({ $0.config }), state.withLock({ $0.lines }) == nil {
+        if let config = pipeline.withLock({ $0.config }), pipeline.withLock({ $0.lines }) == nil {
             openLines(for: config)
         }
     }
@@ -252,7 +259,7 @@ public final class EdgeAgent: Service, Sendable {
         configuration.will = { [self] session in
             let will = StatusMessage(
                 machineId: machine, state: .offline, bootId: bootId, session: Int(session), firmware: options.firmwareVersion,
-                configVersion: state.withLock { $0.config?.version ?? 0 }, at: now())
+                configVersion: pipeline.withLock { $0.config?.version ?? 0 }, at: now())
             return MQTTOutgoingMessage(topic: statusTopic, payload: WireCoding.encode(will), qos: .atLeastOnce, retain: true)
         }
         return try MQTTClient(configuration, logger: logger)
@@ -269,7 +276,7 @@ public final class EdgeAgent: Service, Sendable {
     }
 
     func closeLines() {
-        let lines = state.withLock { s -> (any RelayLines)? in
+        let lines = pipeline.withLock { s -> (any RelayLines)? in
             defer { s.lines = nil }
             return s.lines
         }
@@ -282,14 +289,14 @@ public final class EdgeAgent: Service, Sendable {
     func openLines(for config: MachineConfig) -> RelayError? {
         do {
             let lines = try options.lineDriver.open(outputs: config.outputs, inhibit: config.inhibit)
-            state.withLock {
+            pipeline.withLock {
                 $0.lines = lines
                 $0.relay = .ok
             }
             logger.info("relay outputs open and inactive", metadata: ["relay.driver": "\(options.lineDriver.name)"])
             return nil
         } catch {
-            state.withLock { $0.relay = .fault }
+            pipeline.withLock { $0.relay = .fault }
             logger.error("cannot open relay lines: \(error)")
             return error
         }
@@ -310,12 +317,28 @@ struct UnjournaledResult: Sendable {
     var published = false
 }
 
-/// What the agent's tasks share.
-struct AgentState: Sendable {
+/// What the pipeline owns: configuration, trust, the lines and the journal's side state. Others
+/// read it (the heartbeat the configured interval and relay health, status the configuration
+/// version); only the pipeline (and power-up, before it runs) changes it.
+struct PipelineState: Sendable {
     var config: MachineConfig?
     var trust = TrustStore()
     var lines: (any RelayLines)?
     var relay: RelayHealth = .ok
+    /// CLOCK_MONOTONIC instant the last train ended (for postVendDelayMs).
+    var lastTrainEnd: ContinuousClock.Instant?
+    var paymentsSinceCheckpoint = 0
+    /// Whether the wall clock can be trusted for expiry.
+    var clock = ClockGuard(floor: 0, requireSynchronised: false)
+    /// Payments issued before this are refused (the journal is newer than they are).
+    var journalCreatedAt: Int?
+    /// Results the journal could not take yet (retried), and whether each is published from
+    /// memory meanwhile (by the outbox).
+    var unjournaled: [UnjournaledResult] = []
+}
+
+/// What the connection and presence own: the broker session and what was said on it.
+struct LinkState: Sendable {
     var session = 0
     /// The session `online` was last published for.
     var onlineSession: Int?
@@ -325,19 +348,5 @@ struct AgentState: Sendable {
     var stopping = false
     var subscribed = false
     var heartbeatSeq = 0
-    /// CLOCK_MONOTONIC instant the last train ended (for postVendDelayMs).
-    var lastTrainEnd: ContinuousClock.Instant?
     var reportedConfigThisBoot = false
-    var paymentsSinceCheckpoint = 0
-    /// Whether the wall clock can be trusted for expiry.
-    var clock = ClockGuard(floor: 0, requireSynchronised: false)
-    /// Payments issued before this are refused (the journal is newer than they are).
-    var journalCreatedAt: Int?
-    /// What status and heartbeats report in `problems`.
-    var problems: Set<String> = []
-    /// Results the journal could not take yet (retried), and whether each is published from
-    /// memory meanwhile.
-    var unjournaled: [UnjournaledResult] = []
-    /// The firmware download under way, off the pipeline.
-    var firmwareDownload: Task<Void, Never>?
 }
