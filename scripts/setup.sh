@@ -10,7 +10,7 @@ as_root apt-get update
 as_root apt-get install -y --no-install-recommends \
   mosquitto mosquitto-clients libmosquitto-dev \
   libgpiod-dev gpiod \
-  libssl-dev openssl \
+  libssl-dev openssl libsodium-dev \
   libqrencode-dev zbar-tools librsvg2-bin libsqlite3-dev \
   stress-ng pkg-config python3 python3-pip procps \
   chromium chromium-driver
