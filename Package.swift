@@ -48,6 +48,8 @@ let package = Package(
         .systemLibrary(
             name: "CQREncode", pkgConfig: "libqrencode",
             providers: [.apt(["libqrencode-dev"])]),
+        // glibc's posix_spawn_file_actions_addclosefrom_np (declared only under _GNU_SOURCE).
+        .systemLibrary(name: "CSpawn"),
         // Ed25519 verification on the payment path (the fastest measured here).
         .systemLibrary(
             name: "CSodium", pkgConfig: "libsodium",
@@ -109,7 +111,7 @@ let package = Package(
         // agent's supervisor (production) and everything below that starts brokers and agents.
         .target(
             name: "ChildProcesses",
-            dependencies: ["Locking"],
+            dependencies: ["CSpawn", "Locking"],
             swiftSettings: strict),
         // A broker on a free loopback port, for tests, the benchmark and the demo
         // (re-exports ChildProcesses).

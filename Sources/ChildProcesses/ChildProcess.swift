@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import Locking
+internal import CSpawn
 
 /// How a child process ended.
 public enum ExitStatus: Sendable, Hashable, CustomStringConvertible {
@@ -76,6 +77,10 @@ public final class ChildProcess: Sendable {
                 &actions, 1, outputPath ?? "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0o644)
             posix_spawn_file_actions_adddup2(&actions, 1, 2)
         }
+        // Nothing else of ours goes to the child: a descriptor another thread has open at this
+        // moment (a file being written without O_CLOEXEC) would otherwise stay open in the
+        // child for its whole life, and exec'ing that file then fails with "Text file busy".
+        posix_spawn_file_actions_addclosefrom_np(&actions, 3)
 
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
