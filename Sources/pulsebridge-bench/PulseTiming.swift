@@ -22,23 +22,33 @@ struct PulseTiming: AsyncParsableCommand {
         let rt = RealtimePolicy(fifoPriority: 50, lockMemory: false)
         let normal = RealtimePolicy(fifoPriority: nil, lockMemory: false)
         let idle = try await run(count: count, policy: rt)
-        results += rows("pulses.idle\(idle.realtime ? ".fifo" : "")", idle.errors)
+        results += rows("pulses.idle\(idle.realtime ? ".fifo" : "")", idle)
         let loaded = try await withLoad { try await run(count: count, policy: rt) }
-        results += rows("pulses.loaded\(loaded.realtime ? ".fifo" : "")", loaded.errors)
+        results += rows("pulses.loaded\(loaded.realtime ? ".fifo" : "")", loaded)
         let loadedNormal = try await withLoad { try await run(count: count, policy: normal) }
-        results += rows("pulses.loaded.no-rt", loadedNormal.errors)
+        results += rows("pulses.loaded.no-rt", loadedNormal)
         return results
     }
 
-    static func rows(_ name: String, _ errors: Distribution) -> [Measurement] {
+    /// Two errors per edge: when the line changed (the simulated driver stamps it before it
+    /// logs the edge, as a GPIO write would change the line), and when `drive` returned (after
+    /// the simulator's own log write, which a real line does not have).
+    static func rows(_ name: String, _ run: Run) -> [Measurement] {
         [
-            Measurement(benchmark: name, metric: "edge error p50", value: errors.p50, unit: "µs"),
-            Measurement(benchmark: name, metric: "edge error p99", value: errors.p99, unit: "µs"),
-            Measurement(benchmark: name, metric: "edge error max", value: errors.max, unit: "µs"),
+            Measurement(benchmark: name, metric: "line change error p50", value: run.lineChange.p50, unit: "µs"),
+            Measurement(benchmark: name, metric: "line change error p99", value: run.lineChange.p99, unit: "µs"),
+            Measurement(benchmark: name, metric: "line change error max", value: run.lineChange.max, unit: "µs"),
+            Measurement(benchmark: name, metric: "drive returned error p99", value: run.driveReturned.p99, unit: "µs"),
         ]
     }
 
-    static func run(count: Int, policy: RealtimePolicy) async throws -> (errors: Distribution, realtime: Bool) {
+    struct Run {
+        var lineChange: Distribution
+        var driveReturned: Distribution
+        var realtime: Bool
+    }
+
+    static func run(count: Int, policy: RealtimePolicy) async throws -> Run {
         let engine = PulseEngine(realtime: policy)
         defer { engine.shutdown() }
         let log = NSTemporaryDirectory() + "bench-edges-\(UUID().uuidString).jsonl"
@@ -48,7 +58,15 @@ struct PulseTiming: AsyncParsableCommand {
         defer { lines.close() }
         let report = await engine.fire(try PulsePlan.make(amount: count, outputs: [output]), on: lines)
         guard report.outcome == .completed else { throw ValidationError("train ended \(report.outcome)") }
-        return (Distribution(report.edges.map { Double($0.errorNs) / 1000 }), engine.isRealtime)
+        // The train's edges are the log's last ones (opening the lines logs them inactive first).
+        let logged = SimulatedEdge.read(log).filter { $0.line == 17 }.suffix(report.edges.count)
+        guard logged.count == report.edges.count, zip(logged, report.edges).allSatisfy({ $0.active == $1.active }) else {
+            throw ValidationError("the edge log does not match the train's edges")
+        }
+        let lineChange = zip(logged, report.edges).map { Double(Int64(bitPattern: $0.tNs &- $1.scheduledNs)) / 1000 }
+        return Run(
+            lineChange: Distribution(lineChange), driveReturned: Distribution(report.edges.map { Double($0.errorNs) / 1000 }),
+            realtime: engine.isRealtime)
     }
 
     /// Runs `body` while two CPU hogs (stress-ng, or busy shell loops) keep both cores busy.

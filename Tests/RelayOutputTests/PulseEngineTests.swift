@@ -55,6 +55,19 @@ struct PulseEngineTests {
         #expect(report.edges.count == 10)
     }
 
+    /// The pulse thread's sleep: kernel sleep, then a spin for the last stretch; it returns at
+    /// the deadline or after, never before, whatever the deadline (past, inside the spin, far).
+    @Test func spinningSleepNeverReturnsEarly() {
+        for offset: UInt64 in [0, 1_000, 100_000, 249_000, 251_000, 1_000_000, 3_000_000] {
+            let deadline = Clock.now() + offset
+            Clock.sleep(until: deadline, spinningFor: 250_000)
+            #expect(Clock.now() >= deadline, "returned early for an offset of \(offset) ns")
+        }
+        let past = Clock.now() - 1_000_000
+        Clock.sleep(until: past, spinningFor: 250_000)
+        Clock.sleep(until: 100, spinningFor: 250_000)  // a deadline smaller than the spin itself
+    }
+
     @Test func openingDrivesEveryOutputInactiveFirst() throws {
         let lines = try driver.open(outputs: [Self.coin, Self.bill], inhibit: nil)
         let edges = SimulatedEdge.read(driver.edgeLogPath)
