@@ -149,14 +149,20 @@ public final class EdgeAgent: Service, Sendable {
                 return
             }
         }
-        await withTaskCancellationHandler {
-            do { try await running.value } catch { logger.error("the agent's services ended: \(error)") }
+        let ended = await withTaskCancellationHandler {
+            await running.result
         } onCancel: {
             Task { await group.triggerGracefulShutdown() }
         }
         restarts.cancel()
         closeLines()
         engine.shutdown()
+        if case .failure(let error) = ended {
+            // A part failed (the others were stopped): the process exits non-zero, so that
+            // its supervisor starts it again.
+            logger.error("stopped after a failure: \(error); relay outputs inactive")
+            throw error
+        }
         logger.info("stopped; relay outputs inactive")
     }
 
