@@ -138,14 +138,23 @@ extension MQTTClient {
         isolation: isolated (any Actor)? = #isolation,
         _ body: (MQTTClient) async throws -> Result
     ) async throws -> Result {
-        let client = try MQTTClient(configuration, logger: logger)
-        do {
+        try await MQTTClient(configuration, logger: logger).closing(isolation: isolation) { client in
             try await client.connect()
-            let result = try await body(client)
-            await client.close()
+            return try await body(client)
+        }
+    }
+
+    /// Runs `body` with this client and closes it afterwards, whatever `body` does.
+    public func closing<Result>(
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (MQTTClient) async throws -> Result
+    ) async throws -> Result {
+        do {
+            let result = try await body(self)
+            await close()
             return result
         } catch {
-            await client.close()
+            await close()
             throw error
         }
     }

@@ -53,14 +53,6 @@ extension BrokerIdentity {
         isolation: isolated (any Actor)? = #isolation,
         _ body: (MQTTClient) async throws -> Result
     ) async throws -> Result {
-        let client = try await connect(clientID: clientID, cleanStart: cleanStart, logger: logger)
-        do {
-            let result = try await body(client)
-            await client.close()
-            return result
-        } catch {
-            await client.close()
-            throw error
-        }
+        try await connect(clientID: clientID, cleanStart: cleanStart, logger: logger).closing(isolation: isolation, body)
     }
 }

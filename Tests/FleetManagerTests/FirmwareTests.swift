@@ -216,14 +216,6 @@ struct FirmwareTests {
 
     @discardableResult
     func withManager<T: Sendable>(_ fleet: DynsecFleet, _ body: (MQTTClient) async throws -> T) async throws -> T {
-        let client = try await fleet.home.settings.manager.connect(clientID: "fw-\(UUID().uuidString.prefix(8).lowercased())")
-        do {
-            let result = try await body(client)
-            await client.close()
-            return result
-        } catch {
-            await client.close()
-            throw error
-        }
+        try await fleet.home.settings.manager.withClient(clientID: "fw-\(UUID().uuidString.prefix(8).lowercased())", body)
     }
 }
