@@ -71,28 +71,50 @@ public struct RealtimePolicy: Sendable, Hashable {
     /// while a train runs (2 × 500 µs per pulse: 1 % of a core for 100 ms pulse periods, 5 % for
     /// 20 ms ones).
     public var spinBeforeEdge: Duration
+    /// How much shorter than configured a pulse or gap may be made (never more than a tenth of
+    /// it) to bring a late train back to its schedule. An edge that comes late (the hypervisor
+    /// did not run the virtual CPU, a page fault) must not cut the pulse after it to what the
+    /// machine's controller rejects as noise: the next edge is due at the later of its place in
+    /// the schedule and the late edge + the phase − this. The train catches up by at most this
+    /// much per phase instead of at once.
+    public var maxCatchUpPerPhase: Duration
 
-    public init(fifoPriority: Int32? = 50, lockMemory: Bool = false, spinBeforeEdge: Duration = .microseconds(500)) {
+    public init(
+        fifoPriority: Int32? = 50, lockMemory: Bool = false, spinBeforeEdge: Duration = .microseconds(500),
+        maxCatchUpPerPhase: Duration = .milliseconds(1)
+    ) {
         self.fifoPriority = fifoPriority
         self.lockMemory = lockMemory
         self.spinBeforeEdge = spinBeforeEdge
+        self.maxCatchUpPerPhase = maxCatchUpPerPhase
+    }
+}
+
+extension Duration {
+    /// Nanoseconds, 0 for a negative duration.
+    var nanosecondsClamped: UInt64 {
+        UInt64(max(0, components.seconds)) * 1_000_000_000 + UInt64(max(0, components.attoseconds / 1_000_000_000))
     }
 }
 
 /// Runs pulse plans on relay lines, on its own thread with absolute CLOCK_MONOTONIC
-/// deadlines (`clock_nanosleep`, TIMER_ABSTIME): a late wake-up delays one edge, never the
-/// whole rest of the train. Whatever happens, every output ends inactive.
+/// deadlines (`clock_nanosleep`, TIMER_ABSTIME): a late wake-up does not push the whole rest of
+/// the train back, and it never shortens the pulse or gap after it by more than
+/// `RealtimePolicy.maxCatchUpPerPhase` (see `nextDeadline`). Whatever happens, every output
+/// ends inactive.
 public final class PulseEngine: Sendable {
     private let thread: PulseThread
     private let cancelRequested = Atomic<Bool>(false)
     private let logger: Logger
     /// `RealtimePolicy.spinBeforeEdge` in nanoseconds.
     private let spinNs: UInt64
+    /// `RealtimePolicy.maxCatchUpPerPhase` in nanoseconds.
+    private let catchUpNs: UInt64
 
     public init(realtime: RealtimePolicy = RealtimePolicy(), logger: Logger = Logger(label: "pulsebridge.relay")) {
         self.logger = logger
-        self.spinNs = UInt64(max(0, realtime.spinBeforeEdge.components.seconds)) * 1_000_000_000
-            + UInt64(max(0, realtime.spinBeforeEdge.components.attoseconds / 1_000_000_000))
+        self.spinNs = realtime.spinBeforeEdge.nanosecondsClamped
+        self.catchUpNs = realtime.maxCatchUpPerPhase.nanosecondsClamped
         self.thread = PulseThread(realtime: realtime, logger: logger)
     }
 
@@ -194,15 +216,17 @@ public final class PulseEngine: Sendable {
                     }
                     Clock.sleep(until: due, spinningFor: spinNs)
                     try lines.drive(step.output, active: true)
-                    report.edges.append(EdgeTiming(step: stepIndex, active: true, scheduledNs: due, actualNs: Clock.now()))
-                    due += pulse
+                    let rose = Clock.now()
+                    report.edges.append(EdgeTiming(step: stepIndex, active: true, scheduledNs: due, actualNs: rose))
+                    due = nextDeadline(after: due, changedBy: rose, phase: pulse)
                     Clock.sleep(until: due, spinningFor: spinNs)
                     try lines.drive(step.output, active: false)
-                    report.edges.append(EdgeTiming(step: stepIndex, active: false, scheduledNs: due, actualNs: Clock.now()))
+                    let fell = Clock.now()
+                    report.edges.append(EdgeTiming(step: stepIndex, active: false, scheduledNs: due, actualNs: fell))
                     report.pulsesFired += 1
                     report.firedPerStep[stepIndex] += 1
                     afterPulse(report.pulsesFired)
-                    due += gap
+                    due = nextDeadline(after: due, changedBy: fell, phase: gap)
                 } catch {
                     report.outcome = .faultDuringTrain(error)
                     return finish(report, lines)
@@ -213,6 +237,20 @@ public final class PulseEngine: Sendable {
         // later train (which also waits postVendDelayMs).
         Clock.sleep(until: due)
         return report
+    }
+
+    /// When the edge after a phase of `phase` ns is due, the edge before it having been due at
+    /// `due` and done (drive returned) at `done`: on schedule (`due + phase`) unless that would
+    /// make the phase shorter than `phase − catch-up` (the catch-up being at most a tenth of the
+    /// phase). As `done` is after the line changed, the phase the machine sees is never shorter
+    /// than that, however late the edge before it was.
+    @inline(__always)
+    func nextDeadline(after due: UInt64, changedBy done: UInt64, phase: UInt64) -> UInt64 {
+        Self.nextDeadline(after: due, changedBy: done, phase: phase, catchUp: catchUpNs)
+    }
+
+    static func nextDeadline(after due: UInt64, changedBy done: UInt64, phase: UInt64, catchUp: UInt64) -> UInt64 {
+        max(due + phase, done + phase - min(catchUp, phase / 10))
     }
 
     private func finish<Refusal>(_ report: TrainReport<Refusal>, _ lines: any RelayLines) -> TrainReport<Refusal> {
