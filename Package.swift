@@ -58,6 +58,14 @@ let package = Package(
         // Libraries.
         // The one version of a build: a marker in the binary, stamped per release.
         .target(name: "PulseBridgeVersion", swiftSettings: strict),
+        // The log line formats every executable offers (--log-format text|json).
+        .target(
+            name: "PulseBridgeLogging",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
         // A pthread-backed lock ThreadSanitizer can see (Synchronization.Mutex it cannot, on Linux).
         .target(name: "Locking", swiftSettings: strict),
         .target(
@@ -130,7 +138,7 @@ let package = Package(
         .executableTarget(
             name: "edge-agent",
             dependencies: [
-                "EdgeAgent", "MessageSchema", "RelayOutput", "ChildProcesses", "PulseBridgeVersion",
+                "EdgeAgent", "MessageSchema", "RelayOutput", "ChildProcesses", "PulseBridgeVersion", "PulseBridgeLogging",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -139,7 +147,7 @@ let package = Package(
         .executableTarget(
             name: "fleet-manager",
             dependencies: [
-                "FleetManager", "MessageSchema", "MQTT", "PulseBridgeVersion",
+                "FleetManager", "MessageSchema", "MQTT", "PulseBridgeVersion", "PulseBridgeLogging",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -148,7 +156,7 @@ let package = Package(
         .executableTarget(
             name: "payment-server",
             dependencies: [
-                "PaymentServer", "PaymentSDK", "PulseBridgeVersion",
+                "PaymentServer", "PaymentSDK", "PulseBridgeVersion", "PulseBridgeLogging",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -192,7 +200,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "EdgeAgentTests",
-            dependencies: ["EdgeAgent", "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "TestSupport",
+            dependencies: ["EdgeAgent", "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "TestSupport", "PulseBridgeLogging",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],

@@ -110,7 +110,7 @@ public final class EdgeAgent: Service, Sendable {
         self.machine = options.bundle.machineId
         self.topics = try TopicScheme(root: options.bundle.topicRoot)
         var logger = logger
-        logger[metadataKey: "machine"] = "\(options.bundle.machineId)"
+        logger[metadataKey: "machine.id"] = "\(options.bundle.machineId)"
         self.logger = logger
         try FileManager.default.createDirectory(atPath: options.stateDirectory, withIntermediateDirectories: true)
         self.stateLock = try StateDirectoryLock(directory: options.stateDirectory)

@@ -143,7 +143,7 @@ final class Checkout: Sendable {
             // whatever it may hold.
             try? await provider.void(ref, idempotencyKey: "void-\(paymentId)")
             if (try? store.transition(paymentId, from: [.checkout], to: .failed, note: "\(error)")) == true { publish(paymentId) }
-            logger.warning("provider failed", metadata: ["payment.id": "\(paymentId)", "error": "\(error)"])
+            logger.warning("provider failed", metadata: Self.fields(payment, ["error": "\(error)"]))
             return
         }
         switch state {
@@ -157,7 +157,7 @@ final class Checkout: Sendable {
             let task = Task { await self.send(paymentId) }
             running.withLock { $0[paymentId] = task }
         case .captured, .refunded:
-            logger.error("ALERT: provider reports \(state.rawValue) for a payment never sent", metadata: ["payment.id": "\(paymentId)"])
+            logger.error("ALERT: provider reports \(state.rawValue) for a payment never sent", metadata: Self.fields(payment))
             if (try? store.transition(paymentId, from: [.checkout], to: .held, note: "provider reports \(state.rawValue) before the machine was paid")) == true {
                 publish(paymentId)
             }
@@ -184,7 +184,7 @@ final class Checkout: Sendable {
                 machine, amount: payment.amount, currency: currency, userId: user, ttl: .seconds(configuration.paymentTtlS), paymentId: id,
                 unknownWait: .seconds(configuration.unknownWaitS))
         } catch {
-            logger.error("ALERT: cannot send the completion: \(error)", metadata: ["payment.id": "\(paymentId)"])
+            logger.error("ALERT: cannot send the completion: \(error)", metadata: Self.fields(payment))
             _ = try? store.transition(paymentId, from: [.sent], to: .unknown, note: "\(error)")
             publish(paymentId)
             return
@@ -204,23 +204,25 @@ final class Checkout: Sendable {
             do {
                 try await provider.capture(ref, amount: amount, idempotencyKey: "capture-\(id)")
                 _ = try? store.transition(id, from: [.sent], to: .captured, result: result)
+                logger.info("captured", metadata: Self.fields(payment, ["amount": "\(amount)", "pulses": "\(result?.pulses ?? 0)"]))
             } catch {
-                logger.error("ALERT: the machine credited but the capture failed: \(error)", metadata: ["payment.id": "\(id)"])
+                logger.error("ALERT: the machine credited but the capture failed: \(error)", metadata: Self.fields(payment))
                 _ = try? store.transition(id, from: [.sent], to: .held, note: "credited; capture failed: \(error)", result: result)
             }
         case .void:
             do {
                 try await provider.void(ref, idempotencyKey: "void-\(id)")
                 _ = try? store.transition(id, from: [.sent], to: .voided, note: result?.reason ?? "no credit", result: result)
+                logger.info("voided", metadata: Self.fields(payment, ["reason": "\(result?.reason ?? "no credit")"]))
             } catch {
-                logger.error("ALERT: void failed: \(error)", metadata: ["payment.id": "\(id)"])
+                logger.error("ALERT: void failed: \(error)", metadata: Self.fields(payment))
                 _ = try? store.transition(id, from: [.sent], to: .held, note: "not credited; void failed: \(error)", result: result)
             }
         case .hold:
-            logger.error("ALERT: the machine's train stopped part-way; held for review", metadata: ["payment.id": "\(id)", "reason": "\(result?.reason ?? "-")"])
+            logger.error("ALERT: the machine's train stopped part-way; held for review", metadata: Self.fields(payment, ["reason": "\(result?.reason ?? "-")"]))
             _ = try? store.transition(id, from: [.sent], to: .held, note: "uncertain: \(result?.reason ?? "the train stopped part-way")", result: result)
         case .unknown:
-            logger.error("ALERT: no result; the authorisation is kept until the machine reports", metadata: ["payment.id": "\(id)"])
+            logger.error("ALERT: no result; the authorisation is kept until the machine reports", metadata: Self.fields(payment))
             _ = try? store.transition(id, from: [.sent], to: .unknown, note: "no result from the machine yet")
         }
         publish(id)
@@ -231,10 +233,15 @@ final class Checkout: Sendable {
             try await provider.void(ref, idempotencyKey: "void-\(payment.paymentId)")
             _ = try? store.transition(payment.paymentId, from: [.authorized], to: .voided, note: note)
         } catch {
-            logger.error("ALERT: void failed: \(error)", metadata: ["payment.id": "\(payment.paymentId)"])
+            logger.error("ALERT: void failed: \(error)", metadata: Self.fields(payment))
             _ = try? store.transition(payment.paymentId, from: [.authorized], to: .held, note: "\(note); void failed: \(error)")
         }
         publish(payment.paymentId)
+    }
+
+    /// The fields of every payment log line: which payment, on which machine.
+    static func fields(_ payment: PaymentRecord, _ extra: Logger.Metadata = [:]) -> Logger.Metadata {
+        extra.merging(["payment.id": "\(payment.paymentId)", "machine.id": "\(payment.machineId)"]) { _, new in new }
     }
 
     private func publish(_ paymentId: String) {
@@ -249,7 +256,7 @@ final class Checkout: Sendable {
             running.withLock { $0[payment.paymentId] = task }
         }
         for payment in (try? store.payments(states: [.sent])) ?? [] {
-            logger.error("ALERT: sent before a restart; its result was not awaited", metadata: ["payment.id": "\(payment.paymentId)"])
+            logger.error("ALERT: sent before a restart; its result was not awaited", metadata: Self.fields(payment))
             _ = try? store.transition(payment.paymentId, from: [.sent], to: .unknown, note: "server restarted while waiting for the result")
         }
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import EdgeAgent
 import Foundation
+import PulseBridgeLogging
 import MessageSchema
 import Logging
 import PulseBridgeVersion
@@ -38,6 +39,9 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
+    @Option(help: LogFormat.help)
+    var logFormat = LogFormat.text
+
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
@@ -63,12 +67,7 @@ struct Run: AsyncParsableCommand {
     var traceHotPath: String?
 
     func run() async throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        LogFormat.bootstrap(logFormat, level: Logger.Level(rawValue: logLevel) ?? .info)
         let logger = Logger(label: "pulsebridge.edge-agent")
 
         let loaded: AgentBundle

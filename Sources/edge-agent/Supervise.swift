@@ -1,6 +1,7 @@
 import ArgumentParser
 import EdgeAgent
 import Foundation
+import PulseBridgeLogging
 import ChildProcesses
 
 /// The stable part of a self-updating unit: systemd starts this (from a path updates never
@@ -15,6 +16,7 @@ struct Supervise: AsyncParsableCommand {
     @Option(help: "Folder for the agent's durable state.") var stateDir = "/var/lib/pulsebridge"
     @Option(help: "Line driver: 'gpiod' or 'sim:EDGE_LOG'.") var gpio = "gpiod"
     @Option(help: "Log level of the agent.") var logLevel = "info"
+    @Option(help: LogFormat.help) var logFormat = LogFormat.text
     @Option(help: "Seconds a new version has to come online.") var healthTimeout = 60
     @Option(help: "Starts a new version may fail before it is rolled back.") var maxFailedStarts = 2
 
@@ -30,6 +32,8 @@ struct Supervise: AsyncParsableCommand {
             }
             var arguments = ["run", "--bundle", bundle, "--state-dir", stateDir, "--gpio", gpio, "--log-level", logLevel,
                              "--install-dir", installDir, "--health-timeout", String(healthTimeout)]
+            // Only when asked for: a version from before --log-format would refuse the option.
+            if logFormat != .text { arguments += ["--log-format", logFormat.rawValue] }
             arguments = arguments.filter { !$0.isEmpty }
             let status = await child.run(layout.currentBinary, arguments)
             if stop.requested { break }

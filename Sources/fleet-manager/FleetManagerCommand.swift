@@ -1,6 +1,7 @@
 import ArgumentParser
 import FleetManager
 import Foundation
+import PulseBridgeLogging
 import Logging
 import PulseBridgeVersion
 import MQTT
@@ -25,6 +26,9 @@ struct HomeOptions: ParsableArguments {
     @Option(help: "Log level for diagnostics on standard error: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "warning"
 
+    @Option(help: LogFormat.help)
+    var logFormat = LogFormat.text
+
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
@@ -32,12 +36,7 @@ struct HomeOptions: ParsableArguments {
     }
 
     func bootstrapLogging() {
-        let level = Logger.Level(rawValue: logLevel) ?? .warning
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        LogFormat.bootstrap(logFormat, level: Logger.Level(rawValue: logLevel) ?? .warning)
     }
 
     func open() throws -> FleetHome { try FleetHome.open(at: home) }
@@ -63,6 +62,15 @@ func operatorErrors(_ body: () async throws -> Void) async throws {
 
 func readSecret(file: String?, value: String?, name: String) throws -> String {
     if let value { return value }
+    if file == "-" {
+        // `-`: standard input, so a root-only secret can be piped to the command run as the
+        // service user (`sudo cat FILE | sudo -u pulsebridge-fleet fleet-manager … --…-file -`).
+        let data = FileHandle.standardInput.readDataToEndOfFile()
+        guard let text = String(data: data, encoding: .utf8), !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
+            throw FleetError("no \(name) on standard input", hint: "pipe the secret in, or pass --\(name)-file FILE")
+        }
+        return text.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
     if let file {
         guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
             throw FleetError("cannot read \(name) file \(file)")

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PulseBridgeLogging
 import Logging
 import PaymentSDK
 import PaymentServer
@@ -19,6 +20,7 @@ struct PaymentServerCommand: AsyncParsableCommand {
 struct ConfigOptions: ParsableArguments {
     @Option(help: "The config file (JSON).") var config = "/etc/pulsebridge/payment-server.json"
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "notice"
+    @Option(help: LogFormat.help) var logFormat = LogFormat.text
 
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
@@ -27,12 +29,7 @@ struct ConfigOptions: ParsableArguments {
     }
 
     func load() throws -> ServerConfiguration {
-        let level = Logger.Level(rawValue: logLevel) ?? .notice
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        LogFormat.bootstrap(logFormat, level: Logger.Level(rawValue: logLevel) ?? .notice)
         return try ServerConfiguration.load(config)
     }
 }
