@@ -11,7 +11,7 @@ struct Init: AsyncParsableCommand {
     @Option(help: "Broker port as the manager reaches it.") var brokerPort = 1883
     @Option(help: "CA file if the manager connects over TLS.") var brokerCaFile: String?
     @Option(help: "Dynamic-security admin user (from bootstrap-dynsec.sh).") var adminUser = "admin"
-    @Option(help: "File holding the dynamic-security admin password.") var adminPasswordFile: String?
+    @Option(help: "File holding the dynamic-security admin password (- reads it from standard input).") var adminPasswordFile: String?
     @Option(help: "The admin password itself (development only).") var adminPassword: String?
     @Option(help: "Broker URL units connect to (mqtts://host:8883).") var deviceBrokerUrl: String
     @Option(help: "CA certificate units trust for the broker (PEM).") var deviceCaFile: String?
