@@ -58,9 +58,10 @@ let package = Package(
         // Libraries.
         // The one version of a build: a marker in the binary, stamped per release.
         .target(name: "PulseBridgeVersion", swiftSettings: strict),
-        // The log line formats every executable offers (--log-format text|json).
+        // What the daemons share on their command line: log formats (--log-format text|json) and
+        // config files (--config FILE.toml, environment variables) under their flags.
         .target(
-            name: "PulseBridgeLogging",
+            name: "DaemonSupport",
             dependencies: [
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -138,7 +139,7 @@ let package = Package(
         .executableTarget(
             name: "edge-agent",
             dependencies: [
-                "EdgeAgent", "MessageSchema", "RelayOutput", "ChildProcesses", "PulseBridgeVersion", "PulseBridgeLogging",
+                "EdgeAgent", "MessageSchema", "RelayOutput", "ChildProcesses", "PulseBridgeVersion", "DaemonSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -147,7 +148,7 @@ let package = Package(
         .executableTarget(
             name: "fleet-manager",
             dependencies: [
-                "FleetManager", "MessageSchema", "MQTT", "PulseBridgeVersion", "PulseBridgeLogging",
+                "FleetManager", "MessageSchema", "MQTT", "PulseBridgeVersion", "DaemonSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -156,7 +157,7 @@ let package = Package(
         .executableTarget(
             name: "payment-server",
             dependencies: [
-                "PaymentServer", "PaymentSDK", "PulseBridgeVersion", "PulseBridgeLogging",
+                "PaymentServer", "PaymentSDK", "PulseBridgeVersion", "DaemonSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -200,7 +201,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "EdgeAgentTests",
-            dependencies: ["EdgeAgent", "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "TestSupport", "PulseBridgeLogging",
+            dependencies: ["EdgeAgent", "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "TestSupport", "DaemonSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],

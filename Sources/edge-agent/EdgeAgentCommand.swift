@@ -1,7 +1,7 @@
 import ArgumentParser
 import EdgeAgent
 import Foundation
-import PulseBridgeLogging
+import DaemonSupport
 import MessageSchema
 import Logging
 import PulseBridgeVersion
@@ -15,7 +15,22 @@ struct EdgeAgentCommand: AsyncParsableCommand {
         abstract: "PulseBridge edge agent: turns signed payments into coin pulses on this machine.",
         version: PulseBridgeVersion.current,
         subcommands: [Run.self, Supervise.self])
+
+    /// `run` and `supervise` take their settings from `--config FILE` (TOML, one file for
+    /// both) and `PULSEBRIDGE_AGENT_*` too.
+    static func main() async {
+        await mainWithSettings([
+            "run": LayeredSettings(command: Run.self, commandName: "edge-agent run", environmentPrefix: "PULSEBRIDGE_AGENT_", siblings: [Supervise.self]),
+            "supervise": LayeredSettings(
+                command: Supervise.self, commandName: "edge-agent supervise", environmentPrefix: "PULSEBRIDGE_AGENT_", siblings: [Run.self]),
+        ])
+    }
 }
+
+/// `--config`'s help, the same for `run` and `supervise`.
+let configHelp = ArgumentHelp(
+    "Settings file (TOML key = value lines; the keys are the options' names, one file for run and supervise). Options on the command line and PULSEBRIDGE_AGENT_* environment variables override it.",
+    valueName: "file")
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -41,6 +56,9 @@ struct Run: AsyncParsableCommand {
 
     @Option(help: LogFormat.help)
     var logFormat = LogFormat.text
+
+    @Option(help: configHelp)
+    var config: String?
 
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {

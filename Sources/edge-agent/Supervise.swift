@@ -1,7 +1,7 @@
 import ArgumentParser
 import EdgeAgent
 import Foundation
-import PulseBridgeLogging
+import DaemonSupport
 import ChildProcesses
 
 /// The stable part of a self-updating unit: systemd starts this (from a path updates never
@@ -17,6 +17,7 @@ struct Supervise: AsyncParsableCommand {
     @Option(help: "Line driver: 'gpiod' or 'sim:EDGE_LOG'.") var gpio = "gpiod"
     @Option(help: "Log level of the agent.") var logLevel = "info"
     @Option(help: LogFormat.help) var logFormat = LogFormat.text
+    @Option(help: configHelp) var config: String?
     @Option(help: "Seconds a new version has to come online.") var healthTimeout = 60
     @Option(help: "Starts a new version may fail before it is rolled back.") var maxFailedStarts = 2
 
@@ -34,6 +35,8 @@ struct Supervise: AsyncParsableCommand {
                              "--install-dir", installDir, "--health-timeout", String(healthTimeout)]
             // Only when asked for: a version from before --log-format would refuse the option.
             if logFormat != .text { arguments += ["--log-format", logFormat.rawValue] }
+            // The agent reads its own settings (those supervise does not have) from the same file.
+            if let config { arguments += ["--config", config] }
             arguments = arguments.filter { !$0.isEmpty }
             let status = await child.run(layout.currentBinary, arguments)
             if stop.requested { break }

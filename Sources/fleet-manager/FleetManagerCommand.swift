@@ -1,7 +1,7 @@
 import ArgumentParser
 import FleetManager
 import Foundation
-import PulseBridgeLogging
+import DaemonSupport
 import Logging
 import PulseBridgeVersion
 import MQTT
@@ -16,6 +16,13 @@ struct FleetManagerCommand: AsyncParsableCommand {
             Init.self, Provision.self, Revoke.self, Keys.self, Serve.self, Devices.self, Device.self, Config.self, Pay.self,
             Report.self, Code.self, Firmware.self, PaymentServers.self, Payments.self, Wait.self,
         ])
+
+    /// `serve` takes its settings from `--config FILE` (TOML) and `PULSEBRIDGE_SERVE_*` too.
+    static func main() async {
+        await mainWithSettings([
+            "serve": LayeredSettings(command: Serve.self, commandName: "fleet-manager serve", environmentPrefix: "PULSEBRIDGE_SERVE_")
+        ])
+    }
 }
 
 /// Options every command that works on a fleet takes.

@@ -13,6 +13,9 @@ struct Serve: AsyncParsableCommand {
     @OptionGroup var options: HomeOptions
     @Option(help: "Minutes a new configuration may wait to be applied before it is an alert.") var configAlertMinutes = 10
     @Option(help: "Serve firmware artifacts over HTTP on HOST:PORT (e.g. 0.0.0.0:8080).") var firmwareListen: String?
+    @Option(help: ArgumentHelp(
+        "Settings file (TOML key = value lines; the keys are these options' names). Options on the command line and PULSEBRIDGE_SERVE_* environment variables override it.",
+        valueName: "file")) var config: String?
 
     func run() async throws {
         options.bootstrapLogging()

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import PulseBridgeLogging
+import DaemonSupport
 import Logging
 import PaymentSDK
 import PaymentServer

@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import MessageSchema
-import PulseBridgeLogging
+import DaemonSupport
 import Testing
 import TestSupport
 
