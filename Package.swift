@@ -77,9 +77,11 @@ let package = Package(
             name: "MessageSchema",
             dependencies: ["COpenSSL", "CSodium"],
             swiftSettings: strict),
+        // One GPIO line over libgpiod 1.x or 2.x, whichever <gpiod.h> the build finds.
+        .target(name: "CGPIOLines", dependencies: ["CGPIOD"]),
         .target(
             name: "RelayOutput",
-            dependencies: ["CGPIOD", "Locking", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CGPIOLines", "Locking", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         .target(
             name: "EdgeAgent",
