@@ -286,9 +286,10 @@ public struct SettingsError: Error, CustomStringConvertible, Sendable {
 extension AsyncParsableCommand {
     /// `main` with the config file and environment beneath the command line, for the
     /// subcommand (by name) that has settings; a settings error is one line and exit code 2.
-    public static func mainWithSettings(_ settings: [String: LayeredSettings]) async {
+    /// (Made only for the subcommand that runs: it reads the command's own description.)
+    public static func mainWithSettings(_ settings: [String: @Sendable () -> LayeredSettings]) async {
         var arguments = Array(CommandLine.arguments.dropFirst())
-        if let name = arguments.first, let layered = settings[name] {
+        if let name = arguments.first, let layered = settings[name]?() {
             do {
                 arguments = [name] + (try layered.arguments(Array(arguments.dropFirst())))
             } catch {

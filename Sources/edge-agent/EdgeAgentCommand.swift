@@ -20,9 +20,10 @@ struct EdgeAgentCommand: AsyncParsableCommand {
     /// both) and `PULSEBRIDGE_AGENT_*` too.
     static func main() async {
         await mainWithSettings([
-            "run": LayeredSettings(command: Run.self, commandName: "edge-agent run", environmentPrefix: "PULSEBRIDGE_AGENT_", siblings: [Supervise.self]),
-            "supervise": LayeredSettings(
-                command: Supervise.self, commandName: "edge-agent supervise", environmentPrefix: "PULSEBRIDGE_AGENT_", siblings: [Run.self]),
+            "run": { LayeredSettings(command: Run.self, commandName: "edge-agent run", environmentPrefix: "PULSEBRIDGE_AGENT_", siblings: [Supervise.self]) },
+            "supervise": {
+                LayeredSettings(command: Supervise.self, commandName: "edge-agent supervise", environmentPrefix: "PULSEBRIDGE_AGENT_", siblings: [Run.self])
+            },
         ])
     }
 }

@@ -20,7 +20,7 @@ struct FleetManagerCommand: AsyncParsableCommand {
     /// `serve` takes its settings from `--config FILE` (TOML) and `PULSEBRIDGE_SERVE_*` too.
     static func main() async {
         await mainWithSettings([
-            "serve": LayeredSettings(command: Serve.self, commandName: "fleet-manager serve", environmentPrefix: "PULSEBRIDGE_SERVE_")
+            "serve": { LayeredSettings(command: Serve.self, commandName: "fleet-manager serve", environmentPrefix: "PULSEBRIDGE_SERVE_") }
         ])
     }
 }
