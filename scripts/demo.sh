@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-swift build -c release --product edge-agent
-swift build -c release --product fleet-manager
-swift build -c release --product payment-server
-swift build -c release --product pulsebridge-demo
+swift build -c release --static-swift-stdlib --product edge-agent
+swift build -c release --static-swift-stdlib --product fleet-manager
+swift build -c release --static-swift-stdlib --product payment-server
+swift build -c release --static-swift-stdlib --product pulsebridge-demo
 exec .build/release/pulsebridge-demo "$@"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what PulseBridge needs on Debian 12 (run as root, or with sudo available):
-# mosquitto and its clients, the C libraries the Swift package links, the tools the tests
-# use (openssl, zbar, stress-ng, Chromium), Python's `cryptography` for the interoperability tests
+# mosquitto and its clients, the C libraries the Swift package links (and libcurl, which the
+# static Swift runtime's URLSession links), the tools the tests
+# use (openssl, zbar, stress-ng, Chromium), the Debian packaging tools (dpkg-deb, fakeroot,
+# lintian, man for the generated pages), Python's `cryptography` for the interoperability tests
 # and `selenium` for the browser tests.
 set -euo pipefail
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -12,8 +14,10 @@ as_root apt-get install -y --no-install-recommends \
   libgpiod-dev gpiod \
   libssl-dev openssl libsodium-dev \
   libqrencode-dev zbar-tools librsvg2-bin libsqlite3-dev \
+  libcurl4-openssl-dev \
   stress-ng pkg-config python3 python3-pip procps \
-  chromium chromium-driver
+  chromium chromium-driver \
+  dpkg-dev fakeroot lintian man-db
 # The interop fixtures are checked against an independent Ed25519 implementation.
 if ! python3 -c 'import cryptography' 2>/dev/null; then
   python3 -m pip install --quiet cryptography || as_root apt-get install -y python3-cryptography
