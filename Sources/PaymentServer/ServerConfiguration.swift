@@ -33,8 +33,28 @@ public struct ServerConfiguration: Codable, Sendable {
     public struct Provider: Codable, Sendable {
         /// `simulated` (test cards) is the one in the tree; see docs/payment-server.md for the adapter contract.
         public var kind: String
-        /// Shared secret that signs the provider's webhooks (HMAC-SHA256).
+        /// Shared secret that signs the provider's webhooks (HMAC-SHA256): given in the config
+        /// (`webhookSecret`) or, better, in a file of its own (`webhookSecretFile`, mode 0600),
+        /// which `load` reads into this.
         public var webhookSecret: String
+        public var webhookSecretFile: String?
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            kind = try c.decode(String.self, forKey: .kind)
+            webhookSecretFile = try c.decodeIfPresent(String.self, forKey: .webhookSecretFile)
+            let inline = try c.decodeIfPresent(String.self, forKey: .webhookSecret)
+            switch (inline, webhookSecretFile) {
+            case (let secret?, nil): webhookSecret = secret
+            case (nil, _?): webhookSecret = ""  // read by `load`
+            case (_?, _?):
+                throw DecodingError.dataCorruptedError(
+                    forKey: .webhookSecretFile, in: c, debugDescription: "give webhookSecret or webhookSecretFile, not both")
+            case (nil, nil):
+                throw DecodingError.keyNotFound(
+                    CodingKeys.webhookSecretFile, .init(codingPath: c.codingPath, debugDescription: "webhookSecretFile (or webhookSecret) is missing"))
+            }
+        }
     }
     public struct Limits: Codable, Sendable {
         /// Payments one customer may start per minute.
@@ -90,14 +110,32 @@ public struct ServerConfiguration: Codable, Sendable {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw PaymentSDKError("cannot read the config file \(path)", hint: "pass --config FILE (docs/payment-server.md has an example)")
         }
-        let configuration: ServerConfiguration
+        var configuration: ServerConfiguration
         do {
             configuration = try JSONDecoder().decode(ServerConfiguration.self, from: data)
         } catch let error as DecodingError {
             throw PaymentSDKError("\(path) is not a valid payment-server config: \(Self.describe(error))", hint: "compare it with docs/payment-server.md")
         }
+        if let file = configuration.provider.webhookSecretFile {
+            configuration.provider.webhookSecret = try readSecret(file, what: "provider.webhookSecretFile")
+        }
         try configuration.validate()
         return configuration
+    }
+
+    /// A secret from a file of its own: only its owner may read it (0600 or 0400), since
+    /// anyone who can read it can forge the provider's webhooks.
+    static func readSecret(_ path: String, what: String) throws -> String {
+        var info = stat()
+        guard stat(path, &info) == 0, let data = FileManager.default.contents(atPath: path) else {
+            throw PaymentSDKError("cannot read \(what) \(path): \(String(cString: strerror(errno)))", hint: "write the secret there (openssl rand -hex 24 > \(path); chmod 600 \(path))")
+        }
+        guard info.st_mode & 0o077 == 0 else {
+            throw PaymentSDKError(
+                "\(what) \(path) may be read by other users (mode \(String(info.st_mode & 0o777, radix: 8)))",
+                hint: "chmod 600 \(path)")
+        }
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     static func describe(_ error: DecodingError) -> String {
@@ -122,7 +160,9 @@ public struct ServerConfiguration: Codable, Sendable {
         guard KeyID(rawValue: signingKey.kid) != nil else { try fail("signingKey.kid is not a key ID") }
         guard ProtocolLimits.paymentLifetimeMs.contains(paymentTtlS * 1000) else { try fail("paymentTtlS must be 1 to 600") }
         guard provider.kind == "simulated" else { try fail("provider.kind '\(provider.kind)' is unknown (in the tree: simulated)") }
-        guard provider.webhookSecret.utf8.count >= 16 else { try fail("provider.webhookSecret must be at least 16 characters") }
+        guard provider.webhookSecret.utf8.count >= 16 else {
+            try fail("provider.webhookSecret\(provider.webhookSecretFile.map { " (from \($0))" } ?? "") must be at least 16 characters")
+        }
         guard limits.paymentsPerUserPerMinute > 0, limits.paymentsPerMachinePerMinute > 0 else { try fail("limits must be positive") }
         var seen = Set<String>()
         for machine in machines {

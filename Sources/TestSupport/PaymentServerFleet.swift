@@ -47,6 +47,9 @@ public enum PaymentServerSetup {
         let credentials = directory + "/payment-server-\(name).json"
         try JSONEncoder().encode(identity).write(to: URL(fileURLWithPath: credentials))
         let (kid, _) = try home.signingKey(.payment)
+        // The webhook secret in a file of its own, as docs/payment-server.md advises.
+        let secretFile = directory + "/payment-server-\(name)-webhook.secret"
+        _ = FileManager.default.createFile(atPath: secretFile, contents: Data(Provisioner.newPassword().utf8), attributes: [.posixPermissions: 0o600])
         let config: [String: Any] = [
             "listen": ["host": "127.0.0.1", "port": port],
             "publicUrl": "http://127.0.0.1:\(port)",
@@ -57,7 +60,7 @@ public enum PaymentServerSetup {
             "currency": home.settings.currency,
             "paymentTtlS": paymentTtlS,
             "unknownWaitS": unknownWaitS,
-            "provider": ["kind": "simulated", "webhookSecret": Provisioner.newPassword()],
+            "provider": ["kind": "simulated", "webhookSecretFile": secretFile],
             "limits": ["paymentsPerUserPerMinute": limits.perUser, "paymentsPerMachinePerMinute": limits.perMachine],
             "machines": machines.map { machine -> [String: Any] in
                 var entry: [String: Any] = [
