@@ -131,6 +131,10 @@ if [ "$status" -ne 0 ]; then
   exit 1
 fi
 grep -q ": credited; amount 400 JPY" "$work/install.log" || { echo "package-check: the payment was not credited" >&2; exit 1; }
+# Each installed binary said the version the packages carry.
+version=$("$bin/edge-agent" --version)
+[ "$(grep -cx "$version" "$work/install.log")" -ge 3 ] \
+  || { echo "package-check: the installed binaries did not all report version $version" >&2; exit 1; }
 [ -s "$work/edges.jsonl" ] || { echo "package-check: the agent fired no edges" >&2; exit 1; }
 
 echo "== the machine as it was"
