@@ -289,13 +289,21 @@ extension AsyncParsableCommand {
     /// (Made only for the subcommand that runs: it reads the command's own description.)
     public static func mainWithSettings(_ settings: [String: @Sendable () -> LayeredSettings]) async {
         var arguments = Array(CommandLine.arguments.dropFirst())
+        var failure: String?
         if let name = arguments.first, let layered = settings[name]?() {
             do {
                 arguments = [name] + (try layered.arguments(Array(arguments.dropFirst())))
             } catch {
-                FileHandle.standardError.write(Data("\(layered.commandName): \(error)\n".utf8))
-                Foundation.exit(2)
+                failure = "\(layered.commandName): \(error)\n"
             }
+        }
+        if let line = failure {
+            FileHandle.standardError.write(Data(line.utf8))
+            // Nothing is held at exit (the error is gone with its scope, the line released):
+            // LeakSanitizer builds would otherwise report the message as leaked.
+            failure = nil
+            arguments = []
+            Foundation.exit(2)
         }
         await main(arguments)
     }
