@@ -25,9 +25,13 @@ public struct LayeredSettings: Sendable {
     public let environmentPrefix: String
     /// The file read when `--config` is not given, if it exists.
     public let defaultFile: String?
+    /// Whether `--config` names a file of these settings. A command whose `--config` is a
+    /// document of its own (the payment server's) takes only the environment here, and
+    /// `--config` is one of its settings.
+    public let settingsFile: Bool
 
     /// Options that are not settings: how the settings are found, and the one-shot ones.
-    static let notSettings: Set<String> = ["config", "help", "version", "experimental-dump-help", "generate-completion-script"]
+    static let notSettings: Set<String> = ["help", "version", "experimental-dump-help", "generate-completion-script"]
 
     /// Settings of sibling commands that read the same file (`edge-agent supervise` and the
     /// `run` it starts): skipped, not refused.
@@ -36,11 +40,14 @@ public struct LayeredSettings: Sendable {
     /// - Parameters:
     ///   - siblings: commands that read the same file and environment; their settings are
     ///     skipped here.
+    ///   - settingsFile: `false` when `--config` is not a file of these settings.
     public init(
         command: any ParsableCommand.Type, commandName: String, environmentPrefix: String, defaultFile: String? = nil,
-        siblings: [any ParsableCommand.Type] = []
+        siblings: [any ParsableCommand.Type] = [], settingsFile: Bool = true
     ) {
-        let (options, flags) = Self.longNames(of: command)
+        var (options, flags) = Self.longNames(of: command)
+        if settingsFile { options.remove("config") }
+        self.settingsFile = settingsFile
         self.options = options
         self.flags = flags
         self.commandName = commandName
@@ -49,7 +56,7 @@ public struct LayeredSettings: Sendable {
         self.siblingSettings = siblings.reduce(into: Set<String>()) { all, sibling in
             let (o, f) = Self.longNames(of: sibling)
             all.formUnion(o.union(f))
-        }.subtracting(options.union(flags))
+        }.subtracting(options.union(flags)).subtracting(["config"])
     }
 
     static func longNames(of command: any ParsableCommand.Type) -> (options: Set<String>, flags: Set<String>) {
@@ -80,7 +87,7 @@ public struct LayeredSettings: Sendable {
         _ arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment
     ) throws(SettingsError) -> [String] {
         var fromFile: [String] = []
-        if let path = Self.configPath(in: arguments) ?? defaultFile.flatMap({ FileManager.default.fileExists(atPath: $0) ? $0 : nil }) {
+        if settingsFile, let path = Self.configPath(in: arguments) ?? defaultFile.flatMap({ FileManager.default.fileExists(atPath: $0) ? $0 : nil }) {
             let text = try Self.read(path)
             for entry in try Self.parse(text, path: path) {
                 fromFile += try self.arguments(for: entry.key, value: entry.value, source: "\(path) line \(entry.line)")
@@ -115,6 +122,7 @@ public struct LayeredSettings: Sendable {
         case .string(let text): return ["--\(key)", text]
         case .integer(let number): return ["--\(key)", String(number)]
         case .boolean: throw SettingsError("\(source): '\(rawKey)' takes a value, not true or false")
+        case .array, .table: throw SettingsError("\(source): '\(rawKey)' takes one value, not \(value.kind)")
         }
     }
 
@@ -146,7 +154,7 @@ public struct LayeredSettings: Sendable {
 
     /// The file's text; the system's reason when it cannot be read. Settings files are small:
     /// more than 1 MiB is refused.
-    static func read(_ path: String) throws(SettingsError) -> String {
+    public static func read(_ path: String) throws(SettingsError) -> String {
         func failure(_ reason: String) -> SettingsError {
             SettingsError("cannot read the config file \(path): \(reason)", hint: "check the path given with --config and that this user may read it")
         }
@@ -171,102 +179,21 @@ public struct LayeredSettings: Sendable {
 
     // MARK: The flat part of TOML
 
-    public enum TOMLValue: Sendable, Equatable {
-        case string(String)
-        case integer(Int)
-        case boolean(Bool)
-    }
+    public typealias Entry = TOMLEntry
 
-    public struct Entry: Sendable, Equatable {
-        public var key: String
-        public var value: TOMLValue
-        public var line: Int
-    }
-
-    /// `key = value` lines. A key given twice is refused (as TOML does).
+    /// `key = value` lines (TOMLDocument's flat form). A key given twice is refused, as TOML
+    /// does, and so is the same key spelt with `_` for `-`: both name one option.
     public static func parse(_ text: String, path: String) throws(SettingsError) -> [Entry] {
-        var entries: [Entry] = []
+        let entries = try TOMLDocument.parse(text, path: path, flat: true).entries
         var seen: [String: Int] = [:]
-        for (offset, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let number = offset + 1
-            let where_ = "\(path) line \(number)"
-            var line = Substring(rawLine.hasSuffix("\r") ? rawLine.dropLast() : rawLine)
-            line = line.drop { $0 == " " || $0 == "\t" }
-            if line.isEmpty || line.first == "#" { continue }
-            if line.first == "[" {
-                throw SettingsError("\(where_): tables ([…]) are not settings here", hint: "write each setting as key = value at the top level")
-            }
-            guard let equals = line.firstIndex(of: "=") else {
-                throw SettingsError("\(where_): expected key = value")
-            }
-            let key = line[..<equals].trimmingCharacters(in: .whitespaces)
-            guard !key.isEmpty, key.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
-                throw SettingsError("\(where_): '\(key)' is not a plain key (letters, digits, - and _; no dots or quotes)")
-            }
-            let normalized = key.replacingOccurrences(of: "_", with: "-")
+        for entry in entries {
+            let normalized = entry.key.replacingOccurrences(of: "_", with: "-")
             if let first = seen[normalized] {
-                throw SettingsError("\(where_): '\(key)' is set again (first on line \(first))")
+                throw SettingsError("\(path) line \(entry.line): '\(entry.key)' is set again (first on line \(first))")
             }
-            seen[normalized] = number
-            var rest = line[line.index(after: equals)...].drop { $0 == " " || $0 == "\t" }
-            let value = try parseValue(&rest, at: where_)
-            rest = rest.drop { $0 == " " || $0 == "\t" }
-            guard rest.isEmpty || rest.first == "#" else {
-                throw SettingsError("\(where_): unexpected '\(rest)' after the value")
-            }
-            entries.append(Entry(key: key, value: value, line: number))
+            seen[normalized] = entry.line
         }
         return entries
-    }
-
-    static func parseValue(_ text: inout Substring, at where_: String) throws(SettingsError) -> TOMLValue {
-        guard let first = text.first else { throw SettingsError("\(where_): the value is missing") }
-        switch first {
-        case "\"":
-            if text.hasPrefix("\"\"\"") { throw SettingsError("\(where_): multi-line strings are not supported; use one line") }
-            var out = ""
-            var index = text.index(after: text.startIndex)
-            while index < text.endIndex {
-                let c = text[index]
-                if c == "\"" {
-                    text = text[text.index(after: index)...]
-                    return .string(out)
-                }
-                if c == "\\" {
-                    let next = text.index(after: index)
-                    guard next < text.endIndex else { break }
-                    switch text[next] {
-                    case "\"": out.append("\"")
-                    case "\\": out.append("\\")
-                    case "n": out.append("\n")
-                    case "t": out.append("\t")
-                    default: throw SettingsError("\(where_): unknown escape \\\(text[next]) in a string")
-                    }
-                    index = text.index(after: next)
-                    continue
-                }
-                out.append(c)
-                index = text.index(after: index)
-            }
-            throw SettingsError("\(where_): the string is not closed with \"")
-        case "'":
-            if text.hasPrefix("'''") { throw SettingsError("\(where_): multi-line strings are not supported; use one line") }
-            let body = text.dropFirst()
-            guard let close = body.firstIndex(of: "'") else { throw SettingsError("\(where_): the string is not closed with '") }
-            text = body[body.index(after: close)...]
-            return .string(String(body[..<close]))
-        case "[", "{":
-            throw SettingsError("\(where_): arrays and inline tables are not settings here")
-        default:
-            let token = text.prefix { !($0 == " " || $0 == "\t" || $0 == "#") }
-            text = text[token.endIndex...]
-            if token == "true" { return .boolean(true) }
-            if token == "false" { return .boolean(false) }
-            if let number = Int(token.replacingOccurrences(of: "_", with: "")), !token.hasPrefix("_"), !token.hasSuffix("_") {
-                return .integer(number)
-            }
-            throw SettingsError("\(where_): '\(token)' is not a value; quote text (\"…\"), or give a number, true or false")
-        }
     }
 }
 
@@ -287,9 +214,18 @@ extension AsyncParsableCommand {
     /// `main` with the config file and environment beneath the command line, for the
     /// subcommand (by name) that has settings; a settings error is one line and exit code 2.
     /// (Made only for the subcommand that runs: it reads the command's own description.)
-    public static func mainWithSettings(_ settings: [String: @Sendable () -> LayeredSettings]) async {
+    ///
+    /// With `defaultSubcommand`, a command line that names no subcommand (`payment-server
+    /// --config x`) has that one's settings; the top level's `--help` and `--version` are left
+    /// alone.
+    public static func mainWithSettings(_ settings: [String: @Sendable () -> LayeredSettings], defaultSubcommand: String? = nil) async {
         var arguments = Array(CommandLine.arguments.dropFirst())
         var failure: String?
+        if let name = defaultSubcommand, arguments.first.map({ $0.hasPrefix("-") }) ?? true,
+            !arguments.contains(where: { ["-h", "--help", "--version"].contains($0) || $0.hasPrefix("--experimental-dump-help") || $0.hasPrefix("--generate-completion-script") })
+        {
+            arguments.insert(name, at: 0)
+        }
         if let name = arguments.first, let layered = settings[name]?() {
             do {
                 arguments = [name] + (try layered.arguments(Array(arguments.dropFirst())))
