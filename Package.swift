@@ -111,7 +111,7 @@ let package = Package(
         .target(
             name: "PaymentServer",
             dependencies: [
-                "PaymentSDK", "MessageSchema", "Locking",
+                "PaymentSDK", "MessageSchema", "Locking", "DaemonSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "GRDB", package: "GRDB.swift"),

@@ -179,7 +179,7 @@ root=$work/payment-server
 binary payment-server "$root"
 install -D -m 644 packaging/payment-server/pulsebridge-payment-server.service "$root/lib/systemd/system/pulsebridge-payment-server.service"
 docs pulsebridge-payment-server "$root" docs/install.md docs/payment-server.md
-install -D -m 644 packaging/payment-server/payment-server.json "$root/usr/share/doc/pulsebridge-payment-server/examples/payment-server.json"
+install -D -m 644 packaging/payment-server/payment-server.toml "$root/usr/share/doc/pulsebridge-payment-server/examples/payment-server.toml"
 install -d "$root/DEBIAN"
 for s in postinst prerm postrm; do maintainer_script "packaging/payment-server/$s" "$root/DEBIAN/$s"; done
 control "$root" pulsebridge-payment-server "$arch" "$(shlib_depends "$root" usr/bin/payment-server), adduser" \
@@ -190,7 +190,7 @@ control "$root" pulsebridge-payment-server "$arch" "$(shlib_depends "$root" usr/
   "the operator collects." \
   "" \
   "Installs payment-server, its unit (started once" \
-  "/etc/pulsebridge/payment-server.json exists) and the pulsebridge-pay" \
+  "/etc/pulsebridge/payment-server.toml exists) and the pulsebridge-pay" \
   "system user."
 build "$root" pulsebridge-payment-server "$arch"
 

@@ -1,12 +1,21 @@
+import DaemonSupport
 import Foundation
 import MessageSchema
 import PaymentSDK
 
-/// `payment-server`'s one config file (JSON). See docs/payment-server.md.
+/// `payment-server`'s one config file: TOML (`payment-server.toml`, keys in `kebab-case`) or,
+/// for a file named `*.json`, the same document in JSON with `camelCase` keys. Options and
+/// `PULSEBRIDGE_PAY_*` environment variables override the settings an operator changes per
+/// host (`Overrides`). See docs/payment-server.md.
 public struct ServerConfiguration: Codable, Sendable {
     public struct Listen: Codable, Sendable {
         public var host: String
         public var port: Int
+
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
     }
     /// A payment key of the fleet: its ID and the PKCS#8 PEM file (`fleet-manager keys list`).
     public struct SigningKey: Codable, Sendable {
@@ -106,20 +115,65 @@ public struct ServerConfiguration: Codable, Sendable {
         machines = try c.decode([Machine].self, forKey: .machines)
     }
 
-    public static func load(_ path: String) throws -> ServerConfiguration {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw PaymentSDKError("cannot read the config file \(path)", hint: "pass --config FILE (docs/payment-server.md has an example)")
+    /// Settings given on the command line or in the environment, over the file's.
+    public struct Overrides: Sendable {
+        public var listen: Listen?
+        public var publicUrl: String?
+        public var database: String?
+        public var brokerCredentials: String?
+        /// Replaces the file's `webhook-secret` or `webhook-secret-file`.
+        public var webhookSecretFile: String?
+
+        public init(
+            listen: Listen? = nil, publicUrl: String? = nil, database: String? = nil, brokerCredentials: String? = nil,
+            webhookSecretFile: String? = nil
+        ) {
+            self.listen = listen
+            self.publicUrl = publicUrl
+            self.database = database
+            self.brokerCredentials = brokerCredentials
+            self.webhookSecretFile = webhookSecretFile
         }
+    }
+
+    /// The file (TOML, or JSON when named `*.json`), then `overrides`, then the webhook
+    /// secret read from its file, then `validate()`.
+    public static func load(_ path: String, overrides: Overrides = Overrides()) throws -> ServerConfiguration {
+        let isJSON = path.hasSuffix(".json")
+        func spell(_ key: String) -> String { isJSON ? key : TOMLDocument.kebabCase(key) }
         var configuration: ServerConfiguration
         do {
+            let data: Data
+            if isJSON {
+                guard let bytes = FileManager.default.contents(atPath: path) else {
+                    throw PaymentSDKError("cannot read the config file \(path)", hint: "pass --config FILE (docs/payment-server.md has an example)")
+                }
+                data = bytes
+            } else {
+                let text: String
+                let document: TOMLTable
+                do {
+                    text = try LayeredSettings.read(path)
+                    document = try TOMLDocument.parse(text, path: path)
+                } catch {
+                    throw PaymentSDKError(error.message, hint: error.hint ?? "compare it with docs/payment-server.md")
+                }
+                data = try JSONSerialization.data(withJSONObject: TOMLValue.table(document).foundationObject(key: TOMLDocument.camelCase))
+            }
             configuration = try JSONDecoder().decode(ServerConfiguration.self, from: data)
         } catch let error as DecodingError {
-            throw PaymentSDKError("\(path) is not a valid payment-server config: \(Self.describe(error))", hint: "compare it with docs/payment-server.md")
+            throw PaymentSDKError("\(path) is not a valid payment-server config: \(Self.describe(error, spell: spell))", hint: "compare it with docs/payment-server.md")
         }
+        func key(_ dotted: String) -> String { dotted.split(separator: ".").map { spell(String($0)) }.joined(separator: ".") }
+        if let listen = overrides.listen { configuration.listen = listen }
+        if let url = overrides.publicUrl { configuration.publicUrl = url }
+        if let database = overrides.database { configuration.database = database }
+        if let credentials = overrides.brokerCredentials { configuration.brokerCredentials = credentials }
+        if let file = overrides.webhookSecretFile { configuration.provider.webhookSecretFile = file }
         if let file = configuration.provider.webhookSecretFile {
-            configuration.provider.webhookSecret = try readSecret(file, what: "provider.webhookSecretFile")
+            configuration.provider.webhookSecret = try readSecret(file, what: key("provider.webhookSecretFile"))
         }
-        try configuration.validate()
+        try configuration.validate(spell: spell)
         return configuration
     }
 
@@ -138,42 +192,46 @@ public struct ServerConfiguration: Codable, Sendable {
         return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    static func describe(_ error: DecodingError) -> String {
+    /// Where in the document and what: `.machines[1].menu is missing`, each key as the file
+    /// spells it (`spell`).
+    static func describe(_ error: DecodingError, spell: (String) -> String = { $0 }) -> String {
         func path(_ context: DecodingError.Context) -> String {
-            context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()
+            context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? ".\(spell($0.stringValue))" }.joined()
         }
         switch error {
-        case .keyNotFound(let key, let context): return "\(path(context)).\(key.stringValue) is missing"
+        case .keyNotFound(let key, let context): return "\(path(context)).\(spell(key.stringValue)) is missing"
         case .typeMismatch(_, let context), .valueNotFound(_, let context): return "\(path(context)): \(context.debugDescription)"
         case .dataCorrupted(let context): return "\(path(context)): \(context.debugDescription)"
         @unknown default: return "\(error)"
         }
     }
 
-    public func validate() throws {
+    /// - Parameter spell: how the file spells a key (`public-url` in TOML, `publicUrl` in JSON).
+    public func validate(spell: (String) -> String = { $0 }) throws {
         func fail(_ what: String) throws -> Never { throw PaymentSDKError("config: \(what)") }
-        guard (0...65535).contains(listen.port) else { try fail("listen.port must be 0 to 65535") }
+        func key(_ dotted: String) -> String { dotted.split(separator: ".").map { spell(String($0)) }.joined(separator: ".") }
+        guard (0...65535).contains(listen.port) else { try fail("\(key("listen.port")) must be 0 to 65535") }
         guard let url = URL(string: publicUrl), url.scheme == "http" || url.scheme == "https", url.host != nil else {
-            try fail("publicUrl must be an http(s) URL, e.g. https://pay.example.com")
+            try fail("\(key("publicUrl")) must be an http(s) URL, e.g. https://pay.example.com")
         }
         guard CurrencyCode(rawValue: currency) != nil else { try fail("currency must be three upper-case letters") }
-        guard KeyID(rawValue: signingKey.kid) != nil else { try fail("signingKey.kid is not a key ID") }
-        guard ProtocolLimits.paymentLifetimeMs.contains(paymentTtlS * 1000) else { try fail("paymentTtlS must be 1 to 600") }
-        guard provider.kind == "simulated" else { try fail("provider.kind '\(provider.kind)' is unknown (in the tree: simulated)") }
+        guard KeyID(rawValue: signingKey.kid) != nil else { try fail("\(key("signingKey.kid")) is not a key ID") }
+        guard ProtocolLimits.paymentLifetimeMs.contains(paymentTtlS * 1000) else { try fail("\(key("paymentTtlS")) must be 1 to 600") }
+        guard provider.kind == "simulated" else { try fail("\(key("provider.kind")) '\(provider.kind)' is unknown (in the tree: simulated)") }
         guard provider.webhookSecret.utf8.count >= 16 else {
-            try fail("provider.webhookSecret\(provider.webhookSecretFile.map { " (from \($0))" } ?? "") must be at least 16 characters")
+            try fail("\(key("provider.webhookSecret"))\(provider.webhookSecretFile.map { " (from \($0))" } ?? "") must be at least 16 characters")
         }
         guard limits.paymentsPerUserPerMinute > 0, limits.paymentsPerMachinePerMinute > 0 else { try fail("limits must be positive") }
         var seen = Set<String>()
         for machine in machines {
             guard MachineID(rawValue: machine.machineId) != nil else { try fail("'\(machine.machineId)' is not a machine ID") }
             guard seen.insert(machine.machineId).inserted else { try fail("\(machine.machineId) is listed twice") }
-            guard !machine.menu.isEmpty || machine.freeAmount != nil else { try fail("\(machine.machineId) offers no amount (menu or freeAmount)") }
+            guard !machine.menu.isEmpty || machine.freeAmount != nil else { try fail("\(machine.machineId) offers no amount (menu or \(key("freeAmount")))") }
             for item in machine.menu where !ProtocolLimits.amountRange.contains(item.amount) {
                 try fail("\(machine.machineId): menu amount \(item.amount) is outside 1 to 10,000,000")
             }
             if let free = machine.freeAmount, free.step < 1 || free.max < free.step || free.max > ProtocolLimits.amountRange.upperBound {
-                try fail("\(machine.machineId): freeAmount needs 1 ≤ step ≤ max ≤ 10,000,000")
+                try fail("\(machine.machineId): \(key("freeAmount")) needs 1 ≤ step ≤ max ≤ 10,000,000")
             }
         }
     }

@@ -15,10 +15,37 @@ struct PaymentServerCommand: AsyncParsableCommand {
         version: PulseBridgeVersion.current,
         subcommands: [Run.self, Payments.self, Settle.self, Customers.self, CheckConfig.self],
         defaultSubcommand: Run.self)
+
+    static func main() async {
+        let commands: [any ParsableCommand.Type] = [Run.self, CheckConfig.self, Payments.self, Settle.self, Customers.self]
+        let settings: [String: @Sendable () -> LayeredSettings] = commands
+            .reduce(into: [:]) { all, command in
+                let name = command._commandName
+                all[name] = {
+                    LayeredSettings(command: command, commandName: "payment-server \(name)", environmentPrefix: "PULSEBRIDGE_PAY_", settingsFile: false)
+                }
+            }
+        await mainWithSettings(settings, defaultSubcommand: Run._commandName)
+    }
 }
 
+/// The config file and the settings that override it per host. Every option here may also be
+/// given as a `PULSEBRIDGE_PAY_*` environment variable (`--public-url` is
+/// `PULSEBRIDGE_PAY_PUBLIC_URL`); the command line wins over the environment, which wins over
+/// the file.
 struct ConfigOptions: ParsableArguments {
-    @Option(help: "The config file (JSON).") var config = "/etc/pulsebridge/payment-server.json"
+    @Option(help: ArgumentHelp("The config file: TOML, or JSON when its name ends in .json (docs/payment-server.md).", valueName: "file"))
+    var config = "/etc/pulsebridge/payment-server.toml"
+    @Option(help: ArgumentHelp("Listen here instead of the file's listen.host and listen.port.", valueName: "host:port"))
+    var listen: String?
+    @Option(help: ArgumentHelp("The URL customers reach this server at, instead of the file's public-url.", valueName: "url"))
+    var publicUrl: String?
+    @Option(help: ArgumentHelp("The SQLite database, instead of the file's database.", valueName: "file"))
+    var database: String?
+    @Option(help: ArgumentHelp("The broker credentials file, instead of the file's broker-credentials.", valueName: "file"))
+    var brokerCredentials: String?
+    @Option(help: ArgumentHelp("The provider's webhook secret, from this file (mode 0600), instead of the file's.", valueName: "file"))
+    var webhookSecretFile: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "notice"
     @Option(help: LogFormat.help) var logFormat = LogFormat.text
 
@@ -26,11 +53,28 @@ struct ConfigOptions: ParsableArguments {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
         }
+        if let listen { _ = try Self.listenAddress(listen) }
+    }
+
+    /// `127.0.0.1:8081`, `[::1]:8081`, `:8081` (every address).
+    static func listenAddress(_ text: String) throws -> ServerConfiguration.Listen {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
+            throw ValidationError("--listen '\(text)' is not host:port (e.g. 127.0.0.1:8081 or [::1]:8081)")
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return ServerConfiguration.Listen(host: host.isEmpty ? "0.0.0.0" : host, port: port)
+    }
+
+    var overrides: ServerConfiguration.Overrides {
+        ServerConfiguration.Overrides(
+            listen: listen.flatMap { try? Self.listenAddress($0) }, publicUrl: publicUrl, database: database,
+            brokerCredentials: brokerCredentials, webhookSecretFile: webhookSecretFile)
     }
 
     func load() throws -> ServerConfiguration {
         LogFormat.bootstrap(logFormat, level: Logger.Level(rawValue: logLevel) ?? .notice)
-        return try ServerConfiguration.load(config)
+        return try ServerConfiguration.load(config, overrides: overrides)
     }
 }
 

@@ -78,7 +78,7 @@ struct OperatorJourneyTests {
         #expect(output.contains("installed 1, failed 0, untouched 0"))
         #expect(output.contains("\"action\":\"capture\""))
         #expect(output.contains("u-alice"))
-        #expect(output.contains("payment-server.json: ok (2 machines, provider simulated)"))
+        #expect(output.contains("payment-server.toml: ok (2 machines, provider simulated)"))
         #expect(output.contains("Washer 1") && output.contains(">Ready<"), "the payment page of laundry-01 is up and ready")
         #expect(try String(contentsOfFile: scratch + "/var/laundry-01.svg", encoding: .utf8).hasPrefix("<?xml"))
         let install = FirmwareLayoutProbe(directory: scratch + "/var/units/wash-01/install")
