@@ -177,19 +177,14 @@ public struct ServerConfiguration: Codable, Sendable {
         return configuration
     }
 
-    /// A secret from a file of its own: only its owner may read it (0600 or 0400), since
+    /// A secret from a file of its own (`SecretFile`): only its owner may read it, since
     /// anyone who can read it can forge the provider's webhooks.
     static func readSecret(_ path: String, what: String) throws -> String {
-        var info = stat()
-        guard stat(path, &info) == 0, let data = FileManager.default.contents(atPath: path) else {
-            throw PaymentSDKError("cannot read \(what) \(path): \(String(cString: strerror(errno)))", hint: "write the secret there (openssl rand -hex 24 > \(path); chmod 600 \(path))")
+        do {
+            return try SecretFile.read(path, what: what)
+        } catch {
+            throw PaymentSDKError(error.message, hint: error.hint)
         }
-        guard info.st_mode & 0o077 == 0 else {
-            throw PaymentSDKError(
-                "\(what) \(path) may be read by other users (mode \(String(info.st_mode & 0o777, radix: 8)))",
-                hint: "chmod 600 \(path)")
-        }
-        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// Where in the document and what: `.machines[1].menu is missing`, each key as the file

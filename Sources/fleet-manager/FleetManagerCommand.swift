@@ -79,10 +79,11 @@ func readSecret(file: String?, value: String?, name: String) throws -> String {
         return text.trimmingCharacters(in: .whitespacesAndNewlines)
     }
     if let file {
-        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
-            throw FleetError("cannot read \(name) file \(file)")
+        do {
+            return try SecretFile.read(file, what: "the \(name) file")
+        } catch {
+            throw FleetError(error.message, hint: error.hint)
         }
-        return text.trimmingCharacters(in: .whitespacesAndNewlines)
     }
     throw FleetError("\(name) is required", hint: "pass --\(name)-file FILE (or --\(name) for development)")
 }

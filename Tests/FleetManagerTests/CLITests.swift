@@ -41,7 +41,7 @@ struct CLITests {
         try await LocalMosquitto.with(template: "dynsec") { broker in
             let home = NSTemporaryDirectory() + "pb-cli-\(UUID().uuidString)"
             let secret = NSTemporaryDirectory() + "admin-\(UUID().uuidString)"
-            try broker.adminPassword!.write(toFile: secret, atomically: true, encoding: .utf8)
+            writeSecret(broker.adminPassword!, to: secret)
 
             // No fleet yet.
             let missing = try await run(["provision", "laundry-01", "--home", home])
@@ -51,7 +51,18 @@ struct CLITests {
             expectNoStackTrace(missing.output)
 
             // Wrong admin password: nothing is created.
-            try "wrong".write(toFile: secret + ".bad", atomically: true, encoding: .utf8)
+            // A password file others may read is refused before anything is tried.
+            _ = FileManager.default.createFile(atPath: secret + ".open", contents: Data(broker.adminPassword!.utf8), attributes: [.posixPermissions: 0o644])
+            let readable = try await run([
+                "init", "--home", home, "--broker-port", "\(broker.port)", "--admin-password-file", secret + ".open",
+                "--device-broker-url", "mqtt://127.0.0.1:\(broker.port)",
+            ])
+            #expect(readable.status == .exited(1))
+            #expect(readable.output.contains("may be read by other users (mode 644)") && readable.output.contains("chmod 600 \(secret).open"), "\(readable.output)")
+            #expect(!FileManager.default.fileExists(atPath: home + "/settings.json"))
+            expectNoStackTrace(readable.output)
+
+            writeSecret("wrong", to: secret + ".bad")
             let refused = try await run([
                 "init", "--home", home, "--broker-port", "\(broker.port)", "--admin-password-file", secret + ".bad",
                 "--device-broker-url", "mqtt://127.0.0.1:\(broker.port)",
@@ -173,7 +184,7 @@ struct CLITests {
         try await LocalMosquitto.with(template: "dynsec") { broker in
             let home = NSTemporaryDirectory() + "pb-cuts-\(UUID().uuidString)"
             let secret = NSTemporaryDirectory() + "admin-\(UUID().uuidString)"
-            try broker.adminPassword!.write(toFile: secret, atomically: true, encoding: .utf8)
+            writeSecret(broker.adminPassword!, to: secret)
             // The CA given by a relative path is copied into the home.
             let caDirectory = NSTemporaryDirectory() + "pb-cuts-ca-\(UUID().uuidString)"
             try FileManager.default.createDirectory(atPath: caDirectory, withIntermediateDirectories: true)
@@ -240,4 +251,9 @@ struct CLITests {
         }
     }
 
+}
+
+/// A secret file as an operator writes it: readable by its owner only.
+func writeSecret(_ text: String, to path: String) {
+    _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
 }
