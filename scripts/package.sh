@@ -134,14 +134,19 @@ build() {  # ROOT PACKAGE ARCH
   echo "$out/${package}_${version}_${pkg_arch}.deb"
 }
 
+daemon() {  # DIR BINARY: a daemon's package tree in $work/DIR (sets root): the binary, the unit
+  # packaging/DIR/pulsebridge-DIR.service, the maintainer scripts packaging/DIR/{postinst,prerm,postrm}
+  root=$work/$1
+  binary "$2" "$root"
+  install -D -m 644 "packaging/$1/pulsebridge-$1.service" "$root/lib/systemd/system/pulsebridge-$1.service"
+  install -d "$root/DEBIAN"
+  for s in postinst prerm postrm; do maintainer_script "packaging/$1/$s" "$root/DEBIAN/$s"; done
+}
+
 # pulsebridge-edge-agent
-root=$work/edge-agent
-binary edge-agent "$root"
-install -D -m 644 packaging/edge-agent/pulsebridge-edge-agent.service "$root/lib/systemd/system/pulsebridge-edge-agent.service"
+daemon edge-agent edge-agent
 install -D -m 644 packaging/edge-agent/edge-agent.toml "$root/etc/pulsebridge/edge-agent.toml"
 docs pulsebridge-edge-agent "$root" docs/install.md docs/bundle.md docs/firmware.md docs/operations.md
-install -d "$root/DEBIAN"
-for s in postinst prerm postrm; do maintainer_script "packaging/edge-agent/$s" "$root/DEBIAN/$s"; done
 control "$root" pulsebridge-edge-agent "$arch" "$(shlib_depends "$root" usr/bin/edge-agent), adduser" \
   "PulseBridge edge agent: cashless payments to coin pulses" \
   "Runs on the small Linux unit inside a coin laundry, car wash or vending" \
@@ -154,15 +159,11 @@ control "$root" pulsebridge-edge-agent "$arch" "$(shlib_depends "$root" usr/bin/
 build "$root" pulsebridge-edge-agent "$arch"
 
 # pulsebridge-fleet-manager
-root=$work/fleet-manager
-binary fleet-manager "$root"
-install -D -m 644 packaging/fleet-manager/pulsebridge-fleet-manager.service "$root/lib/systemd/system/pulsebridge-fleet-manager.service"
+daemon fleet-manager fleet-manager
 install -D -m 644 packaging/fleet-manager/fleet-manager.toml "$root/etc/pulsebridge/fleet-manager.toml"
 docs pulsebridge-fleet-manager "$root" docs/install.md docs/operations.md docs/firmware.md docs/bundle.md docs/protocol.md
 install -d "$root/usr/share/doc/pulsebridge-fleet-manager/examples"
 install -m 644 docs/examples/*.json "$root/usr/share/doc/pulsebridge-fleet-manager/examples/"
-install -d "$root/DEBIAN"
-for s in postinst prerm postrm; do maintainer_script "packaging/fleet-manager/$s" "$root/DEBIAN/$s"; done
 control "$root" pulsebridge-fleet-manager "$arch" "$(shlib_depends "$root" usr/bin/fleet-manager), adduser" \
   "PulseBridge fleet manager: provision, watch and configure units" \
   "The operator's command line and service: provisions units with their broker" \
@@ -175,13 +176,9 @@ control "$root" pulsebridge-fleet-manager "$arch" "$(shlib_depends "$root" usr/b
 build "$root" pulsebridge-fleet-manager "$arch"
 
 # pulsebridge-payment-server
-root=$work/payment-server
-binary payment-server "$root"
-install -D -m 644 packaging/payment-server/pulsebridge-payment-server.service "$root/lib/systemd/system/pulsebridge-payment-server.service"
+daemon payment-server payment-server
 docs pulsebridge-payment-server "$root" docs/install.md docs/payment-server.md
 install -D -m 644 packaging/payment-server/payment-server.toml "$root/usr/share/doc/pulsebridge-payment-server/examples/payment-server.toml"
-install -d "$root/DEBIAN"
-for s in postinst prerm postrm; do maintainer_script "packaging/payment-server/$s" "$root/DEBIAN/$s"; done
 control "$root" pulsebridge-payment-server "$arch" "$(shlib_depends "$root" usr/bin/payment-server), adduser" \
   "PulseBridge payment server: the page behind a machine's payment code" \
   "Serves the mobile payment page a machine's payment code points at, runs the" \
