@@ -136,31 +136,44 @@ extension Registry {
         }
     }
 
+    /// The unit's presence as its row keeps it.
+    private func presence(_ row: Row?) -> Presence {
+        let state = (row?["state"] as String?).flatMap(Presence.State.init(rawValue:)) ?? .unknown
+        return Presence(
+            state: state,
+            offlineReason: state == .offline ? (row?["offlineReason"] as String?).flatMap(Presence.OfflineReason.init(rawValue:)) ?? .status : nil,
+            bootId: row?["bootId"], session: row?["session"], since: row?["stateSince"], lastHeartbeatAt: row?["lastHeartbeatAt"],
+            heartbeatS: row?["heartbeatS"] ?? 30)
+    }
+
+    /// `presenceColumns` of an UPDATE, and their values.
+    private static let presenceColumns = "state = ?, offlineReason = ?, bootId = ?, session = ?, stateSince = ?, lastHeartbeatAt = ?"
+
+    private static func presenceValues(_ p: Presence) -> StatementArguments {
+        [p.state.rawValue, p.offlineReason?.rawValue, p.bootId, p.session, p.since, p.lastHeartbeatAt]
+    }
+
+    private static func alerts(_ raised: [Presence.Alert], _ machine: MachineID) -> [FleetAlert] {
+        raised.map { FleetAlert(machine: machine, kind: $0.kind, detail: $0.detail) }
+    }
+
     private func applyStatus(_ status: StatusMessage, now: Int, _ db: Database, _ alerts: inout [FleetAlert]) throws {
         try ensureUnit(status.machineId, db)
         if status.state == .online { try settleUnanswered(status.machineId, sessionBegan: status.sessionBegan, now: now, db) }
-        let row = try unitRow(status.machineId, db)
-        let state: String? = row?["state"]
-        let bootId: String? = row?["bootId"]
-        let session: Int? = row?["session"]
+        let before = presence(try unitRow(status.machineId, db))
+        let (after, raised) = before.applying(
+            .status(online: status.state == .online, bootId: status.bootId, session: status.session), now: now)
+        alerts += Self.alerts(raised, status.machineId)
         switch status.state {
         case .online:
-            let changed = state != "online" || bootId != status.bootId || session != status.session
             try db.execute(
-                sql: """
-                    UPDATE unitState SET state = 'online', offlineReason = NULL, bootId = ?, session = ?,
-                        stateSince = CASE WHEN ? THEN ? ELSE stateSince END, lastSeen = ?, lastHeartbeatAt = ?,
-                        firmware = ?, configVersion = ? WHERE id = ?
-                    """,
-                arguments: [status.bootId, status.session, changed, now, now, now, status.firmware, status.configVersion, status.machineId.rawValue])
+                sql: "UPDATE unitState SET \(Self.presenceColumns), lastSeen = ?, firmware = ?, configVersion = ? WHERE id = ?",
+                arguments: Self.presenceValues(after) + [now, status.firmware, status.configVersion, status.machineId.rawValue])
         case .offline:
-            // Only the session currently online can go offline; an older session's will is stale.
-            let current = state != "online" || (bootId == status.bootId && session == status.session)
-            guard current, state != "offline" else { return }
+            guard after != before else { return }
             try db.execute(
-                sql: "UPDATE unitState SET state = 'offline', offlineReason = 'status', stateSince = ?, bootId = ?, session = ? WHERE id = ?",
-                arguments: [now, status.bootId, status.session, status.machineId.rawValue])
-            alerts.append(FleetAlert(machine: status.machineId, kind: .offline, detail: "published offline (stopped or lost: its will)"))
+                sql: "UPDATE unitState SET \(Self.presenceColumns) WHERE id = ?",
+                arguments: Self.presenceValues(after) + [status.machineId.rawValue])
         }
     }
 
@@ -172,25 +185,21 @@ extension Registry {
         if abs(skew) > skewLimitMs && (previousSkew.map { abs($0) <= skewLimitMs } ?? true) {
             alerts.append(FleetAlert(machine: heartbeat.machineId, kind: .clockSkew, detail: "clock is \(skew) ms off the manager's"))
         }
-        // A unit that went silent (not one that said offline) comes back with its heartbeats.
-        let revive = row?["state"] as String? == "unknown" || row?["offlineReason"] as String? == "heartbeat timeout"
-            || (row?["state"] as String? == "offline" && row?["bootId"] as String? != heartbeat.bootId)
+        let (after, raised) = presence(row).applying(.heartbeat(bootId: heartbeat.bootId), now: now)
+        alerts += Self.alerts(raised, heartbeat.machineId)
         let counters = String(decoding: WireCoding.encode(heartbeat.counters), as: UTF8.self)
         try db.cachedStatement(
             sql: """
-                UPDATE unitState SET lastSeen = ?, lastHeartbeatAt = ?, clockSkewMs = ?, firmware = ?, configVersion = ?,
-                    inhibited = ?, relay = ?, outboxDepth = ?, counters = ?,
-                    state = CASE WHEN ? THEN 'online' ELSE state END,
-                    offlineReason = CASE WHEN ? THEN NULL ELSE offlineReason END,
-                    bootId = CASE WHEN ? THEN ? ELSE bootId END,
-                    stateSince = CASE WHEN ? THEN ? ELSE stateSince END
+                UPDATE unitState SET \(Self.presenceColumns), lastSeen = ?, clockSkewMs = ?, firmware = ?, configVersion = ?,
+                    inhibited = ?, relay = ?, outboxDepth = ?, counters = ?
                 WHERE id = ?
                 """
         ).execute(
-            arguments: [
-                now, now, skew, heartbeat.firmware, heartbeat.configVersion, heartbeat.inhibited, heartbeat.relay.rawValue,
-                heartbeat.outboxDepth, counters, revive, revive, revive, heartbeat.bootId, revive, now, heartbeat.machineId.rawValue,
-            ])
+            arguments: Self.presenceValues(after)
+                + [
+                    now, skew, heartbeat.firmware, heartbeat.configVersion, heartbeat.inhibited, heartbeat.relay.rawValue,
+                    heartbeat.outboxDepth, counters, heartbeat.machineId.rawValue,
+                ])
     }
 
     private func applyResult(_ result: PaymentResult, now: Int, _ db: Database, _ alerts: inout [FleetAlert]) throws {
@@ -263,21 +272,27 @@ extension Registry {
                 """, arguments: [now, machine.rawValue, sessionBegan])
     }
 
-    /// Units that sent nothing for 3 × heartbeatS are offline.
+    /// Units that sent nothing for `Presence.missedHeartbeats` × their interval are offline.
+    /// The query finds the candidates (so a sweep of 10,000 units reads few rows);
+    /// `Presence.applying(.tick)` decides.
     public func markSilentUnitsOffline(now: Int) throws -> [FleetAlert] {
         try database.write { db in
-            let silent = try String.fetchAll(
-                db, sql: "SELECT id FROM unitState WHERE state = 'online' AND lastHeartbeatAt < ? - 3 * heartbeatS * 1000", arguments: [now])
+            let candidates = try Row.fetchAll(
+                db,
+                sql: "SELECT * FROM unitState WHERE state = 'online' AND lastHeartbeatAt < ? - ? * heartbeatS * 1000",
+                arguments: [now, Presence.missedHeartbeats])
             var alerts: [FleetAlert] = []
-            for id in silent {
-                try db.execute(
-                    sql: "UPDATE unitState SET state = 'offline', offlineReason = 'heartbeat timeout', stateSince = ? WHERE id = ?",
-                    arguments: [now, id])
-                let alert = FleetAlert(machine: MachineID(unchecked: id), kind: .offline, detail: "no heartbeat for 3 × its interval")
-                try db.execute(
-                    sql: "INSERT INTO alertLog (machineId, kind, detail, at) VALUES (?, ?, ?, ?)",
-                    arguments: [id, alert.kind.rawValue, alert.detail, now])
-                alerts.append(alert)
+            for row in candidates {
+                let id = MachineID(unchecked: row["id"])
+                let (after, raised) = presence(row).applying(.tick, now: now)
+                guard !raised.isEmpty else { continue }
+                try db.execute(sql: "UPDATE unitState SET \(Self.presenceColumns) WHERE id = ?", arguments: Self.presenceValues(after) + [id.rawValue])
+                for alert in Self.alerts(raised, id) {
+                    try db.execute(
+                        sql: "INSERT INTO alertLog (machineId, kind, detail, at) VALUES (?, ?, ?, ?)",
+                        arguments: [id.rawValue, alert.kind.rawValue, alert.detail, now])
+                    alerts.append(alert)
+                }
             }
             return alerts
         }
