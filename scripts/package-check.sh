@@ -101,21 +101,52 @@ fi
 export PULSEBRIDGE_SIMULATED_GPIO="$work/edges.jsonl"
 ln -sfn "$dist" dist.package-check
 EOF
-python3 - "$repo/docs/install.md" >> "$work/install.sh" <<'PY'
+# The upgrade step is made a real one: before it, an older packaged version is `current` (as
+# after installing last month's package); after it, the new version must be `current`, the old
+# one `previous`, and the agent must have passed the health check postinst armed.
+cat > "$work/before-upgrade.sh" <<'EOF'
+fw=/var/lib/pulsebridge-firmware
+install -d -m 755 -o pulsebridge -g pulsebridge "$fw/versions/0.0.1"
+install -m 755 -o pulsebridge -g pulsebridge "$fw/$(readlink "$fw/current")/edge-agent" "$fw/versions/0.0.1/edge-agent"
+ln -sfn versions/0.0.1 "$fw/current"
+EOF
+cat > "$work/after-upgrade.sh" <<EOF
+version=\$(edge-agent --version)
+[ "\$(readlink /var/lib/pulsebridge-firmware/current)" = "versions/\$version" ] \\
+  || { echo "package-check: the upgrade did not make \$version current" >&2; exit 1; }
+[ "\$(readlink /var/lib/pulsebridge-firmware/previous)" = versions/0.0.1 ] \\
+  || { echo "package-check: the upgrade did not keep 0.0.1 as previous" >&2; exit 1; }
+# The agent clears the pending file once it is online with the new version (it paid above).
+for _ in \$(seq 300); do [ -e /var/lib/pulsebridge/firmware-pending.json ] || break; sleep 0.1; done
+[ ! -e /var/lib/pulsebridge/firmware-pending.json ] \\
+  || { echo "package-check: the upgrade's health check never passed" >&2; exit 1; }
+grep -q "firmware \$version is healthy" "$services"/*.log \\
+  || { echo "package-check: the agent did not confirm the upgraded version" >&2; exit 1; }
+echo "upgrade: 0.0.1 -> \$version, health check passed"
+EOF
+python3 - "$repo/docs/install.md" "$work" >> "$work/install.sh" <<'PY'
 import sys
-blocks, current = [], None
+blocks, current, heading = [], None, ""
 for line in open(sys.argv[1]).read().split("\n"):
-    if current is None and line == "```sh":
+    if current is None and line.startswith("## "):
+        heading = line
+    elif current is None and line == "```sh":
         current = []
     elif current is not None and line == "```":
-        blocks.append("\n".join(current)); current = None
+        blocks.append((heading, "\n".join(current))); current = None
     elif current is not None:
         current.append(line)
-for i, b in enumerate(blocks):
+upgrades = [i for i, (h, _) in enumerate(blocks) if h == "## Upgrade"]
+assert len(upgrades) == 1, "docs/install.md: one sh block under ## Upgrade"
+for i, (_, b) in enumerate(blocks):
     if "swift build" in b:
         continue  # the release build is what this stage packages; it exists already
     print('echo "== install.md step %d"' % (i + 1))
+    if i in upgrades:
+        print('source "%s/before-upgrade.sh"' % sys.argv[2])
     print(b.replace("dist/", "dist.package-check/"))
+    if i in upgrades:
+        print('source "%s/after-upgrade.sh"' % sys.argv[2])
 PY
 status=0
 bash "$work/install.sh" 2>&1 | tee "$work/install.log" || status=$?
