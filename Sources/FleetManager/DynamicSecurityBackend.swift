@@ -30,6 +30,21 @@ public final class DynamicSecurityBackend: ProvisioningBackend {
 
     /// Connects as `identity` (a dynsec admin, or the manager once bootstrapped).
     public static func connect(_ identity: BrokerIdentity, clientID: String = "fleet-manager-admin-\(UUID().uuidString.prefix(8).lowercased())", logger: Logger = Logger(label: "pulsebridge.dynsec")) async throws -> DynamicSecurityBackend {
+        do {
+            return try await connectOnce(identity, clientID: clientID, logger: logger)
+        } catch let error as MQTTError {
+            throw unreachable(identity, error)
+        }
+    }
+
+    static func unreachable(_ identity: BrokerIdentity, _ error: MQTTError) -> FleetError {
+        FleetError(
+            "cannot reach the broker's dynamic security as '\(identity.username)': \(error)",
+            hint: "check the broker is running with the dynamic-security plugin and the credentials in the fleet settings")
+    }
+
+    /// One attempt; the MQTT error as it came.
+    private static func connectOnce(_ identity: BrokerIdentity, clientID: String, logger: Logger) async throws -> DynamicSecurityBackend {
         var configuration = MQTTConfiguration(host: identity.host, port: identity.port, clientID: clientID)
         configuration.username = identity.username
         configuration.password = identity.password
@@ -41,11 +56,9 @@ public final class DynamicSecurityBackend: ProvisioningBackend {
             let backend = DynamicSecurityBackend(client: client)
             try await client.subscribe(responseTopic)
             return backend
-        } catch let error as MQTTError {
+        } catch {
             await client.close()
-            throw FleetError(
-                "cannot reach the broker's dynamic security as '\(identity.username)': \(error)",
-                hint: "check the broker is running with the dynamic-security plugin and the credentials in the fleet settings")
+            throw error
         }
     }
 
@@ -53,12 +66,17 @@ public final class DynamicSecurityBackend: ProvisioningBackend {
     /// still starting); a broker that answers and refuses the credentials fails at once.
     public static func connect(_ identity: BrokerIdentity, waitingUpTo wait: Duration, logger: Logger) async throws -> DynamicSecurityBackend {
         let deadline = ContinuousClock.now + wait
+        let clientID = "fleet-manager-admin-\(UUID().uuidString.prefix(8).lowercased())"
         while true {
             do {
-                return try await connect(identity, logger: logger)
-            } catch let error as FleetError where error.problem.contains("Connection refused") && ContinuousClock.now < deadline {
+                return try await connectOnce(identity, clientID: clientID, logger: logger)
+            } catch MQTTError.unreachable where ContinuousClock.now < deadline {
+                // No TCP connection yet: the broker is still starting (a broker that answers
+                // and refuses the credentials is `.refused`, and fails at once).
                 logger.info("the broker does not accept connections yet; retrying")
                 try await Task.sleep(for: .milliseconds(200))
+            } catch let error as MQTTError {
+                throw unreachable(identity, error)
             }
         }
     }
@@ -164,7 +182,7 @@ public final class DynamicSecurityBackend: ProvisioningBackend {
             if case .string(let error)? = response["error"] {
                 let name = command["command"].flatMap { if case .string(let s) = $0 { s } else { nil } } ?? "?"
                 if !tolerating(name, error) {
-                    throw FleetError("the broker refused \(name): \(error)")
+                    throw BrokerAdminError(command: name, message: error)
                 }
             }
         }

@@ -78,7 +78,7 @@ public final class Provisioner: Sendable {
         let envelope = try sign(config)
         do {
             try await backend.createDevice(machine, password: password, topics: home.topics)
-        } catch let error as FleetError where error.problem.contains("already exists") {
+        } catch let error as BrokerAdminError where error.kind == .alreadyExists {
             // Left over from an interrupted run: take it over with a fresh password, but only
             // if it is this unit's own identity (never a service's or anyone else's).
             guard try await backend.isDeviceIdentity(machine) else {

@@ -9,7 +9,8 @@ public protocol ProvisioningBackend: Sendable {
     /// (with the right to administer the broker), `payment-server`.
     func bootstrap(topics: TopicScheme, manager: BrokerIdentity, paymentServer: BrokerIdentity) async throws
     /// A broker client whose client ID and username are the machine ID, with `password` and a
-    /// role granting exactly the unit's rights of PROTOCOL.md.
+    /// role granting exactly the unit's rights of PROTOCOL.md. Throws `BrokerAdminError` of
+    /// kind `.alreadyExists` if a client or role of that name exists.
     func createDevice(_ machine: MachineID, password: String, topics: TopicScheme) async throws
     /// Whether the broker knows a client for `machine`.
     func deviceExists(_ machine: MachineID) async throws -> Bool
@@ -24,6 +25,30 @@ public protocol ProvisioningBackend: Sendable {
     /// Deletes the unit's client and role; a connected unit is disconnected.
     func deleteDevice(_ machine: MachineID) async throws
     func close() async
+}
+
+/// The broker refused an administration command; `kind` is what callers act on, the
+/// broker's own words are kept for the operator.
+public struct BrokerAdminError: Error, Sendable, CustomStringConvertible {
+    public enum Kind: Sendable, Hashable {
+        case alreadyExists
+        case notFound
+        case refused
+    }
+    public var command: String
+    public var message: String
+    public var kind: Kind
+
+    /// `kind` from the broker's message (mosquitto's dynamic-security plugin: "Client already
+    /// exists", "Role not found").
+    public init(command: String, message: String) {
+        self.command = command
+        self.message = message
+        let lowered = message.lowercased()
+        kind = lowered.contains("already exists") ? .alreadyExists : lowered.contains("not found") ? .notFound : .refused
+    }
+
+    public var description: String { "the broker refused \(command): \(message)" }
 }
 
 /// The access rules of PROTOCOL.md, as (kind, topic) pairs a backend turns into its ACLs.

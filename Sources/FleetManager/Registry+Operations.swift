@@ -98,9 +98,7 @@ extension Registry {
                             ON CONFLICT(machineId, kind) DO UPDATE SET count = count + 1, lastAt = excluded.lastAt
                             """, arguments: [machine.rawValue, kind, now])
                 case .configReported(let report):
-                    try db.execute(
-                        sql: "UPDATE machine SET reportedVersion = ?, reportedStatus = ?, reportedReason = ?, reportedAt = ? WHERE id = ?",
-                        arguments: [report.version, report.status.rawValue, report.reason?.rawValue, report.at, report.machineId.rawValue])
+                    try Self.recordConfigReport(report, db)
                 case .firmwareReported(let report):
                     try db.execute(
                         sql: """

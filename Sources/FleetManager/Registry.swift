@@ -264,11 +264,13 @@ public final class Registry: Sendable {
     }
 
     public func recordConfigReport(_ report: ConfigReported) throws {
-        try database.write { db in
-            try db.execute(
-                sql: "UPDATE machine SET reportedVersion = ?, reportedStatus = ?, reportedReason = ?, reportedAt = ? WHERE id = ?",
-                arguments: [report.version, report.status.rawValue, report.reason?.rawValue, report.at, report.machineId.rawValue])
-        }
+        try database.write { db in try Self.recordConfigReport(report, db) }
+    }
+
+    static func recordConfigReport(_ report: ConfigReported, _ db: Database) throws {
+        try db.execute(
+            sql: "UPDATE machine SET reportedVersion = ?, reportedStatus = ?, reportedReason = ?, reportedAt = ? WHERE id = ?",
+            arguments: [report.version, report.status.rawValue, report.reason?.rawValue, report.at, report.machineId.rawValue])
     }
 
     // MARK: Keys
