@@ -95,7 +95,7 @@ let package = Package(
         .target(
             name: "FleetManager",
             dependencies: [
-                "MQTT", "MessageSchema", "CQREncode", "PulseBridgeVersion", "Locking", "PaymentSDK",
+                "MQTT", "MessageSchema", "CQREncode", "PulseBridgeVersion", "Locking", "PaymentSDK", "ChildProcesses",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

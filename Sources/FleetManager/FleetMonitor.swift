@@ -35,7 +35,14 @@ public final class FleetMonitor: Service, Sendable {
     /// Events ingested so far (for the benchmark and tests).
     public let ingested = Atomic<Int>(0)
 
-    public init(home: FleetHome, options: Options = Options(), logger: Logger = Logger(label: "pulsebridge.serve")) throws {
+    /// Called after alerts opened or resolved (the alert dispatcher wakes up).
+    public let alertsChanged: @Sendable () -> Void
+
+    public init(
+        home: FleetHome, options: Options = Options(), logger: Logger = Logger(label: "pulsebridge.serve"),
+        alertsChanged: @escaping @Sendable () -> Void = {}
+    ) throws {
+        self.alertsChanged = alertsChanged
         self.home = home
         self.options = options
         self.logger = logger
@@ -170,6 +177,7 @@ public final class FleetMonitor: Service, Sendable {
             let alerts = try home.registry.apply(events, now: Self.now(), skewLimitMs: options.skewLimitMs)
             ingested.add(events.count, ordering: .relaxed)
             for alert in alerts { logger.warning("alert: \(alert)") }
+            if !alerts.isEmpty { alertsChanged() }
         } catch {
             logger.error("cannot write \(events.count) events to the registry: \(error)")
         }
@@ -178,18 +186,17 @@ public final class FleetMonitor: Service, Sendable {
     /// Once a second: units silent for 3 × heartbeat go offline; configurations not applied in
     /// time are reported (once each).
     private func watchTimeouts() async {
-        var reportedPending = Set<MachineID>()
         while !Task.isCancelled {
             do { try await Task.sleep(for: .seconds(1)) } catch { return }
             let now = Self.now()
             do {
-                for alert in try home.registry.markSilentUnitsOffline(now: now) { logger.warning("alert: \(alert)") }
                 let limit = Int(options.configPendingAlert.components.seconds * 1000)
                 let pending = Set(try home.registry.configsNotApplied(now: now, olderThanMs: limit))
-                for machine in pending.subtracting(reportedPending) {
-                    logger.warning("alert: \(FleetAlert(machine: machine, kind: .configNotApplied, detail: "desired configuration not applied after \(options.configPendingAlert)"))")
-                }
-                reportedPending = pending
+                let detail = "desired configuration not applied after \(options.configPendingAlert)"
+                let alerts = try home.registry.markSilentUnitsOffline(now: now)
+                    + home.registry.syncConfigAlerts(pending: pending, detail: detail, now: now)
+                for alert in alerts { logger.warning("alert: \(alert)") }
+                if !alerts.isEmpty { alertsChanged() }
             } catch {
                 logger.error("cannot check unit timeouts: \(error)")
             }

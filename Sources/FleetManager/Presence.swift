@@ -8,6 +8,7 @@
 /// - A heartbeat brings back a unit that went silent (never seen, timed out, or offline from an
 ///   earlier boot); it does not overrule an `offline` the same boot said.
 /// - Time: an online unit with no heartbeat for 3 × its interval is offline ("heartbeat timeout").
+/// - Going offline opens an `offline` alert; coming back resolves it.
 public struct Presence: Sendable, Hashable {
     public enum State: String, Sendable, Hashable, CaseIterable {
         case online, offline, unknown
@@ -27,8 +28,10 @@ public struct Presence: Sendable, Hashable {
         case tick
     }
 
-    /// An alert a change raises (the registry adds the machine).
+    /// An alert a change opens or resolves (the registry adds the machine).
     public struct Alert: Sendable, Hashable {
+        public typealias Change = FleetAlert.Change
+        public var change: Change = .open
         public var kind: FleetAlert.Kind
         public var detail: String
     }
@@ -71,7 +74,7 @@ public struct Presence: Sendable, Hashable {
             next.session = session
             next.lastHeartbeatAt = now
             if changed { next.since = now }
-            return (next, [])
+            return (next, backOnline())
         case .status(online: false, let boot, let session):
             let thisSession = state != .online || (bootId == boot && self.session == session)
             guard thisSession, state != .offline else { return (self, []) }
@@ -90,7 +93,7 @@ public struct Presence: Sendable, Hashable {
                 next.bootId = boot
                 next.since = now
             }
-            return (next, [])
+            return (next, silent ? backOnline() : [])
         case .tick:
             guard state == .online, let last = lastHeartbeatAt, isSilent(lastHeartbeatAt: last, now: now) else { return (self, []) }
             next.state = .offline
@@ -98,6 +101,11 @@ public struct Presence: Sendable, Hashable {
             next.since = now
             return (next, [Alert(kind: .offline, detail: "no heartbeat for \(Self.missedHeartbeats) × its interval")])
         }
+    }
+
+    /// Coming online resolves the offline alert an offline unit has.
+    private func backOnline() -> [Alert] {
+        state == .offline ? [Alert(change: .resolve, kind: .offline, detail: "back online")] : []
     }
 
     func isSilent(lastHeartbeatAt last: Int, now: Int) -> Bool {

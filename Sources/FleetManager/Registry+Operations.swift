@@ -17,13 +17,31 @@ public enum FleetEvent: Sendable {
     case firmwareReported(FirmwareReported)
 }
 
-/// A noteworthy change, logged by `serve` and kept in the alert log.
+/// A noteworthy change: an alert opened or resolved (docs/operations.md, "Alerts"). `serve`
+/// logs it; the registry keeps the alert and delivers it to the alert targets.
 public struct FleetAlert: Sendable, Hashable, CustomStringConvertible {
-    public enum Kind: String, Sendable { case offline, clockSkew = "clock_skew", uncertain, configNotApplied = "config_not_applied" }
+    public enum Kind: String, Sendable, Codable, CaseIterable {
+        case offline, clockSkew = "clock_skew", uncertain, configNotApplied = "config_not_applied"
+    }
+    public enum Change: String, Sendable, Hashable, Codable {
+        case open, resolve
+    }
     public var machine: MachineID
     public var kind: Kind
     public var detail: String
-    public var description: String { "\(machine): \(kind.rawValue): \(detail)" }
+    public var change: Change = .open
+    /// What in the machine it is about: the payment ID of an `uncertain` alert, else empty.
+    public var subject: String = ""
+
+    public init(machine: MachineID, kind: Kind, detail: String, change: Change = .open, subject: String = "") {
+        self.machine = machine
+        self.kind = kind
+        self.detail = detail
+        self.change = change
+        self.subject = subject
+    }
+
+    public var description: String { "\(machine): \(kind.rawValue)\(change == .resolve ? " resolved" : ""): \(detail)" }
 }
 
 /// One unit at a glance.
@@ -66,7 +84,7 @@ public struct PaymentRecord: Sendable, Codable, Hashable {
 }
 
 extension Registry {
-    /// Applies a batch of events in one transaction; returns the alerts they raise.
+    /// Applies a batch of events in one transaction; returns the alerts they opened or resolved.
     public func apply(_ events: [FleetEvent], now: Int, skewLimitMs: Int = 5_000) throws -> [FleetAlert] {
         try database.write { db in
             var alerts: [FleetAlert] = []
@@ -108,12 +126,7 @@ extension Registry {
                         arguments: [report.machineId.rawValue, report.version, report.state.rawValue, report.reason, report.at])
                 }
             }
-            for alert in alerts {
-                try db.execute(
-                    sql: "INSERT INTO alertLog (machineId, kind, detail, at) VALUES (?, ?, ?, ?)",
-                    arguments: [alert.machine.rawValue, alert.kind.rawValue, alert.detail, now])
-            }
-            return alerts
+            return try Self.record(alerts, now: now, db)
         }
     }
 
@@ -152,7 +165,7 @@ extension Registry {
     }
 
     private static func alerts(_ raised: [Presence.Alert], _ machine: MachineID) -> [FleetAlert] {
-        raised.map { FleetAlert(machine: machine, kind: $0.kind, detail: $0.detail) }
+        raised.map { FleetAlert(machine: machine, kind: $0.kind, detail: $0.detail, change: $0.change) }
     }
 
     private func applyStatus(_ status: StatusMessage, now: Int, _ db: Database, _ alerts: inout [FleetAlert]) throws {
@@ -182,6 +195,8 @@ extension Registry {
         let previousSkew: Int? = row?["clockSkewMs"]
         if abs(skew) > skewLimitMs && (previousSkew.map { abs($0) <= skewLimitMs } ?? true) {
             alerts.append(FleetAlert(machine: heartbeat.machineId, kind: .clockSkew, detail: "clock is \(skew) ms off the manager's"))
+        } else if abs(skew) <= skewLimitMs, let previousSkew, abs(previousSkew) > skewLimitMs {
+            alerts.append(FleetAlert(machine: heartbeat.machineId, kind: .clockSkew, detail: "clock within \(skewLimitMs) ms again", change: .resolve))
         }
         let (after, raised) = presence(row).applying(.heartbeat(bootId: heartbeat.bootId), now: now)
         alerts += Self.alerts(raised, heartbeat.machineId)
@@ -246,7 +261,10 @@ extension Registry {
                 result.pulsesFired, result.decidedAt, now, Self.settlement(for: result.status),
             ])
         if result.status == .uncertain {
-            alerts.append(FleetAlert(machine: result.machineId, kind: .uncertain, detail: "payment \(paymentId) uncertain (\(result.reason?.rawValue ?? "?")): hold it for review"))
+            alerts.append(
+                FleetAlert(
+                    machine: result.machineId, kind: .uncertain,
+                    detail: "payment \(paymentId) uncertain (\(result.reason?.rawValue ?? "?")): hold it for review", subject: paymentId.rawValue))
         }
     }
 
@@ -285,12 +303,7 @@ extension Registry {
                 let (after, raised) = presence(row).applying(.tick, now: now)
                 guard !raised.isEmpty else { continue }
                 try db.execute(sql: "UPDATE unitState SET \(Self.presenceColumns) WHERE id = ?", arguments: Self.presenceValues(after) + [id.rawValue])
-                for alert in Self.alerts(raised, id) {
-                    try db.execute(
-                        sql: "INSERT INTO alertLog (machineId, kind, detail, at) VALUES (?, ?, ?, ?)",
-                        arguments: [id.rawValue, alert.kind.rawValue, alert.detail, now])
-                    alerts.append(alert)
-                }
+                alerts += try Self.record(Self.alerts(raised, id), now: now, db)
             }
             return alerts
         }
@@ -391,7 +404,9 @@ extension Registry {
                     UPDATE paymentRecord SET settlement = ?, settledBy = ?, updatedAt = ?
                     WHERE machineId = ? AND paymentId = ? AND (settlement IS NULL OR settlement = 'hold')
                     """, arguments: [settlement, "operator:\(name)", now, machine.rawValue, payment.rawValue])
-            return db.changesCount > 0
+            guard db.changesCount > 0 else { return false }
+            _ = try Self.resolve(machine, .uncertain, subject: payment.rawValue, resolution: "settled (\(settlement)) by operator:\(name)", now: now, db)
+            return true
         }
     }
 
@@ -400,15 +415,6 @@ extension Registry {
         try database.read { db in
             try Row.fetchAll(db, sql: "SELECT machineId, kind, count FROM ignoredMessage ORDER BY machineId, kind").map {
                 ($0["machineId"], $0["kind"], $0["count"])
-            }
-        }
-    }
-
-    public func alerts(limit: Int = 100) throws -> [(at: Int, alert: FleetAlert)] {
-        try database.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM alertLog ORDER BY id DESC LIMIT ?", arguments: [limit]).compactMap { row in
-                guard let kind = FleetAlert.Kind(rawValue: row["kind"]) else { return nil }
-                return (row["at"], FleetAlert(machine: MachineID(unchecked: row["machineId"]), kind: kind, detail: row["detail"]))
             }
         }
     }

@@ -194,10 +194,11 @@ public final class Registry: Sendable {
                     );
                     """)
         }
+        registerAlertMigration(&migrator)
         return migrator
     }
 
-    static func now() -> Int { Int(Date().timeIntervalSince1970 * 1000) }
+    public static func now() -> Int { Int(Date().timeIntervalSince1970 * 1000) }
 
     // MARK: Machines
 
@@ -235,9 +236,12 @@ public final class Registry: Sendable {
         }
     }
 
+    /// The unit is revoked: its open alerts are resolved, and it raises no more.
     public func markRevoked(_ id: MachineID) throws {
         try database.write { db in
-            try db.execute(sql: "UPDATE machine SET state = 'revoked', revokedAt = ? WHERE id = ?", arguments: [Self.now(), id.rawValue])
+            let now = Self.now()
+            try db.execute(sql: "UPDATE machine SET state = 'revoked', revokedAt = ? WHERE id = ?", arguments: [now, id.rawValue])
+            _ = try Self.resolve(id, nil, resolution: "unit revoked", now: now, db)
         }
     }
 

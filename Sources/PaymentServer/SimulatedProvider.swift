@@ -4,6 +4,7 @@ import FoundationNetworking
 #endif
 import GRDB
 import Logging
+import MessageSchema
 
 /// A provider that behaves like a real hosted checkout, with test cards instead of money. It
 /// keeps its own ledger (table `simulatedAuthorization`), serves its checkout page under

@@ -13,6 +13,15 @@ struct Serve: AsyncParsableCommand {
     @OptionGroup var options: HomeOptions
     @Option(help: "Minutes a new configuration may wait to be applied before it is an alert.") var configAlertMinutes = 10
     @Option(help: "Serve firmware artifacts over HTTP on HOST:PORT (e.g. 0.0.0.0:8080).") var firmwareListen: String?
+    @Option(help: ArgumentHelp("POST each alert opened and resolved to this URL (JSON, signed; repeat for several).", valueName: "url"))
+    var alertWebhook: [String] = []
+    @Option(help: ArgumentHelp("The secret that signs alert webhooks (a file of its own, mode 0600).", valueName: "file"))
+    var alertWebhookSecretFile: String?
+    @Option(help: ArgumentHelp("Run this shell command for each alert opened and resolved (the event in PULSEBRIDGE_ALERT_JSON).", valueName: "command"))
+    var alertExec: String?
+    @Option(help: "Attempts to deliver one alert event before it is dead.") var alertMaxAttempts = 8
+    @Option(help: ArgumentHelp("Seconds before the first retry of a failed alert delivery (doubling after each failure, at most 10 minutes).", valueName: "seconds"))
+    var alertFirstRetry = 5.0
     @Option(help: ArgumentHelp(
         "Settings file (TOML key = value lines; the keys are these options' names). Options on the command line and PULSEBRIDGE_SERVE_* environment variables override it.",
         valueName: "file")) var config: String?
@@ -26,7 +35,8 @@ struct Serve: AsyncParsableCommand {
             var monitorOptions = FleetMonitor.Options()
             monitorOptions.configPendingAlert = .seconds(configAlertMinutes * 60)
             let logger = Logger(label: "pulsebridge.serve")
-            let monitor = try FleetMonitor(home: home, options: monitorOptions, logger: logger)
+            let dispatcher = AlertDispatcher(registry: home.registry, options: try alertOptions(), logger: logger)
+            let monitor = try FleetMonitor(home: home, options: monitorOptions, logger: logger, alertsChanged: { dispatcher.wake() })
             var artifacts: ArtifactServer?
             if let firmwareListen {
                 let parts = firmwareListen.split(separator: ":")
@@ -40,10 +50,38 @@ struct Serve: AsyncParsableCommand {
                 "fleet-manager serve \(PulseBridgeVersion.current): watching '\(home.settings.topicRoot)' at \(manager.host):\(manager.port) for the fleet at \(home.path)\(artifacts.map { "; firmware artifacts on port \($0.port)" } ?? "")\n".utf8))
             let group = ServiceGroup(
                 configuration: .init(
-                    services: [.init(service: monitor, successTerminationBehavior: .gracefullyShutdownGroup)],
+                    services: [
+                        .init(service: monitor, successTerminationBehavior: .gracefullyShutdownGroup),
+                        .init(service: dispatcher, successTerminationBehavior: .gracefullyShutdownGroup),
+                    ],
                     gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
         }
+    }
+}
+
+extension Serve {
+    func alertOptions() throws -> AlertDispatcher.Options {
+        var options = AlertDispatcher.Options()
+        if !alertWebhook.isEmpty {
+            guard let file = alertWebhookSecretFile else {
+                throw FleetError("--alert-webhook needs --alert-webhook-secret-file", hint: "write a secret (openssl rand -hex 32 > FILE; chmod 600 FILE) and give its path; receivers check the signature with it")
+            }
+            let secret = try readSecret(file: file, value: nil, name: "alert-webhook-secret")
+            for url in alertWebhook {
+                guard let parsed = URL(string: url), parsed.scheme == "http" || parsed.scheme == "https", parsed.host != nil else {
+                    throw FleetError("--alert-webhook '\(url)' is not an http(s) URL")
+                }
+                options.targets.append(.webhook(url: url, secret: secret))
+            }
+        }
+        if let alertExec { options.targets.append(.exec(command: alertExec)) }
+        guard alertMaxAttempts >= 1 else { throw FleetError("--alert-max-attempts must be at least 1") }
+        guard alertFirstRetry > 0 else { throw FleetError("--alert-first-retry must be more than 0 seconds") }
+        options.maxAttempts = alertMaxAttempts
+        options.firstRetryDelay = .milliseconds(Int(alertFirstRetry * 1000))
+        options.pollInterval = min(.seconds(1), options.firstRetryDelay)
+        return options
     }
 }
 

@@ -228,6 +228,19 @@ struct CLITests {
             #expect(date.output.contains("'2026-02-30' is not a date"))
             expectNoStackTrace(date.output)
 
+            // Alerts: none yet; a wrong ID or state says so; serve's webhook needs its secret.
+            let none = try await run(["alerts", "--home", home])
+            #expect(none.status == .exited(0) && none.output.contains("no open alerts"), "\(none.output)")
+            let ack = try await run(["alerts", "ack", "42", "--home", home])
+            #expect(ack.status == .exited(1) && ack.output.contains("no alert 42") && ack.output.contains("fleet-manager alerts lists them"), "\(ack.output)")
+            let states = try await run(["alerts", "deliveries", "--state", "lost", "--home", home])
+            #expect(states.status == .exited(1) && states.output.contains("--state must be pending, delivered or dead"))
+            let unsigned = try await run(["serve", "--home", home, "--alert-webhook", "https://ops.example.com/hook"])
+            #expect(unsigned.status == .exited(1) && unsigned.output.contains("--alert-webhook needs --alert-webhook-secret-file"), "\(unsigned.output)")
+            let notURL = try await run(["serve", "--home", home, "--alert-webhook", "ops", "--alert-webhook-secret-file", secret])
+            #expect(notURL.status == .exited(1) && notURL.output.contains("'ops' is not an http(s) URL"), "\(notURL.output)")
+            expectNoStackTrace(ack.output + unsigned.output + notURL.output)
+
             // JSON where scripts need it.
             let keys = try await run(["keys", "list", "--json", "--home", home])
             let parsed = try JSONSerialization.jsonObject(with: Data(keys.output.utf8)) as? [[String: Any]]
