@@ -32,6 +32,9 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         // The customer's payment page (payment-server) only.
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        // serve's /metrics (OpenMetrics): the metrics API and its Prometheus backend.
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
@@ -97,8 +100,19 @@ let package = Package(
             dependencies: [
                 "MQTT", "MessageSchema", "CQREncode", "PulseBridgeVersion", "Locking", "PaymentSDK", "ChildProcesses",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
+        // serve's HTTP side (--http): /metrics now, the operator console next (Hummingbird).
+        .target(
+            name: "FleetConsole",
+            dependencies: [
+                "FleetManager", "MessageSchema",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         // The payment-server SDK: MQTT and the protocol types only, so a third party's payment
@@ -150,7 +164,7 @@ let package = Package(
         .executableTarget(
             name: "fleet-manager",
             dependencies: [
-                "FleetManager", "MessageSchema", "MQTT", "PulseBridgeVersion", "DaemonSupport",
+                "FleetManager", "FleetConsole", "MessageSchema", "MQTT", "PulseBridgeVersion", "DaemonSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -210,7 +224,10 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "FleetManagerTests",
-            dependencies: ["FleetManager", "EdgeAgent", "MQTT", "MessageSchema", "LocalServices", "TestSupport", "PulseBridgeVersion", "PaymentSDK"],
+            dependencies: [
+                "FleetManager", "FleetConsole", "EdgeAgent", "MQTT", "MessageSchema", "LocalServices", "TestSupport", "PulseBridgeVersion",
+                "PaymentSDK",
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "PaymentServerTests",

@@ -2,7 +2,7 @@
 # Installs what PulseBridge needs on Debian 12 (run as root, or with sudo available):
 # mosquitto and its clients, the C libraries the Swift package links (and libcurl, which the
 # static Swift runtime's URLSession links), the tools the tests
-# use (openssl, zbar, stress-ng, Chromium), the Debian packaging tools (dpkg-deb, fakeroot,
+# use (openssl, zbar, stress-ng, Chromium, promtool), the Debian packaging tools (dpkg-deb, fakeroot,
 # lintian, man for the generated pages), Python's `cryptography` for the interoperability tests
 # and `selenium` for the browser tests.
 set -euo pipefail
@@ -30,5 +30,15 @@ fi
 # The agent's benchmark runs the naive Python peer (../shared/bench/peer_agent.py) beside it.
 if ! python3 -c 'import paho.mqtt' 2>/dev/null; then
   python3 -m pip install --quiet paho-mqtt
+fi
+# `promtool check metrics` checks serve's /metrics. Only the tool is taken from Debian's
+# prometheus package: installing the package would start a Prometheus server.
+if ! command -v promtool >/dev/null; then
+  tools=$(mktemp -d)
+  chmod 755 "$tools"
+  (cd "$tools" && as_root apt-get download prometheus 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+  dpkg-deb --fsys-tarfile "$tools"/prometheus_*.deb | tar -x -C "$tools" ./usr/bin/promtool
+  as_root install -m 755 "$tools/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$tools"
 fi
 # mosquitto's Debian service is not needed: tests and the demo start their own brokers.

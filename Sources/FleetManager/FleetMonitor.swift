@@ -37,12 +37,17 @@ public final class FleetMonitor: Service, Sendable {
 
     /// Called after alerts opened or resolved (the alert dispatcher wakes up).
     public let alertsChanged: @Sendable () -> Void
+    /// What serve measures as it works (`/metrics`), when it is served.
+    public let metrics: FleetMetrics?
+    /// When each signed completion arrived (machine/payment), for the result latency.
+    private let completionsArrived = Locked<[String: ContinuousClock.Instant]>([:])
 
     public init(
         home: FleetHome, options: Options = Options(), logger: Logger = Logger(label: "pulsebridge.serve"),
-        alertsChanged: @escaping @Sendable () -> Void = {}
+        metrics: FleetMetrics? = nil, alertsChanged: @escaping @Sendable () -> Void = {}
     ) throws {
         self.alertsChanged = alertsChanged
+        self.metrics = metrics
         self.home = home
         self.options = options
         self.logger = logger
@@ -71,6 +76,7 @@ public final class FleetMonitor: Service, Sendable {
     private func subscribeOnConnect(_ client: MQTTClient) async {
         var subscribed = false
         for await state in client.connectionStates() {
+            metrics?.brokerConnected.set(to: state.isConnected ? 1 : 0)
             guard state.isConnected, !subscribed else { continue }
             let topics = home.topics
             do {
@@ -90,11 +96,36 @@ public final class FleetMonitor: Service, Sendable {
     private func ingest(_ messages: AsyncStream<MQTTMessage>) async {
         for await message in messages {
             guard let event = decode(message) else { continue }
+            if let metrics { measure(event, metrics) }
             let count = buffer.withLock { b in
                 b.append(event)
                 return b.count
             }
             if count == 1 || count >= options.batchSize { wake.yield() }
+        }
+    }
+
+    /// Completion → result latency and heartbeat transit, as the messages arrive.
+    private func measure(_ event: FleetEvent, _ metrics: FleetMetrics) {
+        switch event {
+        case .completion(let payment, _):
+            completionsArrived.withLock { arrived in
+                if arrived.count >= 100_000 {
+                    // Results that never came (a unit that died): forget the oldest half.
+                    let cutoff = ContinuousClock.now - .seconds(600)
+                    arrived = arrived.filter { $0.value > cutoff }
+                }
+                arrived["\(payment.machineId)/\(payment.paymentId)"] = .now
+            }
+        case .result(let result):
+            guard let paymentId = result.paymentId, result.status != .duplicate,
+                let arrived = completionsArrived.withLock({ $0.removeValue(forKey: "\(result.machineId)/\(paymentId)") })
+            else { return }
+            metrics.resultLatency.record(ContinuousClock.now - arrived)
+        case .heartbeat(let heartbeat):
+            metrics.recordHeartbeat(sentAt: heartbeat.at, arrivedAt: Self.now())
+        default:
+            break
         }
     }
 
@@ -174,7 +205,9 @@ public final class FleetMonitor: Service, Sendable {
         }
         guard !events.isEmpty else { return }
         do {
+            let started = ContinuousClock.now
             let alerts = try home.registry.apply(events, now: Self.now(), skewLimitMs: options.skewLimitMs)
+            metrics?.recordBatch(events: events.count, took: ContinuousClock.now - started)
             ingested.add(events.count, ordering: .relaxed)
             for alert in alerts { logger.warning("alert: \(alert)") }
             if !alerts.isEmpty { alertsChanged() }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import FleetConsole
 import FleetManager
 import Foundation
 import Logging
@@ -19,6 +20,10 @@ struct Serve: AsyncParsableCommand {
     var alertWebhookSecretFile: String?
     @Option(help: ArgumentHelp("Run this shell command for each alert opened and resolved (the event in PULSEBRIDGE_ALERT_JSON).", valueName: "command"))
     var alertExec: String?
+    @Option(help: ArgumentHelp("Serve HTTP on HOST:PORT: /metrics for Prometheus (and the console to come).", valueName: "host:port"))
+    var http: String?
+    @Option(help: ArgumentHelp("The bearer token a Prometheus scraper must send for /metrics (a file of its own, mode 0600).", valueName: "file"))
+    var metricsTokenFile: String?
     @Option(help: "Attempts to deliver one alert event before it is dead.") var alertMaxAttempts = 8
     @Option(help: ArgumentHelp("Seconds before the first retry of a failed alert delivery (doubling after each failure, at most 10 minutes).", valueName: "seconds"))
     var alertFirstRetry = 5.0
@@ -36,7 +41,9 @@ struct Serve: AsyncParsableCommand {
             monitorOptions.configPendingAlert = .seconds(configAlertMinutes * 60)
             let logger = Logger(label: "pulsebridge.serve")
             let dispatcher = AlertDispatcher(registry: home.registry, options: try alertOptions(), logger: logger)
-            let monitor = try FleetMonitor(home: home, options: monitorOptions, logger: logger, alertsChanged: { dispatcher.wake() })
+            let console = try consoleOptions()
+            let metrics = console.map { _ in FleetMetrics() }
+            let monitor = try FleetMonitor(home: home, options: monitorOptions, logger: logger, metrics: metrics, alertsChanged: { dispatcher.wake() })
             var artifacts: ArtifactServer?
             if let firmwareListen {
                 let parts = firmwareListen.split(separator: ":")
@@ -48,12 +55,17 @@ struct Serve: AsyncParsableCommand {
             let manager = home.settings.manager
             FileHandle.standardError.write(Data(
                 "fleet-manager serve \(PulseBridgeVersion.current): watching '\(home.settings.topicRoot)' at \(manager.host):\(manager.port) for the fleet at \(home.path)\(artifacts.map { "; firmware artifacts on port \($0.port)" } ?? "")\n".utf8))
+            var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+                .init(service: monitor, successTerminationBehavior: .gracefullyShutdownGroup),
+                .init(service: dispatcher, successTerminationBehavior: .gracefullyShutdownGroup),
+            ]
+            if let console, let metrics {
+                let server = ConsoleServer(home: home, metrics: metrics, options: console, logger: logger)
+                services.append(.init(service: server.application(), successTerminationBehavior: .gracefullyShutdownGroup))
+            }
             let group = ServiceGroup(
                 configuration: .init(
-                    services: [
-                        .init(service: monitor, successTerminationBehavior: .gracefullyShutdownGroup),
-                        .init(service: dispatcher, successTerminationBehavior: .gracefullyShutdownGroup),
-                    ],
+                    services: services,
                     gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
         }
@@ -61,6 +73,21 @@ struct Serve: AsyncParsableCommand {
 }
 
 extension Serve {
+    func consoleOptions() throws -> ConsoleServer.Options? {
+        guard let http else {
+            if metricsTokenFile != nil { throw FleetError("--metrics-token-file needs --http HOST:PORT", hint: "/metrics is served on serve's HTTP address") }
+            return nil
+        }
+        var options = ConsoleServer.Options()
+        guard let colon = http.lastIndex(of: ":"), let port = Int(http[http.index(after: colon)...]), (0...65535).contains(port) else {
+            throw FleetError("--http '\(http)' is not HOST:PORT", hint: "e.g. --http 127.0.0.1:8090")
+        }
+        options.host = String(http[..<colon])
+        options.port = port
+        options.metricsToken = try metricsTokenFile.map { try readSecret(file: $0, value: nil, name: "metrics-token") }
+        return options
+    }
+
     func alertOptions() throws -> AlertDispatcher.Options {
         var options = AlertDispatcher.Options()
         if !alertWebhook.isEmpty {
