@@ -195,6 +195,7 @@ public final class Registry: Sendable {
                     """)
         }
         registerAlertMigration(&migrator)
+        registerAuditMigration(&migrator)
         return migrator
     }
 

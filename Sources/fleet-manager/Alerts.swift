@@ -15,7 +15,7 @@ struct Alerts: AsyncParsableCommand {
             """,
         subcommands: [List.self, Ack.self, Deliveries.self], defaultSubcommand: List.self)
 
-    struct List: AsyncParsableCommand {
+    struct List: FleetCommand {
         static let configuration = CommandConfiguration(abstract: "Open alerts (or all with --all), newest first.")
         @OptionGroup var options: HomeOptions
         @Flag(help: "Resolved ones too.") var all = false
@@ -23,51 +23,44 @@ struct Alerts: AsyncParsableCommand {
         @Option(help: "At most this many.") var limit = 200
         @Flag(help: "JSON instead of a table.") var json = false
 
-        func run() async throws {
-            options.bootstrapLogging()
-            try await operatorErrors {
-                let home = try options.open()
-                let machineId = try machine.map { try machineID($0) }
-                let alerts = try home.registry.alerts(openOnly: !all, machine: machineId, limit: limit)
-                if json {
-                    printJSON(alerts)
-                    return
-                }
-                if alerts.isEmpty {
-                    print(all ? "no alerts" : "no open alerts")
-                    return
-                }
-                printTable(
-                    ["ID", "MACHINE", "KIND", "OPENED", "RESOLVED", "ACK", "DETAIL"],
-                    alerts.map { alert in
-                        [
-                            "\(alert.id)", alert.machineId, alert.kind.rawValue + (alert.suppressed.map { " (\($0))" } ?? ""),
-                            formatTime(alert.openedAt), alert.resolvedAt.map { formatTime($0) + " " + (alert.resolution ?? "") } ?? "open",
-                            alert.acknowledgedBy ?? "-", alert.detail,
-                        ]
-                    })
+        func run(home: FleetHome) async throws {
+            let machineId = try machine.map { try machineID($0) }
+            let alerts = try home.registry.alerts(openOnly: !all, machine: machineId, limit: limit)
+            if json {
+                printJSON(alerts)
+                return
             }
+            if alerts.isEmpty {
+                print(all ? "no alerts" : "no open alerts")
+                return
+            }
+            printTable(
+                ["ID", "MACHINE", "KIND", "OPENED", "RESOLVED", "ACK", "DETAIL"],
+                alerts.map { alert in
+                    [
+                        "\(alert.id)", alert.machineId, alert.kind.rawValue + (alert.suppressed.map { " (\($0))" } ?? ""),
+                        formatTime(alert.openedAt), alert.resolvedAt.map { formatTime($0) + " " + (alert.resolution ?? "") } ?? "open",
+                        alert.acknowledgedBy ?? "-", alert.detail,
+                    ]
+                })
         }
     }
 
-    struct Ack: AsyncParsableCommand {
+    struct Ack: FleetCommand {
         static let configuration = CommandConfiguration(
             commandName: "ack", abstract: "Acknowledge an alert: you have seen it (it stays open until what raised it is undone).")
         @OptionGroup var options: HomeOptions
         @Argument(help: "The alert's ID (fleet-manager alerts).") var id: Int
         @Option(help: "Who acknowledges it.") var by = NSUserName()
+        var audit: AuditAction? { AuditAction(action: "alerts ack", target: "alert \(id)", detail: "by \(by)") }
 
-        func run() async throws {
-            options.bootstrapLogging()
-            try await operatorErrors {
-                let home = try options.open()
-                let alert = try home.registry.acknowledgeAlert(id, by: by)
-                print("alert \(alert.id) (\(alert.machineId) \(alert.kind.rawValue)): acknowledged by \(alert.acknowledgedBy ?? by)")
-            }
+        func run(home: FleetHome) async throws {
+            let alert = try home.registry.acknowledgeAlert(id, by: by)
+            print("alert \(alert.id) (\(alert.machineId) \(alert.kind.rawValue)): acknowledged by \(alert.acknowledgedBy ?? by)")
         }
     }
 
-    struct Deliveries: AsyncParsableCommand {
+    struct Deliveries: FleetCommand {
         static let configuration = CommandConfiguration(
             abstract: "Alert events and their delivery to each target: pending (with the next attempt), delivered, dead.")
         @OptionGroup var options: HomeOptions
@@ -75,28 +68,24 @@ struct Alerts: AsyncParsableCommand {
         @Option(help: "At most this many.") var limit = 200
         @Flag(help: "JSON instead of a table.") var json = false
 
-        func run() async throws {
-            options.bootstrapLogging()
-            try await operatorErrors {
-                let wanted: AlertDelivery.State? = try state.map {
-                    guard let parsed = AlertDelivery.State(rawValue: $0) else { throw FleetError("--state must be pending, delivered or dead") }
-                    return parsed
-                }
-                let home = try options.open()
-                let deliveries = try home.registry.alertDeliveries(state: wanted, limit: limit)
-                if json {
-                    printJSON(deliveries)
-                    return
-                }
-                printTable(
-                    ["ID", "EVENT", "MACHINE", "KIND", "TARGET", "STATE", "ATTEMPTS", "NEXT / LAST ERROR"],
-                    deliveries.map { d in
-                        [
-                            "\(d.id)", d.event.rawValue, d.alert.machineId, d.alert.kind.rawValue, d.target, d.state.rawValue, "\(d.attempts)",
-                            d.state == .pending ? formatTime(d.nextAttemptAt) + (d.lastError.map { " / \($0)" } ?? "") : d.lastError ?? "-",
-                        ]
-                    })
+        func run(home: FleetHome) async throws {
+            let wanted: AlertDelivery.State? = try state.map {
+                guard let parsed = AlertDelivery.State(rawValue: $0) else { throw FleetError("--state must be pending, delivered or dead") }
+                return parsed
             }
+            let deliveries = try home.registry.alertDeliveries(state: wanted, limit: limit)
+            if json {
+                printJSON(deliveries)
+                return
+            }
+            printTable(
+                ["ID", "EVENT", "MACHINE", "KIND", "TARGET", "STATE", "ATTEMPTS", "NEXT / LAST ERROR"],
+                deliveries.map { d in
+                    [
+                        "\(d.id)", d.event.rawValue, d.alert.machineId, d.alert.kind.rawValue, d.target, d.state.rawValue, "\(d.attempts)",
+                        d.state == .pending ? formatTime(d.nextAttemptAt) + (d.lastError.map { " / \($0)" } ?? "") : d.lastError ?? "-",
+                    ]
+                })
         }
     }
 }

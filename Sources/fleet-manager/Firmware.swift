@@ -27,23 +27,22 @@ struct Firmware: AsyncParsableCommand {
         }
     }
 
-    struct Publish: AsyncParsableCommand {
+    struct Publish: FleetCommand {
         static let configuration = CommandConfiguration(abstract: "Record an artifact as a version (hash, size, download URL).")
         @OptionGroup var options: HomeOptions
         @Option(help: "The version the artifact reports.") var version: String
         @Option(help: "The edge-agent binary.") var artifact: String
         @Option(help: "URL base units download from (default: the fleet's firmwareUrlBase).") var urlBase: String?
 
-        func run() async throws {
-            options.bootstrapLogging()
-            try await operatorErrors {
-                let release = try FirmwareManager(home: try options.open()).publish(version: version, artifact: artifact, urlBase: urlBase)
-                print("firmware \(release.version): \(release.size) bytes, sha256 \(release.sha256), \(release.url)")
-            }
+        var audit: AuditAction? { AuditAction(action: "firmware publish", target: version, detail: artifact) }
+
+        func run(home: FleetHome) async throws {
+            let release = try FirmwareManager(home: home).publish(version: version, artifact: artifact, urlBase: urlBase)
+            print("firmware \(release.version): \(release.size) bytes, sha256 \(release.sha256), \(release.url)")
         }
     }
 
-    struct Rollout: AsyncParsableCommand {
+    struct Rollout: FleetCommand {
         static let configuration = CommandConfiguration(
             abstract: "Roll a version out in waves; abort when failures reach --max-failures.",
             discussion: "Exit code 0 when every unit installed it, 3 when some failed, 4 when the rollout aborted.")
@@ -55,52 +54,49 @@ struct Firmware: AsyncParsableCommand {
         @Option(help: "Abort when this many units failed.") var maxFailures = 1
         @Option(help: "Seconds a unit has to report installed or failed.") var timeout = 300
 
-        func run() async throws {
-            options.bootstrapLogging()
-            try await operatorErrors {
-                let home = try options.open()
-                let targets: [MachineID]
-                if all {
-                    targets = try home.registry.machines().map(\.id)
-                } else if let machines {
-                    targets = try machines.split(separator: ",").map { raw in
-                        guard let id = MachineID(rawValue: String(raw)) else { throw FleetError("'\(raw)' is not a machine ID") }
-                        return id
-                    }
-                } else {
-                    throw FleetError("name --machines or pass --all")
+        var audit: AuditAction? {
+            AuditAction(action: "firmware rollout", target: version, detail: "\(all ? "--all" : machines ?? "") wave \(wave) max-failures \(maxFailures)")
+        }
+
+        func run(home: FleetHome) async throws {
+            let targets: [MachineID]
+            if all {
+                targets = try home.registry.machines().map(\.id)
+            } else if let machines {
+                targets = try machines.split(separator: ",").map { raw in
+                    guard let id = MachineID(rawValue: String(raw)) else { throw FleetError("'\(raw)' is not a machine ID") }
+                    return id
                 }
-                guard let percent = Double(wave.trimmingCharacters(in: CharacterSet(charactersIn: "%"))), percent > 0, percent <= 100 else {
-                    throw FleetError("--wave must be a percentage such as 10%")
-                }
-                let report = try await withManagerClient(home, purpose: "rollout") { client in
-                    try await FirmwareManager(home: home).rollout(
-                        version: version, machines: targets, wave: percent / 100, maxFailures: maxFailures, timeout: .seconds(timeout),
-                        client: client, progress: { print($0) })
-                }
-                print("installed \(report.installed.count), failed \(report.failed.count), untouched \(report.untouched.count)")
-                for failure in report.failed { print("  \(failure.machine): \(failure.reason)") }
-                if report.aborted { throw ExitCode(4) }
-                if !report.failed.isEmpty { throw ExitCode(3) }
+            } else {
+                throw FleetError("name --machines or pass --all")
             }
+            guard let percent = Double(wave.trimmingCharacters(in: CharacterSet(charactersIn: "%"))), percent > 0, percent <= 100 else {
+                throw FleetError("--wave must be a percentage such as 10%")
+            }
+            let report = try await withManagerClient(home, purpose: "rollout") { client in
+                try await FirmwareManager(home: home).rollout(
+                    version: version, machines: targets, wave: percent / 100, maxFailures: maxFailures, timeout: .seconds(timeout),
+                    client: client, progress: { print($0) })
+            }
+            print("installed \(report.installed.count), failed \(report.failed.count), untouched \(report.untouched.count)")
+            for failure in report.failed { print("  \(failure.machine): \(failure.reason)") }
+            if report.aborted { throw ExitCode(4) }
+            if !report.failed.isEmpty { throw ExitCode(3) }
         }
     }
 
-    struct Status: AsyncParsableCommand {
+    struct Status: FleetCommand {
         static let configuration = CommandConfiguration(abstract: "Each unit's firmware and last update report (kept by serve).")
         @OptionGroup var options: HomeOptions
 
-        func run() async throws {
-            options.bootstrapLogging()
-            try await operatorErrors {
-                let rows = try options.open().registry.firmwareStatus()
-                print(FleetReports.render(
-                    headers: ["MACHINE", "RUNNING", "LAST REPORT"],
-                    rows: rows.map { row in
-                        [row.machineId, row.running ?? "-",
-                         row.state.map { "\(row.reportedVersion ?? "?") \($0)\(row.reason.map { " (\($0))" } ?? "")" } ?? "-"]
-                    }, format: "table"), terminator: "")
-            }
+        func run(home: FleetHome) async throws {
+            let rows = try home.registry.firmwareStatus()
+            print(FleetReports.render(
+                headers: ["MACHINE", "RUNNING", "LAST REPORT"],
+                rows: rows.map { row in
+                    [row.machineId, row.running ?? "-",
+                     row.state.map { "\(row.reportedVersion ?? "?") \($0)\(row.reason.map { " (\($0))" } ?? "")" } ?? "-"]
+                }, format: "table"), terminator: "")
         }
     }
 }

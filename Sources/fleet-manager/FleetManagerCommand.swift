@@ -14,7 +14,7 @@ struct FleetManagerCommand: AsyncParsableCommand {
         version: PulseBridgeVersion.current,
         subcommands: [
             Init.self, Provision.self, Revoke.self, Keys.self, Serve.self, Devices.self, Device.self, Config.self, Pay.self,
-            Report.self, Code.self, Firmware.self, PaymentServers.self, Payments.self, Alerts.self, Wait.self,
+            Report.self, Code.self, Firmware.self, PaymentServers.self, Payments.self, Alerts.self, Audit.self, Wait.self,
         ])
 
     /// `serve` takes its settings from `--config FILE` (TOML) and `PULSEBRIDGE_SERVE_*` too.
@@ -47,6 +47,56 @@ struct HomeOptions: ParsableArguments {
     }
 
     func open() throws -> FleetHome { try FleetHome.open(at: home) }
+}
+
+/// What an acting command did, for the audit trail.
+struct AuditAction {
+    var action: String
+    var target: String?
+    var detail: String?
+}
+
+/// A command on a fleet home. `run()` sets up logging, opens the home, prints an expected
+/// failure for humans (no stack trace), and for a command that changes the fleet (`audit`
+/// not nil) records who did what, from where, and how it ended.
+protocol FleetCommand: AsyncParsableCommand {
+    var options: HomeOptions { get }
+    /// What the audit trail records; nil for a command that only reads.
+    var audit: AuditAction? { get }
+    func run(home: FleetHome) async throws
+}
+
+extension FleetCommand {
+    var audit: AuditAction? { nil }
+
+    func run() async throws {
+        options.bootstrapLogging()
+        try await operatorErrors {
+            let home = try options.open()
+            guard let audit else { return try await run(home: home) }
+            do {
+                try await run(home: home)
+                record(audit, in: home, error: nil)
+            } catch {
+                record(audit, in: home, error: error)
+                throw error
+            }
+        }
+    }
+
+    private func record(_ audit: AuditAction, in home: FleetHome, error: (any Error)?) {
+        let (actor, origin) = AuditRecord.cliActor()
+        let outcome: AuditRecord.Outcome = error == nil ? .ok : .failed
+        let message = error.map { ($0 as? FleetError)?.problem ?? "\($0)" }
+        do {
+            try home.registry.recordAudit(
+                AuditRecord(
+                    actor: actor, via: .cli, origin: origin, action: audit.action, target: audit.target, detail: audit.detail,
+                    outcome: outcome, error: message))
+        } catch {
+            FileHandle.standardError.write(Data("fleet-manager: warning: the audit trail did not take this action: \(error)\n".utf8))
+        }
+    }
 }
 
 /// Runs a command body; expected failures print what went wrong and what to do, and exit

@@ -30,6 +30,11 @@ struct Init: AsyncParsableCommand {
                 topicRoot: topicRoot, paymentUrlTemplate: paymentUrl, currency: currency)
             setup.waitForBroker = .seconds(max(0, waitForBroker))
             let home = try await FleetSetup.initialize(setup)
+            let (actor, origin) = AuditRecord.cliActor()
+            try home.registry.recordAudit(
+                AuditRecord(
+                    actor: actor, via: .cli, origin: origin, action: "init", target: home.path,
+                    detail: "broker \(brokerHost):\(brokerPort), units at \(deviceBrokerUrl)", outcome: .ok))
             let keys = try home.registry.keys()
             print("fleet created at \(home.path)")
             for key in keys {

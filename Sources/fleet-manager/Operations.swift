@@ -8,7 +8,7 @@ import MessageSchema
 import PaymentSDK
 import ServiceLifecycle
 
-struct Serve: AsyncParsableCommand {
+struct Serve: FleetCommand {
     static let configuration = CommandConfiguration(
         abstract: "Watch the fleet and keep the registry (state, heartbeats, configuration, payments) until SIGTERM.")
     @OptionGroup var options: HomeOptions
@@ -31,44 +31,40 @@ struct Serve: AsyncParsableCommand {
         "Settings file (TOML key = value lines; the keys are these options' names). Options on the command line and PULSEBRIDGE_SERVE_* environment variables override it.",
         valueName: "file")) var config: String?
 
-    func run() async throws {
-        options.bootstrapLogging()
-        try await operatorErrors {
-            let home = try options.open()
-            let lock = try home.lockForServe()
-            defer { close(lock) }
-            var monitorOptions = FleetMonitor.Options()
-            monitorOptions.configPendingAlert = .seconds(configAlertMinutes * 60)
-            let logger = Logger(label: "pulsebridge.serve")
-            let dispatcher = AlertDispatcher(registry: home.registry, options: try alertOptions(), logger: logger)
-            let console = try consoleOptions()
-            let metrics = console.map { _ in FleetMetrics() }
-            let monitor = try FleetMonitor(home: home, options: monitorOptions, logger: logger, metrics: metrics, alertsChanged: { dispatcher.wake() })
-            var artifacts: ArtifactServer?
-            if let firmwareListen {
-                let parts = firmwareListen.split(separator: ":")
-                guard parts.count == 2, let port = Int(parts[1]) else { throw FleetError("--firmware-listen must be HOST:PORT") }
-                artifacts = try ArtifactServer(root: FirmwareManager(home: home).artifactsDirectory, host: String(parts[0]), port: port)
-            }
-            defer { artifacts?.stop() }
-            // One line at any log level: what this process watches and serves.
-            let manager = home.settings.manager
-            FileHandle.standardError.write(Data(
-                "fleet-manager serve \(PulseBridgeVersion.current): watching '\(home.settings.topicRoot)' at \(manager.host):\(manager.port) for the fleet at \(home.path)\(artifacts.map { "; firmware artifacts on port \($0.port)" } ?? "")\n".utf8))
-            var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-                .init(service: monitor, successTerminationBehavior: .gracefullyShutdownGroup),
-                .init(service: dispatcher, successTerminationBehavior: .gracefullyShutdownGroup),
-            ]
-            if let console, let metrics {
-                let server = ConsoleServer(home: home, metrics: metrics, options: console, logger: logger)
-                services.append(.init(service: server.application(), successTerminationBehavior: .gracefullyShutdownGroup))
-            }
-            let group = ServiceGroup(
-                configuration: .init(
-                    services: services,
-                    gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-            try await group.run()
+    func run(home: FleetHome) async throws {
+        let lock = try home.lockForServe()
+        defer { close(lock) }
+        var monitorOptions = FleetMonitor.Options()
+        monitorOptions.configPendingAlert = .seconds(configAlertMinutes * 60)
+        let logger = Logger(label: "pulsebridge.serve")
+        let dispatcher = AlertDispatcher(registry: home.registry, options: try alertOptions(), logger: logger)
+        let console = try consoleOptions()
+        let metrics = console.map { _ in FleetMetrics() }
+        let monitor = try FleetMonitor(home: home, options: monitorOptions, logger: logger, metrics: metrics, alertsChanged: { dispatcher.wake() })
+        var artifacts: ArtifactServer?
+        if let firmwareListen {
+            let parts = firmwareListen.split(separator: ":")
+            guard parts.count == 2, let port = Int(parts[1]) else { throw FleetError("--firmware-listen must be HOST:PORT") }
+            artifacts = try ArtifactServer(root: FirmwareManager(home: home).artifactsDirectory, host: String(parts[0]), port: port)
         }
+        defer { artifacts?.stop() }
+        // One line at any log level: what this process watches and serves.
+        let manager = home.settings.manager
+        FileHandle.standardError.write(Data(
+            "fleet-manager serve \(PulseBridgeVersion.current): watching '\(home.settings.topicRoot)' at \(manager.host):\(manager.port) for the fleet at \(home.path)\(artifacts.map { "; firmware artifacts on port \($0.port)" } ?? "")\n".utf8))
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: monitor, successTerminationBehavior: .gracefullyShutdownGroup),
+            .init(service: dispatcher, successTerminationBehavior: .gracefullyShutdownGroup),
+        ]
+        if let console, let metrics {
+            let server = ConsoleServer(home: home, metrics: metrics, options: console, logger: logger)
+            services.append(.init(service: server.application(), successTerminationBehavior: .gracefullyShutdownGroup))
+        }
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services,
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
     }
 }
 
@@ -119,70 +115,62 @@ func formatTime(_ ms: Int?) -> String {
     return formatter.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
 }
 
-struct Devices: AsyncParsableCommand {
+struct Devices: FleetCommand {
     static let configuration = CommandConfiguration(abstract: "The fleet at a glance (kept by `serve`).")
     @OptionGroup var options: HomeOptions
     @Flag(help: "Machine-readable output.") var json = false
 
-    func run() async throws {
-        options.bootstrapLogging()
-        try await operatorErrors {
-            let home = try options.open()
-            let units = try home.registry.overviews(now: Int(Date().timeIntervalSince1970 * 1000))
-            if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                print(String(decoding: try encoder.encode(units), as: UTF8.self))
-                return
-            }
-            let rows = units.map { unit in
-                [
-                    unit.machineId, unit.state, formatTime(unit.lastSeen), unit.firmware ?? "-",
-                    "\(unit.desiredConfigVersion.map(String.init) ?? "-")/\(unit.appliedConfigVersion.map(String.init) ?? "-")",
-                    unit.clockSkewMs.map { "\($0) ms" } ?? "-", "\(unit.counters?.credited ?? 0)", "\(unit.counters?.creditedAmount ?? 0)",
-                    unit.alerts.isEmpty ? "-" : unit.alerts.joined(separator: "; "),
-                ]
-            }
-            print(FleetReports.render(
-                headers: ["MACHINE", "STATE", "LAST SEEN", "FIRMWARE", "CONFIG D/A", "SKEW", "CREDITED", "AMOUNT", "ALERTS"],
-                rows: rows, format: "table"), terminator: "")
+    func run(home: FleetHome) async throws {
+        let units = try home.registry.overviews(now: Int(Date().timeIntervalSince1970 * 1000))
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(units), as: UTF8.self))
+            return
         }
+        let rows = units.map { unit in
+            [
+                unit.machineId, unit.state, formatTime(unit.lastSeen), unit.firmware ?? "-",
+                "\(unit.desiredConfigVersion.map(String.init) ?? "-")/\(unit.appliedConfigVersion.map(String.init) ?? "-")",
+                unit.clockSkewMs.map { "\($0) ms" } ?? "-", "\(unit.counters?.credited ?? 0)", "\(unit.counters?.creditedAmount ?? 0)",
+                unit.alerts.isEmpty ? "-" : unit.alerts.joined(separator: "; "),
+            ]
+        }
+        print(FleetReports.render(
+            headers: ["MACHINE", "STATE", "LAST SEEN", "FIRMWARE", "CONFIG D/A", "SKEW", "CREDITED", "AMOUNT", "ALERTS"],
+            rows: rows, format: "table"), terminator: "")
     }
 }
 
-struct Device: AsyncParsableCommand {
+struct Device: FleetCommand {
     static let configuration = CommandConfiguration(abstract: "One unit in detail.")
     @OptionGroup var options: HomeOptions
     @Argument(help: "The machine ID.") var machineId: String
     @Flag(help: "JSON instead of text.") var json = false
 
-    func run() async throws {
-        options.bootstrapLogging()
-        try await operatorErrors {
-            let home = try options.open()
-            guard let unit = try home.registry.overviews(now: Int(Date().timeIntervalSince1970 * 1000)).first(where: { $0.machineId == machineId }) else {
-                throw FleetError("no unit '\(machineId)' in the registry", hint: "`fleet-manager devices` lists the fleet")
-            }
-            if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                print(String(decoding: try encoder.encode(unit), as: UTF8.self))
-                return
-            }
-            let counters = unit.counters ?? PaymentCounters()
-            print("""
-                machine        \(unit.machineId) (\(unit.provisioning))
-                state          \(unit.state)\(unit.offlineReason.map { " (\($0))" } ?? "")
-                last seen      \(formatTime(unit.lastSeen))
-                firmware       \(unit.firmware ?? "-")
-                config         desired v\(unit.desiredConfigVersion.map(String.init) ?? "-"), applied v\(unit.appliedConfigVersion.map(String.init) ?? "-")\(unit.configReport.map { ", last report: \($0)" } ?? "")
-                clock skew     \(unit.clockSkewMs.map { "\($0) ms" } ?? "-")
-                relay          \(unit.relay ?? "-")\(unit.inhibited == true ? ", inhibited" : "")
-                outbox         \(unit.outboxDepth.map(String.init) ?? "-")
-                payments       credited \(counters.credited) (\(counters.creditedAmount)), rejected \(counters.rejected), duplicate \(counters.duplicate), uncertain \(counters.uncertain), pulses \(counters.pulses)
-                alerts         \(unit.alerts.isEmpty ? "none" : unit.alerts.joined(separator: "; "))
-                """)
+    func run(home: FleetHome) async throws {
+        guard let unit = try home.registry.overviews(now: Int(Date().timeIntervalSince1970 * 1000)).first(where: { $0.machineId == machineId }) else {
+            throw FleetError("no unit '\(machineId)' in the registry", hint: "`fleet-manager devices` lists the fleet")
         }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(unit), as: UTF8.self))
+            return
+        }
+        let counters = unit.counters ?? PaymentCounters()
+        print("""
+            machine        \(unit.machineId) (\(unit.provisioning))
+            state          \(unit.state)\(unit.offlineReason.map { " (\($0))" } ?? "")
+            last seen      \(formatTime(unit.lastSeen))
+            firmware       \(unit.firmware ?? "-")
+            config         desired v\(unit.desiredConfigVersion.map(String.init) ?? "-"), applied v\(unit.appliedConfigVersion.map(String.init) ?? "-")\(unit.configReport.map { ", last report: \($0)" } ?? "")
+            clock skew     \(unit.clockSkewMs.map { "\($0) ms" } ?? "-")
+            relay          \(unit.relay ?? "-")\(unit.inhibited == true ? ", inhibited" : "")
+            outbox         \(unit.outboxDepth.map(String.init) ?? "-")
+            payments       credited \(counters.credited) (\(counters.creditedAmount)), rejected \(counters.rejected), duplicate \(counters.duplicate), uncertain \(counters.uncertain), pulses \(counters.pulses)
+            alerts         \(unit.alerts.isEmpty ? "none" : unit.alerts.joined(separator: "; "))
+            """)
     }
 }
 
@@ -198,29 +186,29 @@ struct Config: AsyncParsableCommand {
         return [machine]
     }
 
-    struct Set: AsyncParsableCommand {
+    struct Set: FleetCommand {
         static let configuration = CommandConfiguration(
             abstract: "Set configuration values: maxAmount=, heartbeatS=, postVendDelayMs=, currency=, CHANNEL.pulseMs= (gapMs, valuePerPulse, line, chip, activeLow).")
         @OptionGroup var options: HomeOptions
         @Flag(help: "Every provisioned unit.") var all = false
         @Argument(help: "MACHINE-ID (unless --all), then KEY=VALUE pairs.") var arguments: [String]
+        var audit: AuditAction? {
+            all ? AuditAction(action: "config set", target: "--all", detail: arguments.joined(separator: " "))
+                : AuditAction(action: "config set", target: arguments.first, detail: arguments.dropFirst().joined(separator: " "))
+        }
 
-        func run() async throws {
-            options.bootstrapLogging()
-            try await operatorErrors {
-                let home = try options.open()
-                var pairs = arguments
-                var machineId: String?
-                if !all, let first = pairs.first, !first.contains("=") { machineId = pairs.removeFirst() }
-                guard !pairs.isEmpty else { throw FleetError("nothing to set", hint: "e.g. fleet-manager config set laundry-07 maxAmount=3000") }
-                let targets = try Config.targets(home, machineId: machineId, all: all)
-                try await withManagerClient(home, purpose: "config") { client in
-                    for machine in targets {
-                        let config = try await ConfigPublisher(home: home, client: client).publish(machine) { profile in
-                            for pair in pairs { try Self.apply(pair, to: &profile) }
-                        }
-                        print("\(machine): configuration v\(config.version) published")
+        func run(home: FleetHome) async throws {
+            var pairs = arguments
+            var machineId: String?
+            if !all, let first = pairs.first, !first.contains("=") { machineId = pairs.removeFirst() }
+            guard !pairs.isEmpty else { throw FleetError("nothing to set", hint: "e.g. fleet-manager config set laundry-07 maxAmount=3000") }
+            let targets = try Config.targets(home, machineId: machineId, all: all)
+            try await withManagerClient(home, purpose: "config") { client in
+                for machine in targets {
+                    let config = try await ConfigPublisher(home: home, client: client).publish(machine) { profile in
+                        for pair in pairs { try Self.apply(pair, to: &profile) }
                     }
+                    print("\(machine): configuration v\(config.version) published")
                 }
             }
         }
@@ -260,57 +248,50 @@ struct Config: AsyncParsableCommand {
         }
     }
 
-    struct Apply: AsyncParsableCommand {
+    struct Apply: FleetCommand {
         static let configuration = CommandConfiguration(abstract: "Replace units' configuration with a profile file.")
         @OptionGroup var options: HomeOptions
         @Argument(help: "Profile JSON (currency, maxAmount, heartbeatS, postVendDelayMs, outputs, inhibit).") var file: String
         @Argument(help: "The machine ID (or --all).") var machineId: String?
         @Flag(help: "Every provisioned unit.") var all = false
+        var audit: AuditAction? { AuditAction(action: "config apply", target: all ? "--all" : machineId, detail: file) }
 
-        func run() async throws {
-            options.bootstrapLogging()
-            try await operatorErrors {
-                let home = try options.open()
-                let profile = try MachineProfile.load(file)
-                let targets = try Config.targets(home, machineId: machineId, all: all)
-                try await withManagerClient(home, purpose: "config") { client in
-                    for machine in targets {
-                        let config = try await ConfigPublisher(home: home, client: client).publish(machine) { $0 = profile }
-                        print("\(machine): configuration v\(config.version) published")
-                    }
+        func run(home: FleetHome) async throws {
+            let profile = try MachineProfile.load(file)
+            let targets = try Config.targets(home, machineId: machineId, all: all)
+            try await withManagerClient(home, purpose: "config") { client in
+                for machine in targets {
+                    let config = try await ConfigPublisher(home: home, client: client).publish(machine) { $0 = profile }
+                    print("\(machine): configuration v\(config.version) published")
                 }
             }
         }
     }
 
-    struct Status: AsyncParsableCommand {
+    struct Status: FleetCommand {
         static let configuration = CommandConfiguration(abstract: "Which units applied which configuration version.")
         @OptionGroup var options: HomeOptions
 
-        func run() async throws {
-            options.bootstrapLogging()
-            try await operatorErrors {
-                let home = try options.open()
-                let machines = try home.registry.machines()
-                try await RetainedReports.refresh(home: home, machines: machines.map(\.id))
-                let rows = try home.registry.machines().map { machine -> [String] in
-                    let desired = machine.desiredConfig?.version
-                    let state: String
-                    switch (machine.reportedStatus, machine.reportedVersion) {
-                    case ("applied", let v?) where v == desired: state = "applied"
-                    case ("rejected", let v?) where v == desired: state = "rejected (\(machine.reportedReason ?? "?"))"
-                    case (_, let v?): state = "pending (unit reports v\(v) \(machine.reportedStatus ?? ""))"
-                    default: state = "pending (no report yet)"
-                    }
-                    return [machine.id.rawValue, desired.map { "v\($0)" } ?? "-", state]
+        func run(home: FleetHome) async throws {
+            let machines = try home.registry.machines()
+            try await RetainedReports.refresh(home: home, machines: machines.map(\.id))
+            let rows = try home.registry.machines().map { machine -> [String] in
+                let desired = machine.desiredConfig?.version
+                let state: String
+                switch (machine.reportedStatus, machine.reportedVersion) {
+                case ("applied", let v?) where v == desired: state = "applied"
+                case ("rejected", let v?) where v == desired: state = "rejected (\(machine.reportedReason ?? "?"))"
+                case (_, let v?): state = "pending (unit reports v\(v) \(machine.reportedStatus ?? ""))"
+                default: state = "pending (no report yet)"
                 }
-                print(FleetReports.render(headers: ["MACHINE", "DESIRED", "STATUS"], rows: rows, format: "table"), terminator: "")
+                return [machine.id.rawValue, desired.map { "v\($0)" } ?? "-", state]
             }
+            print(FleetReports.render(headers: ["MACHINE", "DESIRED", "STATUS"], rows: rows, format: "table"), terminator: "")
         }
     }
 }
 
-struct Pay: AsyncParsableCommand {
+struct Pay: FleetCommand {
     static let configuration = CommandConfiguration(
         abstract: "Act as a payment server: sign and publish a payment, wait for the result.",
         discussion: """
@@ -327,69 +308,66 @@ struct Pay: AsyncParsableCommand {
     @Option(help: "Payment ID (default: generated). Reuse one to send the same payment again.") var paymentId: String?
     @Flag(help: "Pay even if the machine's status is not online.") var force = false
     @Flag(help: "Print the result as JSON.") var json = false
+    var audit: AuditAction? { AuditAction(action: "pay", target: machineId, detail: "\(amount) for \(user)\(paymentId.map { " as \($0)" } ?? "")") }
     @Option(help: "Seconds to keep waiting past expiresAt + 5 s for a late result, or for proof that there is none.")
     var unknownWait = 30
 
-    func run() async throws {
-        options.bootstrapLogging()
-        try await operatorErrors {
-            let home = try options.open()
-            guard let machine = MachineID(rawValue: machineId) else { throw FleetError("'\(machineId)' is not a machine ID") }
-            guard let userId = UserID(rawValue: user) else { throw FleetError("--user must be 1 to 128 characters without control characters") }
-            guard let currency = CurrencyCode(rawValue: home.settings.currency) else { throw FleetError("the fleet's currency is invalid") }
-            let id = try paymentId.map { raw -> PaymentID in
-                guard let id = PaymentID(rawValue: raw) else { throw FleetError("'\(raw)' is not a payment ID (\(PaymentID.rule))") }
-                return id
-            }
-            guard ProtocolLimits.amountRange.contains(amount) else {
-                throw FleetError("the amount must be 1 to 10,000,000 minor units, not \(amount)")
-            }
-            guard ProtocolLimits.paymentLifetimeMs.contains(ttl * 1000) else { throw FleetError("--ttl must be 1 to 600 seconds, not \(ttl)") }
-            let (kid, key) = try home.signingKey(.payment)
-            let payments = try await PaymentClient.connect(home.settings.paymentServer, topics: home.topics, kid: kid, key: key)
-            let status = await payments.status(of: machine)
-            if status?.state != .online && !force {
-                await payments.close()
-                throw FleetError(
-                    "\(machine) is \(status?.state.rawValue ?? "unknown (no status)"): not charging for a machine that cannot credit",
-                    hint: "check the unit; --force pays anyway", exitCode: 6)
-            }
-            let outcome = try await payments.pay(
-                machine, amount: amount, currency: currency, userId: userId, ttl: .seconds(ttl), paymentId: id,
-                unknownWait: .seconds(max(0, unknownWait)))
+    func run(home: FleetHome) async throws {
+        guard let machine = MachineID(rawValue: machineId) else { throw FleetError("'\(machineId)' is not a machine ID") }
+        guard let userId = UserID(rawValue: user) else { throw FleetError("--user must be 1 to 128 characters without control characters") }
+        guard let currency = CurrencyCode(rawValue: home.settings.currency) else { throw FleetError("the fleet's currency is invalid") }
+        let id = try paymentId.map { raw -> PaymentID in
+            guard let id = PaymentID(rawValue: raw) else { throw FleetError("'\(raw)' is not a payment ID (\(PaymentID.rule))") }
+            return id
+        }
+        guard ProtocolLimits.amountRange.contains(amount) else {
+            throw FleetError("the amount must be 1 to 10,000,000 minor units, not \(amount)")
+        }
+        guard ProtocolLimits.paymentLifetimeMs.contains(ttl * 1000) else { throw FleetError("--ttl must be 1 to 600 seconds, not \(ttl)") }
+        let (kid, key) = try home.signingKey(.payment)
+        let payments = try await PaymentClient.connect(home.settings.paymentServer, topics: home.topics, kid: kid, key: key)
+        let status = await payments.status(of: machine)
+        if status?.state != .online && !force {
             await payments.close()
-            guard let result = outcome.result else {
-                if json {
-                    print("{\"paymentId\":\"\(outcome.payment.paymentId)\",\"result\":null,\"action\":\"\(outcome.action.rawValue)\"}")
-                } else if outcome.action == .void {
-                    print("\(outcome.payment.paymentId): no result, and \(machine) came back online after the payment expired → void")
-                } else {
-                    print("\(outcome.payment.paymentId): no result yet → unknown: keep the authorisation (no result is not a void); `fleet-manager payments --open` shows it until it settles")
-                }
-                throw ExitCode(outcome.action == .void ? 7 : 5)
-            }
+            throw FleetError(
+                "\(machine) is \(status?.state.rawValue ?? "unknown (no status)"): not charging for a machine that cannot credit",
+                hint: "check the unit; --force pays anyway", exitCode: 6)
+        }
+        let outcome = try await payments.pay(
+            machine, amount: amount, currency: currency, userId: userId, ttl: .seconds(ttl), paymentId: id,
+            unknownWait: .seconds(max(0, unknownWait)))
+        await payments.close()
+        guard let result = outcome.result else {
             if json {
-                var object = (try? JSONSerialization.jsonObject(with: WireCoding.encode(result))) as? [String: Any] ?? [:]
-                object["action"] = outcome.action.rawValue
-                print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+                print("{\"paymentId\":\"\(outcome.payment.paymentId)\",\"result\":null,\"action\":\"\(outcome.action.rawValue)\"}")
+            } else if outcome.action == .void {
+                print("\(outcome.payment.paymentId): no result, and \(machine) came back online after the payment expired → void")
             } else {
-                var line = "\(outcome.payment.paymentId): \(result.status.rawValue)"
-                if let reason = result.reason { line += " (\(reason.rawValue))" }
-                if let original = result.original { line += ", first decision: \(original.status.rawValue)\(original.reason.map { " (\($0.rawValue))" } ?? "")" }
-                line += "; amount \(result.amount) \(currency); pulses \(result.pulses.map { "\($0.channel)×\($0.count)" }.joined(separator: " ")) fired \(result.pulsesFired) → \(outcome.action.rawValue)"
-                print(line)
+                print("\(outcome.payment.paymentId): no result yet → unknown: keep the authorisation (no result is not a void); `fleet-manager payments --open` shows it until it settles")
             }
-            switch result.status {
-            case .credited: return
-            case .rejected: throw ExitCode(2)
-            case .duplicate: throw ExitCode(3)
-            case .uncertain: throw ExitCode(4)
-            }
+            throw ExitCode(outcome.action == .void ? 7 : 5)
+        }
+        if json {
+            var object = (try? JSONSerialization.jsonObject(with: WireCoding.encode(result))) as? [String: Any] ?? [:]
+            object["action"] = outcome.action.rawValue
+            print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+        } else {
+            var line = "\(outcome.payment.paymentId): \(result.status.rawValue)"
+            if let reason = result.reason { line += " (\(reason.rawValue))" }
+            if let original = result.original { line += ", first decision: \(original.status.rawValue)\(original.reason.map { " (\($0.rawValue))" } ?? "")" }
+            line += "; amount \(result.amount) \(currency); pulses \(result.pulses.map { "\($0.channel)×\($0.count)" }.joined(separator: " ")) fired \(result.pulsesFired) → \(outcome.action.rawValue)"
+            print(line)
+        }
+        switch result.status {
+        case .credited: return
+        case .rejected: throw ExitCode(2)
+        case .duplicate: throw ExitCode(3)
+        case .uncertain: throw ExitCode(4)
         }
     }
 }
 
-struct Report: AsyncParsableCommand {
+struct Report: FleetCommand {
     static let configuration = CommandConfiguration(abstract: "Customer and machine reports from recorded payments.")
     @OptionGroup var options: HomeOptions
     @Argument(help: "customers or machines.") var kind: String
@@ -397,74 +375,66 @@ struct Report: AsyncParsableCommand {
     @Option(help: "To this day (YYYY-MM-DD, UTC), inclusive.") var to: String?
     @Option(help: "table, csv or json.") var format = "table"
 
-    func run() async throws {
-        options.bootstrapLogging()
-        try await operatorErrors {
-            let home = try options.open()
-            guard ["table", "csv", "json"].contains(format) else { throw FleetError("--format must be table, csv or json") }
-            func day(_ text: String?, end: Bool) throws -> Int? {
-                guard let text else { return nil }
-                let formatter = ISO8601DateFormatter()
-                formatter.formatOptions = [.withFullDate]
-                // The formatter rolls 2026-02-30 over to March: a day that does not exist is refused.
-                guard let date = formatter.date(from: text), formatter.string(from: date) == text else {
-                    throw FleetError("'\(text)' is not a date (YYYY-MM-DD)", hint: "e.g. --from 2026-11-01")
-                }
-                return Int(date.timeIntervalSince1970 * 1000) + (end ? 86_400_000 : 0)
+    func run(home: FleetHome) async throws {
+        guard ["table", "csv", "json"].contains(format) else { throw FleetError("--format must be table, csv or json") }
+        func day(_ text: String?, end: Bool) throws -> Int? {
+            guard let text else { return nil }
+            let formatter = ISO8601DateFormatter()
+            formatter.formatOptions = [.withFullDate]
+            // The formatter rolls 2026-02-30 over to March: a day that does not exist is refused.
+            guard let date = formatter.date(from: text), formatter.string(from: date) == text else {
+                throw FleetError("'\(text)' is not a date (YYYY-MM-DD)", hint: "e.g. --from 2026-11-01")
             }
-            let payments = try home.registry.payments(from: try day(from, end: false), to: try day(to, end: true))
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            switch kind {
-            case "customers":
-                let rows = FleetReports.customers(payments)
-                if format == "json" { print(String(decoding: try encoder.encode(rows), as: UTF8.self)); return }
-                print(FleetReports.render(
-                    headers: ["USER", "PAYMENTS", "AMOUNT", "MACHINES", "FIRST SEEN", "LAST SEEN"],
-                    rows: rows.map { [$0.userId, "\($0.payments)", "\($0.amount)", $0.machines.joined(separator: " "), formatTime($0.firstSeen), formatTime($0.lastSeen)] },
-                    format: format), terminator: "")
-            case "machines":
-                let rows = FleetReports.machines(payments)
-                if format == "json" { print(String(decoding: try encoder.encode(rows), as: UTF8.self)); return }
-                print(FleetReports.render(
-                    headers: ["MACHINE", "DAY", "REVENUE", "CREDITED", "REJECTED", "UNCERTAIN"],
-                    rows: rows.map { [$0.machineId, $0.day, "\($0.revenue)", "\($0.credited)", "\($0.rejected)", "\($0.uncertain)"] },
-                    format: format), terminator: "")
-            default:
-                throw FleetError("unknown report '\(kind)'", hint: "fleet-manager report customers|machines")
-            }
+            return Int(date.timeIntervalSince1970 * 1000) + (end ? 86_400_000 : 0)
+        }
+        let payments = try home.registry.payments(from: try day(from, end: false), to: try day(to, end: true))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        switch kind {
+        case "customers":
+            let rows = FleetReports.customers(payments)
+            if format == "json" { print(String(decoding: try encoder.encode(rows), as: UTF8.self)); return }
+            print(FleetReports.render(
+                headers: ["USER", "PAYMENTS", "AMOUNT", "MACHINES", "FIRST SEEN", "LAST SEEN"],
+                rows: rows.map { [$0.userId, "\($0.payments)", "\($0.amount)", $0.machines.joined(separator: " "), formatTime($0.firstSeen), formatTime($0.lastSeen)] },
+                format: format), terminator: "")
+        case "machines":
+            let rows = FleetReports.machines(payments)
+            if format == "json" { print(String(decoding: try encoder.encode(rows), as: UTF8.self)); return }
+            print(FleetReports.render(
+                headers: ["MACHINE", "DAY", "REVENUE", "CREDITED", "REJECTED", "UNCERTAIN"],
+                rows: rows.map { [$0.machineId, $0.day, "\($0.revenue)", "\($0.credited)", "\($0.rejected)", "\($0.uncertain)"] },
+                format: format), terminator: "")
+        default:
+            throw FleetError("unknown report '\(kind)'", hint: "fleet-manager report customers|machines")
         }
     }
 }
 
-struct Code: AsyncParsableCommand {
+struct Code: FleetCommand {
     static let configuration = CommandConfiguration(abstract: "A machine's payment code (QR of the payment URL).")
     @OptionGroup var options: HomeOptions
     @Argument(help: "The machine ID.") var machineId: String
     @Option(help: "svg or text.") var format = "text"
     @Option(help: "Write to this file instead of standard output.") var out: String?
 
-    func run() async throws {
-        options.bootstrapLogging()
-        try await operatorErrors {
-            let home = try options.open()
-            guard let machine = MachineID(rawValue: machineId) else { throw FleetError("'\(machineId)' is not a machine ID") }
-            guard try home.registry.machine(machine) != nil else {
-                throw FleetError("no unit '\(machine)' in the registry", hint: "provision it first")
-            }
-            let code = try PaymentCode(machine: machine, template: home.settings.paymentUrlTemplate)
-            let output: String
-            switch format {
-            case "svg": output = code.svg(caption: machine.rawValue)
-            case "text": output = code.text() + code.url + "\n"
-            default: throw FleetError("--format must be svg or text")
-            }
-            if let out {
-                guard FileManager.default.createFile(atPath: out, contents: Data(output.utf8)) else { throw FleetError("cannot write \(out)") }
-                print("\(machine): payment code for \(code.url) written to \(out)")
-            } else {
-                print(output, terminator: "")
-            }
+    func run(home: FleetHome) async throws {
+        guard let machine = MachineID(rawValue: machineId) else { throw FleetError("'\(machineId)' is not a machine ID") }
+        guard try home.registry.machine(machine) != nil else {
+            throw FleetError("no unit '\(machine)' in the registry", hint: "provision it first")
+        }
+        let code = try PaymentCode(machine: machine, template: home.settings.paymentUrlTemplate)
+        let output: String
+        switch format {
+        case "svg": output = code.svg(caption: machine.rawValue)
+        case "text": output = code.text() + code.url + "\n"
+        default: throw FleetError("--format must be svg or text")
+        }
+        if let out {
+            guard FileManager.default.createFile(atPath: out, contents: Data(output.utf8)) else { throw FleetError("cannot write \(out)") }
+            print("\(machine): payment code for \(code.url) written to \(out)")
+        } else {
+            print(output, terminator: "")
         }
     }
 }

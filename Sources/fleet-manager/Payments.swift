@@ -10,7 +10,7 @@ struct PaymentServers: AsyncParsableCommand {
         abstract: "Broker identities for payment servers: one each, pinned to its own client ID.",
         subcommands: [Add.self, Remove.self])
 
-    struct Add: AsyncParsableCommand {
+    struct Add: FleetCommand {
         static let configuration = CommandConfiguration(
             abstract: "Make a payment server's identity and write its credentials file (0600).",
             discussion: """
@@ -21,59 +21,53 @@ struct PaymentServers: AsyncParsableCommand {
         @OptionGroup var options: HomeOptions
         @Argument(help: "A short name for the server (lower-case letters, digits, '-').") var name: String
         @Option(help: "Where to write the credentials (default: HOME/payment-servers/NAME.json).") var out: String?
+        var audit: AuditAction? { AuditAction(action: "payment-servers add", target: "payment-server-\(name)") }
 
-        func run() async throws {
-            options.bootstrapLogging()
-            try await operatorErrors {
-                let home = try options.open()
-                guard let id = MachineID(rawValue: name) else {
-                    throw FleetError("'\(name)' is not a valid name", hint: "use 2–63 lower-case letters, digits and '-', starting with a letter or digit")
-                }
-                var identity = home.settings.paymentServer
-                identity.username = "payment-server-\(id.rawValue)"
-                identity.password = Provisioner.newPassword()
-                let path = out ?? home.path + "/payment-servers/\(id.rawValue).json"
-                guard !FileManager.default.fileExists(atPath: path) else {
-                    throw FleetError("\(path) exists", hint: "remove the payment server first, or pick another name")
-                }
-                let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
-                do {
-                    try await backend.createPaymentServer(identity)
-                    await backend.close()
-                } catch {
-                    await backend.close()
-                    throw FleetError("cannot create \(identity.username): \(error)", hint: "does a payment server of that name exist already?")
-                }
-                try FileManager.default.createDirectory(
-                    atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                _ = FileManager.default.createFile(atPath: path, contents: try encoder.encode(identity), attributes: [.posixPermissions: 0o600])
-                print("payment server \(identity.username): credentials in \(path) (0600); its client ID must be \(identity.username)")
+        func run(home: FleetHome) async throws {
+            guard let id = MachineID(rawValue: name) else {
+                throw FleetError("'\(name)' is not a valid name", hint: "use 2–63 lower-case letters, digits and '-', starting with a letter or digit")
             }
+            var identity = home.settings.paymentServer
+            identity.username = "payment-server-\(id.rawValue)"
+            identity.password = Provisioner.newPassword()
+            let path = out ?? home.path + "/payment-servers/\(id.rawValue).json"
+            guard !FileManager.default.fileExists(atPath: path) else {
+                throw FleetError("\(path) exists", hint: "remove the payment server first, or pick another name")
+            }
+            let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
+            do {
+                try await backend.createPaymentServer(identity)
+                await backend.close()
+            } catch {
+                await backend.close()
+                throw FleetError("cannot create \(identity.username): \(error)", hint: "does a payment server of that name exist already?")
+            }
+            try FileManager.default.createDirectory(
+                atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            _ = FileManager.default.createFile(atPath: path, contents: try encoder.encode(identity), attributes: [.posixPermissions: 0o600])
+            print("payment server \(identity.username): credentials in \(path) (0600); its client ID must be \(identity.username)")
         }
     }
 
-    struct Remove: AsyncParsableCommand {
+    struct Remove: FleetCommand {
         static let configuration = CommandConfiguration(abstract: "Delete a payment server's identity; it can no longer connect.")
         @OptionGroup var options: HomeOptions
         @Argument(help: "The name given to `payment-servers add`.") var name: String
+        var audit: AuditAction? { AuditAction(action: "payment-servers remove", target: "payment-server-\(name)") }
 
-        func run() async throws {
-            options.bootstrapLogging()
-            try await operatorErrors {
-                let home = try options.open()
-                let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
-                do {
-                    try await backend.deletePaymentServer(username: "payment-server-\(name)")
-                    await backend.close()
-                } catch {
-                    await backend.close()
-                    throw FleetError("cannot remove payment-server-\(name): \(error)", hint: "check the name (`payment-servers add` made it)")
-                }
-                unlink(home.path + "/payment-servers/\(name).json")
-                print("removed payment-server-\(name)")
+        func run(home: FleetHome) async throws {
+            let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
+            do {
+                try await backend.deletePaymentServer(username: "payment-server-\(name)")
+                await backend.close()
+            } catch {
+                await backend.close()
+                throw FleetError("cannot remove payment-server-\(name): \(error)", hint: "check the name (`payment-servers add` made it)")
             }
+            unlink(home.path + "/payment-servers/\(name).json")
+            print("removed payment-server-\(name)")
         }
     }
 }
@@ -84,7 +78,7 @@ struct Payments: AsyncParsableCommand {
         abstract: "Payments and their settlement; held and unknown ones, and settling them after review.",
         subcommands: [List.self, Settle.self], defaultSubcommand: List.self)
 
-    struct List: AsyncParsableCommand {
+    struct List: FleetCommand {
         static let configuration = CommandConfiguration(
             abstract: "List payments with their settlement (capture, void, hold, or unknown: no result yet).",
             discussion: """
@@ -96,34 +90,30 @@ struct Payments: AsyncParsableCommand {
         @Flag(help: "Only payments not settled yet or held for review.") var open = false
         @Flag(help: "JSON instead of a table.") var json = false
 
-        func run() async throws {
-            options.bootstrapLogging()
-            try await operatorErrors {
-                let home = try options.open()
-                var records = try home.registry.payments()
-                if open { records = records.filter { $0.settlement == nil || $0.settlement == "hold" } }
-                if json {
-                    let encoder = JSONEncoder()
-                    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                    print(String(decoding: try encoder.encode(records), as: UTF8.self))
-                    return
-                }
-                let header = ["PAYMENT", "MACHINE", "USER", "AMOUNT", "STATUS", "REASON", "SETTLEMENT", "BY"]
-                let rows = records.map {
-                    [
-                        $0.paymentId, $0.machineId, $0.userId ?? "-", $0.requestedAmount.map(String.init) ?? "-", $0.status ?? "-",
-                        $0.reason ?? "-", $0.settlement ?? "unknown", $0.settledBy ?? "-",
-                    ]
-                }
-                let widths = header.indices.map { i in ([header[i]] + rows.map { $0[i] }).map(\.count).max() ?? 0 }
-                for row in [header] + rows {
-                    print(row.indices.map { row[$0].padding(toLength: widths[$0] + 2, withPad: " ", startingAt: 0) }.joined())
-                }
+        func run(home: FleetHome) async throws {
+            var records = try home.registry.payments()
+            if open { records = records.filter { $0.settlement == nil || $0.settlement == "hold" } }
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try encoder.encode(records), as: UTF8.self))
+                return
+            }
+            let header = ["PAYMENT", "MACHINE", "USER", "AMOUNT", "STATUS", "REASON", "SETTLEMENT", "BY"]
+            let rows = records.map {
+                [
+                    $0.paymentId, $0.machineId, $0.userId ?? "-", $0.requestedAmount.map(String.init) ?? "-", $0.status ?? "-",
+                    $0.reason ?? "-", $0.settlement ?? "unknown", $0.settledBy ?? "-",
+                ]
+            }
+            let widths = header.indices.map { i in ([header[i]] + rows.map { $0[i] }).map(\.count).max() ?? 0 }
+            for row in [header] + rows {
+                print(row.indices.map { row[$0].padding(toLength: widths[$0] + 2, withPad: " ", startingAt: 0) }.joined())
             }
         }
     }
 
-    struct Settle: AsyncParsableCommand {
+    struct Settle: FleetCommand {
         static let configuration = CommandConfiguration(
             abstract: "Settle a held (uncertain) or unknown payment by hand, after review.")
         @OptionGroup var options: HomeOptions
@@ -132,29 +122,27 @@ struct Payments: AsyncParsableCommand {
         @Option(help: "capture or void.") var action: String
         @Option(help: "Who decided (recorded with the settlement).") var by = NSUserName()
 
-        func run() async throws {
-            options.bootstrapLogging()
-            try await operatorErrors {
-                guard action == "capture" || action == "void" else {
-                    throw FleetError("--action must be capture or void, not '\(action)'")
-                }
-                guard let machineId = MachineID(rawValue: machine), let paymentId = PaymentID(rawValue: payment) else {
-                    throw FleetError("'\(machine)' / '\(payment)' is not a machine ID and payment ID", hint: "see `fleet-manager payments --open`")
-                }
-                let home = try options.open()
-                let now = Int(Date().timeIntervalSince1970 * 1000)
-                guard try home.registry.settleByOperator(machine: machineId, payment: paymentId, settlement: action, operator: by, now: now) else {
-                    throw FleetError(
-                        "\(payment) on \(machine) is not held or unknown", hint: "only payments listed by `fleet-manager payments --open` can be settled by hand")
-                }
-                print("\(payment) on \(machine): \(action) (by \(by))")
+        var audit: AuditAction? { AuditAction(action: "payments settle", target: payment, detail: "\(machine) \(action) by \(by)") }
+
+        func run(home: FleetHome) async throws {
+            guard action == "capture" || action == "void" else {
+                throw FleetError("--action must be capture or void, not '\(action)'")
             }
+            guard let machineId = MachineID(rawValue: machine), let paymentId = PaymentID(rawValue: payment) else {
+                throw FleetError("'\(machine)' / '\(payment)' is not a machine ID and payment ID", hint: "see `fleet-manager payments --open`")
+            }
+            let now = Int(Date().timeIntervalSince1970 * 1000)
+            guard try home.registry.settleByOperator(machine: machineId, payment: paymentId, settlement: action, operator: by, now: now) else {
+                throw FleetError(
+                    "\(payment) on \(machine) is not held or unknown", hint: "only payments listed by `fleet-manager payments --open` can be settled by hand")
+            }
+            print("\(payment) on \(machine): \(action) (by \(by))")
         }
     }
 }
 
 /// `fleet-manager wait`: for scripts and runbooks, until units are online or configured.
-struct Wait: AsyncParsableCommand {
+struct Wait: FleetCommand {
     static let configuration = CommandConfiguration(
         abstract: "Wait until units are online, or have applied their desired configuration.",
         discussion: """
@@ -167,56 +155,52 @@ struct Wait: AsyncParsableCommand {
     @Flag(help: "Until each unit reported its desired configuration version applied.") var configApplied = false
     @Option(help: "Seconds to wait at most.") var timeout = 60
 
-    func run() async throws {
-        options.bootstrapLogging()
-        try await operatorErrors {
-            guard online != configApplied else { throw FleetError("say what to wait for: --online or --config-applied") }
-            let home = try options.open()
-            let ids = try machines.map { raw -> MachineID in
-                guard let id = MachineID(rawValue: raw) else { throw FleetError("'\(raw)' is not a machine ID") }
-                return id
-            }
-            var desired: [MachineID: Int] = [:]
-            if configApplied {
-                for id in ids {
-                    guard let version = try home.registry.machine(id)?.desiredConfig?.version else {
-                        throw FleetError("\(id) has no desired configuration", hint: "is it provisioned? `fleet-manager devices`")
-                    }
-                    desired[id] = version
+    func run(home: FleetHome) async throws {
+        guard online != configApplied else { throw FleetError("say what to wait for: --online or --config-applied") }
+        let ids = try machines.map { raw -> MachineID in
+            guard let id = MachineID(rawValue: raw) else { throw FleetError("'\(raw)' is not a machine ID") }
+            return id
+        }
+        var desired: [MachineID: Int] = [:]
+        if configApplied {
+            for id in ids {
+                guard let version = try home.registry.machine(id)?.desiredConfig?.version else {
+                    throw FleetError("\(id) has no desired configuration", hint: "is it provisioned? `fleet-manager devices`")
                 }
+                desired[id] = version
             }
-            let missing = try await withManagerClient(home, purpose: "wait") { client in
-                try await client.subscribe(home.topics.filter(online ? .status : .configReported))
-                var waiting = Set(ids)
-                let deadline = Task {
-                    try? await Task.sleep(for: .seconds(timeout))
-                    await client.close()
-                }
-                defer { deadline.cancel() }
-                for await message in client.messages {
-                    // Attributed to the machine its topic names; a body naming another is ignored.
-                    guard let (machine, _) = home.topics.parse(message.topic), waiting.contains(machine) else { continue }
-                    if online {
-                        if let status = try? WireCoding.decode(StatusMessage.self, from: message.payload), status.machineId == machine,
-                            status.state == .online
-                        {
-                            waiting.remove(machine)
-                        }
-                    } else if let report = try? WireCoding.decode(ConfigReported.self, from: message.payload), report.machineId == machine,
-                        report.status == .applied, report.version >= desired[machine] ?? .max
+        }
+        let missing = try await withManagerClient(home, purpose: "wait") { client in
+            try await client.subscribe(home.topics.filter(online ? .status : .configReported))
+            var waiting = Set(ids)
+            let deadline = Task {
+                try? await Task.sleep(for: .seconds(timeout))
+                await client.close()
+            }
+            defer { deadline.cancel() }
+            for await message in client.messages {
+                // Attributed to the machine its topic names; a body naming another is ignored.
+                guard let (machine, _) = home.topics.parse(message.topic), waiting.contains(machine) else { continue }
+                if online {
+                    if let status = try? WireCoding.decode(StatusMessage.self, from: message.payload), status.machineId == machine,
+                        status.state == .online
                     {
                         waiting.remove(machine)
                     }
-                    if waiting.isEmpty { break }
+                } else if let report = try? WireCoding.decode(ConfigReported.self, from: message.payload), report.machineId == machine,
+                    report.status == .applied, report.version >= desired[machine] ?? .max
+                {
+                    waiting.remove(machine)
                 }
-                return waiting
+                if waiting.isEmpty { break }
             }
-            guard missing.isEmpty else {
-                throw FleetError(
-                    "after \(timeout) s, not \(online ? "online" : "configured"): \(missing.map(\.rawValue).sorted().joined(separator: ", "))",
-                    hint: "check those units (their logs, `fleet-manager device ID`)")
-            }
-            print("\(ids.map(\.rawValue).joined(separator: ", ")): \(online ? "online" : "configuration applied")")
+            return waiting
         }
+        guard missing.isEmpty else {
+            throw FleetError(
+                "after \(timeout) s, not \(online ? "online" : "configured"): \(missing.map(\.rawValue).sorted().joined(separator: ", "))",
+                hint: "check those units (their logs, `fleet-manager device ID`)")
+        }
+        print("\(ids.map(\.rawValue).joined(separator: ", ")): \(online ? "online" : "configuration applied")")
     }
 }

@@ -241,6 +241,22 @@ struct CLITests {
             #expect(notURL.status == .exited(1) && notURL.output.contains("'ops' is not an http(s) URL"), "\(notURL.output)")
             expectNoStackTrace(ack.output + unsigned.output + notURL.output)
 
+            // The audit trail: what changed the fleet, who, from where, how it ended; reads are not in it.
+            let remote = try await run(
+                ["provision", "unit-03", "--home", home], environment: ["SUDO_USER": "ana", "SSH_CLIENT": "203.0.113.9 51000 22"])
+            #expect(remote.status == .exited(0), "\(remote.output)")
+            let trail = try await run(["audit", "--json", "--home", home])
+            let records = try JSONDecoder().decode([AuditRecord].self, from: Data(trail.output.utf8))
+            #expect(records.map { "\($0.action) \($0.target ?? "-") \($0.outcome.rawValue)" } == [
+                "provision unit-03 ok", "alerts ack alert 42 failed", "pay unit-01 failed", "pay unit-01 failed", "provision unit-02 ok",
+                "provision unit-01 ok", "init \(home) ok",
+            ])
+            #expect(records[0].actor == "ana" && records[0].origin.hasSuffix("(ssh from 203.0.113.9)") && records[0].via == .cli)
+            #expect(records[1].error == "no alert 42")
+            #expect(records.dropFirst().allSatisfy { $0.actor == (ProcessInfo.processInfo.environment["SUDO_USER"] ?? NSUserName()) })
+            let ofUnit = try await run(["audit", "--target", "unit-02", "--home", home])
+            #expect(ofUnit.output.contains("provision") && !ofUnit.output.contains("unit-01"), "\(ofUnit.output)")
+
             // JSON where scripts need it.
             let keys = try await run(["keys", "list", "--json", "--home", home])
             let parsed = try JSONSerialization.jsonObject(with: Data(keys.output.utf8)) as? [[String: Any]]
