@@ -32,9 +32,10 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         // The customer's payment page (payment-server) only.
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
-        // serve's /metrics (OpenMetrics): the metrics API and its Prometheus backend.
-        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        // serve's /metrics: Prometheus's text format over swift-metrics' core types.
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // NIOCore's SocketAddress (the console's peer address); Hummingbird builds on it already.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
@@ -98,7 +99,7 @@ let package = Package(
         .target(
             name: "FleetManager",
             dependencies: [
-                "MQTT", "MessageSchema", "CQREncode", "PulseBridgeVersion", "Locking", "PaymentSDK", "ChildProcesses",
+                "MQTT", "MessageSchema", "CQREncode", "PulseBridgeVersion", "Locking", "PaymentSDK", "ChildProcesses", "CSodium",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "GRDB", package: "GRDB.swift"),
@@ -109,8 +110,9 @@ let package = Package(
         .target(
             name: "FleetConsole",
             dependencies: [
-                "FleetManager", "MessageSchema",
+                "FleetManager", "MessageSchema", "Locking",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
             ],

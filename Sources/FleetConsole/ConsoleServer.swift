@@ -2,68 +2,338 @@ import FleetManager
 import Foundation
 import HTTPTypes
 import Hummingbird
+import Locking
 import Logging
 import MessageSchema
+import NIOCore
 
-/// `serve --http HOST:PORT`: the fleet's HTTP side. Today `/metrics` (OpenMetrics for
-/// Prometheus, with a bearer token); the operator console grows here (issue #16). Nothing
-/// answers without credentials: an unknown path is 404, a known one without them 401.
+
+/// `serve --http HOST:PORT`: the operator console and `/metrics`.
+///
+/// Nothing but the sign-in page answers without a session: a page redirects to `/login`, the
+/// event stream answers 401, a form 403. Sessions are cookies (HttpOnly, SameSite=Strict,
+/// Secure when the console's URL is https) whose token the registry keeps only hashed; every
+/// form carries the session's CSRF token; sign-in attempts are limited per address and name.
+/// `/metrics` takes a bearer token instead (a scraper has no session).
 public struct ConsoleServer: Sendable {
     public struct Options: Sendable {
         public var host = "127.0.0.1"
         public var port = 8090
+        /// The URL operators open (for the cookie's Secure flag and the Origin check);
+        /// default `http://HOST:PORT`.
+        public var publicUrl: String?
         /// The token a scraper sends (`Authorization: Bearer TOKEN`); `/metrics` is off without one.
         public var metricsToken: String?
+        /// Failed sign-ins per address (and per name) in `signInWindow` before the next is refused.
+        public var signInAttempts = 5
+        public var signInWindow: Duration = .seconds(300)
+        /// How often the event stream looks for changes.
+        public var livePeriod: Duration = .seconds(1)
         public init() {}
     }
 
-    let home: FleetHome
+    let registry: Registry
     let metrics: FleetMetrics
     let options: Options
     let logger: Logger
+    let failures = Locked<[String: [ContinuousClock.Instant]]>([:])
+    /// The port listened on (port 0 in `options`: the one the system gave).
+    let boundPort = Locked<Int?>(nil)
 
-    public init(home: FleetHome, metrics: FleetMetrics, options: Options, logger: Logger = Logger(label: "pulsebridge.http")) {
-        self.home = home
+    public init(registry: Registry, metrics: FleetMetrics, options: Options, logger: Logger = Logger(label: "pulsebridge.http")) {
+        self.registry = registry
         self.metrics = metrics
         self.options = options
         self.logger = logger
     }
 
-    /// The paths this server answers, for the test that checks every one refuses a request
-    /// without credentials.
-    public static let routes = ["/metrics"]
+    static let cookie = "pb_console"
 
-    public func router() -> Router<BasicRequestContext> {
-        let router = Router()
+    /// Every route but `/login`, with the method: the test checks each refuses a request
+    /// without a session (or, for `/metrics`, without the token).
+    public static let routes: [(method: String, path: String)] = [
+        ("GET", "/"), ("GET", "/alerts"), ("GET", "/audit"), ("GET", "/events"), ("GET", "/console.js"), ("POST", "/alerts/1/ack"),
+        ("POST", "/logout"), ("GET", "/metrics"),
+    ]
+
+    var publicUrl: String { options.publicUrl ?? "http://\(options.host):\(boundPort.withLock { $0 } ?? options.port)" }
+
+    public func router() -> Router<ConsoleContext> {
+        let router = Router(context: ConsoleContext.self)
+        router.add(middleware: ConsoleHeaders())
         router.get("/metrics") { request, _ in try scrape(request) }
+        router.get("/login") { request, _ in
+            if try session(request) != nil { return redirect("/") }
+            return html(.ok, ConsolePages.login(error: nil))
+        }
+        router.post("/login") { request, context in try await signIn(request, context) }
+        router.post("/logout") { request, context in
+            try await signedInForm(request, context, role: .viewer) { session, origin in try signOut(request, session, origin) }
+        }
+        router.get("/") { request, _ in try page(request) { try fleetPage(request, $0) } }
+        router.get("/alerts") { request, _ in
+            try page(request) { session in
+                let all = try registry.alerts(openOnly: false, limit: 200)
+                return ConsolePages.alerts(all.filter { $0.resolvedAt == nil }, resolved: all.filter { $0.resolvedAt != nil }.prefix(50).map { $0 }, session: session)
+            }
+        }
+        router.get("/audit") { request, _ in try page(request) { ConsolePages.audit(try registry.auditTrail(limit: 500), session: $0) } }
+        router.get("/console.js") { request, _ in
+            guard try session(request) != nil else { return text(.unauthorized, "sign in first\n") }
+            var headers = HTTPFields()
+            headers[.contentType] = "text/javascript; charset=utf-8"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: ConsolePages.script)))
+        }
+        router.get("/events") { request, _ in try events(request) }
+        router.post("/alerts/:id/ack") { request, context in
+            try await signedInForm(request, context, role: .operator) { session, origin in
+                guard let id = context.parameters.get("id").flatMap(Int.init) else { return text(.notFound, "no such alert\n") }
+                do {
+                    let alert = try registry.acknowledgeAlert(id, by: session.account.name)
+                    audit(session, origin, "alerts ack", target: "alert \(id)", detail: "\(alert.machineId) \(alert.kind.rawValue)", error: nil)
+                    return redirect("/alerts")
+                } catch {
+                    audit(session, origin, "alerts ack", target: "alert \(id)", detail: nil, error: error)
+                    return html(.notFound, ConsolePages.message("Not found", "\(error)", session: session))
+                }
+            }
+        }
         return router
     }
 
+    // MARK: Sessions
+
+    func session(_ request: Request) throws -> OperatorSession? {
+        guard let token = request.cookies[Self.cookie]?.value, token.utf8.count == 64 else { return nil }
+        return try registry.session(token: token)
+    }
+
+    /// A signed-in page, or the way to sign in.
+    func page(_ request: Request, _ body: (OperatorSession) throws -> String) throws -> Response {
+        guard let session = try session(request) else { return redirect("/login") }
+        return html(.ok, try body(session))
+    }
+
+    /// A form from a signed-in operator with at least `role`, its CSRF token and origin checked.
+    func signedInForm(
+        _ request: Request, _ context: ConsoleContext, role: OperatorAccount.Role, _ body: (OperatorSession, String) async throws -> Response
+    ) async throws -> Response {
+        guard let session = try session(request) else { return text(.forbidden, "sign in first\n") }
+        if let origin = request.headers[.origin], origin != Self.origin(of: publicUrl) {
+            return text(.forbidden, "this form came from \(origin), not the console\n")
+        }
+        let form = try await Self.form(request)
+        guard let csrf = form["csrf"], HMAC.equal(csrf, session.csrf) else {
+            return html(.forbidden, ConsolePages.message("Refused", "The form is out of date (its security token does not match). Reload the page and try again.", session: session))
+        }
+        guard session.account.role >= role else {
+            audit(session, remote(request, context), "refused", target: request.uri.path, detail: "needs \(role.rawValue)", error: nil)
+            return html(.forbidden, ConsolePages.message("Not allowed", "This needs the \(role.rawValue) role; you are a \(session.account.role.rawValue).", session: session))
+        }
+        return try await body(session, remote(request, context))
+    }
+
+    func signIn(_ request: Request, _ context: ConsoleContext) async throws -> Response {
+        let form = try await Self.form(request)
+        let name = form["name"] ?? ""
+        let origin = remote(request, context)
+        let keys = ["address \(origin)", "name \(name)"]
+        if let wait = limited(keys) {
+            return html(.tooManyRequests, ConsolePages.login(error: "Too many failed attempts. Try again in \(wait) minute(s).", name: name))
+        }
+        guard let account = try registry.authenticate(name, password: form["password"] ?? "") else {
+            failed(keys)
+            try? registry.recordAudit(
+                AuditRecord(actor: name.isEmpty ? "?" : String(name.prefix(32)), via: .web, origin: origin, action: "sign in", outcome: .failed, error: "wrong name or password"))
+            return html(.unauthorized, ConsolePages.login(error: "Wrong name or password.", name: name))
+        }
+        let (token, session) = try registry.openSession(account, origin: origin)
+        audit(session, origin, "sign in", target: nil, detail: nil, error: nil)
+        var response = redirect("/")
+        response.setCookie(
+            Cookie(name: Self.cookie, value: token, maxAge: 12 * 3600, path: "/", secure: publicUrl.hasPrefix("https:"), httpOnly: true, sameSite: .strict))
+        return response
+    }
+
+    func signOut(_ request: Request, _ session: OperatorSession, _ origin: String) throws -> Response {
+        if let token = request.cookies[Self.cookie]?.value { try registry.closeSession(token: token) }
+        audit(session, origin, "sign out", target: nil, detail: nil, error: nil)
+        var response = redirect("/login")
+        response.setCookie(Cookie(name: Self.cookie, value: "", maxAge: 0, path: "/", secure: publicUrl.hasPrefix("https:"), httpOnly: true, sameSite: .strict))
+        return response
+    }
+
+    /// Minutes to wait if one of `keys` failed too often lately.
+    func limited(_ keys: [String]) -> Int? {
+        let now = ContinuousClock.now
+        return failures.withLock { failures in
+            for key in keys {
+                let recent = (failures[key] ?? []).filter { now - $0 < options.signInWindow }
+                failures[key] = recent
+                if recent.count >= options.signInAttempts, let first = recent.first {
+                    let left = options.signInWindow - (now - first)
+                    return max(1, Int((left.components.seconds + 59) / 60))
+                }
+            }
+            return nil
+        }
+    }
+
+    func failed(_ keys: [String]) {
+        failures.withLock { failures in
+            if failures.count > 10_000 { failures.removeAll() }  // bounded: an attacker cycling names
+            for key in keys { failures[key, default: []].append(.now) }
+        }
+    }
+
+    func audit(_ session: OperatorSession, _ origin: String, _ action: String, target: String?, detail: String?, error: (any Error)?) {
+        do {
+            try registry.recordAudit(
+                AuditRecord(
+                    actor: session.account.name, via: .web, origin: origin, action: action, target: target, detail: detail,
+                    outcome: error == nil ? .ok : .failed, error: error.map { ($0 as? FleetError)?.problem ?? "\($0)" }))
+        } catch {
+            logger.error("the audit trail did not take '\(action)' by \(session.account.name): \(error)")
+        }
+    }
+
+    /// The browser's address; behind a proxy on this host (a loopback peer), the address the
+    /// proxy names in `X-Forwarded-For`.
+    func remote(_ request: Request, _ context: ConsoleContext) -> String {
+        let peer = context.remoteAddress?.ipAddress ?? "?"
+        if peer == "127.0.0.1" || peer == "::1",
+            let forwarded = request.headers[HTTPField.Name("X-Forwarded-For")!]?.split(separator: ",").last
+        {
+            return forwarded.trimmingCharacters(in: .whitespaces)
+        }
+        return peer
+    }
+
+    // MARK: Pages and the live stream
+
+    func fleetPage(_ request: Request, _ session: OperatorSession) throws -> String {
+        let parameters = request.uri.queryParameters
+        var query = ConsolePages.FleetQuery()
+        query.search = String((parameters.get("q") ?? "").prefix(64)).lowercased()
+        query.state = parameters.get("state").flatMap { ["online", "offline", "unknown", "revoked"].contains($0) ? $0 : nil } ?? ""
+        query.page = max(1, parameters.get("page").flatMap(Int.init) ?? 1)
+        let all = try registry.overviews(now: Registry.now())
+        var counts: [String: Int] = [:]
+        for unit in all { counts[unit.state, default: 0] += 1 }
+        let matching = all.filter {
+            (query.search.isEmpty || $0.machineId.contains(query.search)) && (query.state.isEmpty || $0.state == query.state)
+        }
+        let page = matching.dropFirst((query.page - 1) * ConsolePages.FleetQuery.pageSize).prefix(ConsolePages.FleetQuery.pageSize)
+        return ConsolePages.fleet(Array(page), total: matching.count, query: query, counts: counts, session: session)
+    }
+
+    /// Server-sent events: each listed unit's cells when they change, and the fleet's counts.
+    func events(_ request: Request) throws -> Response {
+        guard try session(request) != nil else { return text(.unauthorized, "sign in first\n") }
+        let ids = Set((request.uri.queryParameters.get("ids") ?? "").split(separator: ",").prefix(ConsolePages.FleetQuery.pageSize).map(String.init))
+        let registry = self.registry
+        let period = options.livePeriod
+        var headers = HTTPFields()
+        headers[.contentType] = "text/event-stream"
+        headers[.cacheControl] = "no-store"
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody { writer in
+                var last: [String: [String]] = [:]
+                var lastCounts: [String: Int] = [:]
+                let started = ContinuousClock.now
+                // The browser reconnects after 10 minutes, checking its session again.
+                while ContinuousClock.now - started < .seconds(600) {
+                    let units = try registry.overviews(now: Registry.now())
+                    var counts: [String: Int] = [:]
+                    var out = ""
+                    for unit in units {
+                        counts[unit.state, default: 0] += 1
+                        guard ids.contains(unit.machineId) else { continue }
+                        let cells = ConsolePages.unitCells(unit)
+                        let texts = cells.map(\.text)
+                        if last[unit.machineId] != texts {
+                            last[unit.machineId] = texts
+                            let object = ["id": unit.machineId, "cells": Dictionary(uniqueKeysWithValues: cells.map { ($0.field, $0.text) })] as [String: Any]
+                            let json = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+                            out += "event: unit\ndata: \(String(decoding: json, as: UTF8.self))\n\n"
+                        }
+                    }
+                    if counts != lastCounts {
+                        lastCounts = counts
+                        let json = try JSONSerialization.data(withJSONObject: counts, options: [.sortedKeys])
+                        out += "event: counts\ndata: \(String(decoding: json, as: UTF8.self))\n\n"
+                    }
+                    if out.isEmpty { out = ": still here\n\n" }
+                    try await writer.write(ByteBuffer(string: out))
+                    try await Task.sleep(for: period)
+                }
+                try await writer.finish(nil)
+            })
+    }
+
+    // MARK: Metrics
+
     func scrape(_ request: Request) throws -> Response {
         guard let token = options.metricsToken else {
-            return Self.text(.notFound, "/metrics is off: give serve --metrics-token-file FILE\n")
+            return text(.notFound, "/metrics is off: give serve --metrics-token-file FILE\n")
         }
         let given = request.headers[.authorization] ?? ""
         guard given.hasPrefix("Bearer "), HMAC.equal(String(given.dropFirst("Bearer ".count)), token) else {
-            var response = Self.text(.unauthorized, "send Authorization: Bearer TOKEN (the token in serve's --metrics-token-file)\n")
+            var response = text(.unauthorized, "send Authorization: Bearer TOKEN (the token in serve's --metrics-token-file)\n")
             response.headers[.wwwAuthenticate] = "Bearer realm=\"pulsebridge\""
             return response
         }
         do {
-            let body = try metrics.scrape(home.registry)
+            let body = try metrics.scrape(registry)
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
         } catch {
             logger.error("cannot read the registry for /metrics: \(error)")
-            return Self.text(.serviceUnavailable, "cannot read the registry: \(error)\n")
+            return text(.serviceUnavailable, "cannot read the registry: \(error)\n")
         }
     }
 
-    static func text(_ status: HTTPResponse.Status, _ message: String) -> Response {
+    // MARK: Responses
+
+    func text(_ status: HTTPResponse.Status, _ message: String) -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "text/plain; charset=utf-8"
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: message)))
+    }
+
+    func html(_ status: HTTPResponse.Status, _ page: String) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "text/html; charset=utf-8"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: page)))
+    }
+
+    func redirect(_ location: String) -> Response {
+        var headers = HTTPFields()
+        headers[.location] = location
+        return Response(status: .seeOther, headers: headers)
+    }
+
+    static func origin(of url: String) -> String {
+        guard let parsed = URL(string: url), let scheme = parsed.scheme, let host = parsed.host else { return url }
+        return parsed.port.map { "\(scheme)://\(host):\($0)" } ?? "\(scheme)://\(host)"
+    }
+
+    /// An `application/x-www-form-urlencoded` body: at most 8 KiB, each field once.
+    static func form(_ request: Request) async throws -> [String: String] {
+        var request = request
+        let body = try await request.collectBody(upTo: 8192)
+        var fields: [String: String] = [:]
+        for pair in String(buffer: body).split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard let name = parts[0].replacingOccurrences(of: "+", with: " ").removingPercentEncoding,
+                let value = (parts.count > 1 ? String(parts[1]) : "").replacingOccurrences(of: "+", with: " ").removingPercentEncoding,
+                fields[name] == nil, fields.count < 16
+            else { continue }
+            fields[name] = value
+        }
+        return fields
     }
 
     /// The server as a `Service` for serve's service group; `onRunning` gets the bound port.
@@ -73,9 +343,34 @@ public struct ConsoleServer: Sendable {
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "pulsebridge-fleet"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? options.port
+                boundPort.withLock { $0 = port }
                 logger.notice("serve's HTTP listening", metadata: ["address": "\(channel.localAddress?.description ?? "?")"])
                 await onRunning(port)
             },
             logger: logger)
+    }
+}
+
+/// A request's context: the peer's address for the audit trail and the sign-in limit.
+public struct ConsoleContext: RequestContext, RemoteAddressRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let remoteAddress: SocketAddress?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress
+    }
+}
+
+/// No framing, no sniffing, no caching of operator pages; scripts only from the console.
+struct ConsoleHeaders<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var response = try await next(request, context)
+        response.headers[.contentSecurityPolicy] =
+            "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        response.headers[HTTPField.Name("X-Content-Type-Options")!] = "nosniff"
+        response.headers[HTTPField.Name("Referrer-Policy")!] = "no-referrer"
+        if response.headers[.cacheControl] == nil { response.headers[.cacheControl] = "no-store" }
+        return response
     }
 }

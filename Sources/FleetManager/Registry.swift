@@ -196,6 +196,7 @@ public final class Registry: Sendable {
         }
         registerAlertMigration(&migrator)
         registerAuditMigration(&migrator)
+        registerOperatorMigration(&migrator)
         return migrator
     }
 

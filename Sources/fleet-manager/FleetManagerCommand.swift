@@ -14,7 +14,7 @@ struct FleetManagerCommand: AsyncParsableCommand {
         version: PulseBridgeVersion.current,
         subcommands: [
             Init.self, Provision.self, Revoke.self, Keys.self, Serve.self, Devices.self, Device.self, Config.self, Pay.self,
-            Report.self, Code.self, Firmware.self, PaymentServers.self, Payments.self, Alerts.self, Audit.self, Wait.self,
+            Report.self, Code.self, Firmware.self, PaymentServers.self, Payments.self, Alerts.self, Audit.self, Operators.self, Wait.self,
         ])
 
     /// `serve` takes its settings from `--config FILE` (TOML) and `PULSEBRIDGE_SERVE_*` too.

@@ -20,8 +20,10 @@ struct Serve: FleetCommand {
     var alertWebhookSecretFile: String?
     @Option(help: ArgumentHelp("Run this shell command for each alert opened and resolved (the event in PULSEBRIDGE_ALERT_JSON).", valueName: "command"))
     var alertExec: String?
-    @Option(help: ArgumentHelp("Serve HTTP on HOST:PORT: /metrics for Prometheus (and the console to come).", valueName: "host:port"))
+    @Option(help: ArgumentHelp("Serve the operator console and /metrics on HOST:PORT (operators: fleet-manager operators add).", valueName: "host:port"))
     var http: String?
+    @Option(help: ArgumentHelp("The URL operators open the console at, if not http://HOST:PORT (behind a TLS proxy: its https URL; the session cookie is then Secure).", valueName: "url"))
+    var httpPublicUrl: String?
     @Option(help: ArgumentHelp("The bearer token a Prometheus scraper must send for /metrics (a file of its own, mode 0600).", valueName: "file"))
     var metricsTokenFile: String?
     @Option(help: "Attempts to deliver one alert event before it is dead.") var alertMaxAttempts = 8
@@ -57,7 +59,7 @@ struct Serve: FleetCommand {
             .init(service: dispatcher, successTerminationBehavior: .gracefullyShutdownGroup),
         ]
         if let console, let metrics {
-            let server = ConsoleServer(home: home, metrics: metrics, options: console, logger: logger)
+            let server = ConsoleServer(registry: home.registry, metrics: metrics, options: console, logger: logger)
             services.append(.init(service: server.application(), successTerminationBehavior: .gracefullyShutdownGroup))
         }
         let group = ServiceGroup(
@@ -80,6 +82,12 @@ extension Serve {
         }
         options.host = String(http[..<colon])
         options.port = port
+        if let httpPublicUrl {
+            guard let url = URL(string: httpPublicUrl), url.scheme == "http" || url.scheme == "https", url.host != nil else {
+                throw FleetError("--http-public-url '\(httpPublicUrl)' is not an http(s) URL")
+            }
+            options.publicUrl = httpPublicUrl
+        }
         options.metricsToken = try metricsTokenFile.map { try readSecret(file: $0, value: nil, name: "metrics-token") }
         return options
     }
