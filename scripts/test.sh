@@ -41,7 +41,7 @@ for s in "${stages[@]}"; do
       stage release-e2e env PULSEBRIDGE_BIN_DIR=.build/release PULSEBRIDGE_RELEASE_BIN=.build/release swift test --skip-build
       # Customers in headless Chromium, alone: a browser beside the timing tests would starve them.
       stage release-browser env PULSEBRIDGE_BIN_DIR=.build/release PULSEBRIDGE_BROWSER_TESTS=1 \
-        swift test --skip-build --filter CustomerJourneyTests ;;
+        swift test --skip-build --filter "CustomerJourneyTests|ConsoleBrowserTests" ;;
     package)
       # The Debian packages from that release build: built, lintian, installed with dpkg,
       # a payment through the installed binaries, purged, the machine as it was (as root).

@@ -1,0 +1,101 @@
+import FleetManager
+import Foundation
+import LocalServices
+import MessageSchema
+import Testing
+import TestSupport
+
+/// The console in Chromium (`Tests/browser/console_flow.py`) against the `fleet-manager serve`
+/// binary users run, with real agents: an operator signs in, sees the units live, sees one
+/// the test kills turn offline without a reload while its alert's webhook reaches a receiver,
+/// acknowledges the alert and finds that in the audit trail; a viewer cannot act. The
+/// screenshots are the ones in docs/console.md. Run by the browser stage of scripts/test.sh
+/// (`PULSEBRIDGE_BROWSER_TESTS=1`), alone: Chromium beside the timing tests starves them.
+@Suite(.serialized, .timeLimit(.minutes(6)))
+struct ConsoleBrowserTests {
+    static let enabled = ProcessInfo.processInfo.environment["PULSEBRIDGE_BROWSER_TESTS"] == "1"
+
+    @Test(.enabled(if: enabled, "the browser stage of scripts/test.sh runs it (PULSEBRIDGE_BROWSER_TESTS=1)"))
+    func anOperatorAndAViewerInTheConsole() async throws {
+        let receiver = try await AlertTests.Receiver.start()
+        defer { receiver.process.send(SIGKILL) }
+        try await DynsecFleet.with { fleet in
+            let units: [MachineID] = ["laundry-01", "laundry-02", "wash-01"]
+            for unit in units { _ = try await fleet.provisioner.provision(unit, profile: OperationsTests.fastProfile) }
+            let directory = fleet.home.path + "/console-test"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let binary = PaymentServerFleet.binary("fleet-manager")
+            func cli(_ arguments: [String]) async throws {
+                let child = try ChildProcess.spawn(binary, arguments + ["--home", fleet.home.path], outputPath: directory + "/cli-\(UUID().uuidString).out")
+                #expect(await child.waitForExit(timeout: .seconds(60)) == .exited(0), "\(arguments): \(child.output())")
+            }
+            for (name, role) in [("ana", "operator"), ("vic", "viewer")] {
+                let file = directory + "/\(name).password"
+                _ = FileManager.default.createFile(atPath: file, contents: Data("correct horse \(name)".utf8), attributes: [.posixPermissions: 0o600])
+                try await cli(["operators", "add", name, "--role", role, "--password-file", file])
+            }
+            let secret = directory + "/webhook.secret"
+            _ = FileManager.default.createFile(atPath: secret, contents: Data("s3cret-for-alerts".utf8), attributes: [.posixPermissions: 0o600])
+            let port = try LoopbackPort.free()
+            let serve = try ChildProcess.spawn(
+                binary,
+                [
+                    "serve", "--home", fleet.home.path, "--http", "127.0.0.1:\(port)", "--alert-webhook", receiver.url,
+                    "--alert-webhook-secret-file", secret, "--alert-first-retry", "0.2",
+                ],
+                outputPath: directory + "/serve.log")
+            defer { serve.send(SIGKILL) }
+            var agents: [MachineID: ChildProcess] = [:]
+            for unit in units { agents[unit] = try OperationsTests.startAgent(fleet, unit) }
+            defer { for agent in agents.values { agent.send(SIGKILL) } }
+            try await OperationsTests.eventually("all online", timeout: .seconds(60)) {
+                try fleet.home.registry.overviews(now: 0).filter { $0.state == "online" }.count == 3
+            }
+
+            let shots = ProcessInfo.processInfo.environment["PULSEBRIDGE_SCREENSHOTS"].flatMap { $0.isEmpty ? nil : $0 } ?? directory + "/shots"
+            let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent("browser/console_flow.py").path
+            let browser = try ChildProcess.spawn(
+                "/usr/bin/env",
+                [
+                    "python3", script, "--url", "http://127.0.0.1:\(port)", "--operator", "ana:correct horse ana", "--viewer",
+                    "vic:correct horse vic", "--unit", "laundry-02", "--shots", shots,
+                ],
+                outputPath: directory + "/browser.out")
+            try await AlertTests.waitFor("the fleet page in the browser", timeout: .seconds(120)) {
+                guard browser.isRunning else { throw FleetError("the browser run ended early:\n\(browser.output().suffix(3000))") }
+                return browser.output().contains("READY-TO-KILL")
+            }
+            await agents["laundry-02"]!.killAndWait()
+            let status = await browser.waitForExit(timeout: .seconds(180))
+            let output = browser.output()
+            guard let line = output.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
+                let seen = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            else {
+                Issue.record("the browser run printed no result (\(String(describing: status))):\n\(output.suffix(3000))\nserve:\n\(serve.output().suffix(2000))")
+                return
+            }
+            #expect(status == .exited(0), "\(seen)")
+            #expect(seen["unsignedLandsOnLogin"] as? Bool == true)
+            #expect(seen["rows"] as? Int == 3)
+            #expect(seen["offlineLive"] as? Bool == true, "offline shown without a reload")
+            #expect(seen["offlineCount"] as? String == "1")
+            #expect(seen["acknowledgedBy"] as? String == "ana")
+            #expect(seen["auditShowsAck"] as? Bool == true)
+            #expect(seen["viewerButtons"] as? Int == 0)
+            #expect(seen["viewerPost"] as? Int == 403)
+            // The offline alert reached the webhook receiver, signed.
+            try await AlertTests.waitFor("the webhook") {
+                receiver.requests().contains {
+                    $0["status"] as? Int == 200 && $0["event"] as? String == "alert.opened" && ($0["body"] as? String)?.contains("laundry-02") == true
+                }
+            }
+            let trail = try fleet.home.registry.auditTrail()
+            #expect(trail.contains { $0.action == "alerts ack" && $0.actor == "ana" && $0.via == .web })
+            #expect(trail.contains { $0.action == "refused" && $0.actor == "vic" })
+            for name in ["login", "fleet", "fleet-offline", "alerts", "audit", "viewer-alerts"] {
+                #expect(FileManager.default.fileExists(atPath: shots + "/console-\(name).png"), "screenshot \(name)")
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""An operator and a viewer in the console, in a real browser (Debian's headless Chromium):
+sign in, watch the fleet, see a unit the test kills turn offline without a reload, acknowledge
+its alert, find that in the audit trail; then a viewer, who can see but not act. Prints
+"READY-TO-KILL" when the fleet page is up (the Swift test then kills the unit) and, last, one
+JSON line of what it saw for the test to check.
+
+  console_flow.py --url URL --operator NAME:PASSWORD --viewer NAME:PASSWORD --unit UNIT --shots DIR
+"""
+import argparse, json, os, sys
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
+                 "--disable-extensions", "--disable-background-networking", "--window-size=1280,800"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+def sign_in(driver, url, credentials):
+    name, password = credentials.split(":", 1)
+    driver.get(url + "/login")
+    driver.find_element(By.ID, "name").send_keys(name)
+    driver.find_element(By.ID, "password").send_keys(password)
+    driver.find_element(By.ID, "sign-in").click()
+    WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.ID, "fleet"))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    for option in ("--url", "--operator", "--viewer", "--unit", "--shots"):
+        parser.add_argument(option, required=True)
+    args = parser.parse_args()
+    os.makedirs(args.shots, exist_ok=True)
+    shot = lambda driver, name: driver.save_screenshot(os.path.join(args.shots, "console-%s.png" % name))
+    out = {}
+    driver = browser()
+    try:
+        driver.get(args.url + "/")
+        out["unsignedLandsOnLogin"] = driver.current_url.endswith("/login")
+        shot(driver, "login")
+        sign_in(driver, args.url, args.operator)
+        out["rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#fleet tbody tr[id^='unit-']"))
+        state = lambda d: d.find_element(By.CSS_SELECTOR, "#unit-%s [data-field='state']" % args.unit).text
+        WebDriverWait(driver, 20).until(lambda d: state(d) == "online")
+        driver.execute_script("window.__notReloaded = 42")
+        shot(driver, "fleet")
+        print("READY-TO-KILL", flush=True)
+        WebDriverWait(driver, 60).until(lambda d: state(d) == "offline")
+        out["offlineLive"] = driver.execute_script("return window.__notReloaded") == 42
+        out["offlineCount"] = driver.find_element(By.ID, "count-offline").text
+        shot(driver, "fleet-offline")
+
+        driver.get(args.url + "/alerts")
+        row = driver.find_element(By.XPATH, "//table[@id='open-alerts']//tr[td[2][text()='%s']]" % args.unit)
+        alert_id = row.get_attribute("id").split("-", 1)[1]
+        out["alertId"] = alert_id
+        driver.find_element(By.ID, "ack-" + alert_id).click()
+        WebDriverWait(driver, 20).until(lambda d: "acknowledged by" in d.find_element(By.ID, "alert-" + alert_id).text)
+        out["acknowledgedBy"] = driver.find_element(By.ID, "alert-" + alert_id).text.split("acknowledged by ")[-1].strip()
+        shot(driver, "alerts")
+        driver.get(args.url + "/audit")
+        out["auditShowsAck"] = "alerts ack" in driver.find_element(By.ID, "audit").text
+        shot(driver, "audit")
+        driver.find_element(By.ID, "logout").click()
+        WebDriverWait(driver, 20).until(lambda d: d.current_url.endswith("/login"))
+
+        sign_in(driver, args.url, args.viewer)
+        driver.get(args.url + "/alerts")
+        out["viewerButtons"] = len(driver.find_elements(By.CSS_SELECTOR, "button[id^='ack-']"))
+        # The viewer forges the form the page did not give them: refused.
+        out["viewerPost"] = driver.execute_async_script("""
+            var done = arguments[arguments.length - 1];
+            var csrf = document.querySelector('input[name=csrf]').value;
+            fetch('/alerts/%s/ack', {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+                                      body: 'csrf=' + encodeURIComponent(csrf)}).then(function(r){ done(r.status); });
+        """ % alert_id)
+        shot(driver, "viewer-alerts")
+    finally:
+        driver.quit()
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
