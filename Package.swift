@@ -228,7 +228,7 @@ let package = Package(
             name: "FleetManagerTests",
             dependencies: [
                 "FleetManager", "FleetConsole", "EdgeAgent", "MQTT", "MessageSchema", "LocalServices", "TestSupport", "PulseBridgeVersion",
-                "PaymentSDK",
+                "PaymentSDK", .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: strict),
         .testTarget(

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Logging
 import MQTT
 import MessageSchema
@@ -21,6 +22,11 @@ public final class FleetMonitor: Service, Sendable {
         /// The largest batch written in one transaction, and the longest an event waits.
         public var batchSize = 512
         public var batchDelay: Duration = .milliseconds(50)
+        /// Events kept while the registry cannot be written (a full disk); past this, heartbeats
+        /// (which the next ones replace) are dropped first, never results or completions.
+        public var maxBufferedEvents = 200_000
+        /// How soon a batch the registry refused for a passing reason is tried again.
+        public var retryDelay: Duration = .seconds(1)
         public var clientID = "fleet-manager-serve"
         public init() {}
     }
@@ -97,11 +103,7 @@ public final class FleetMonitor: Service, Sendable {
         for await message in messages {
             guard let event = decode(message) else { continue }
             if let metrics { measure(event, metrics) }
-            let count = buffer.withLock { b in
-                b.append(event)
-                return b.count
-            }
-            if count == 1 || count >= options.batchSize { wake.yield() }
+            enqueue(event)
         }
     }
 
@@ -197,7 +199,21 @@ public final class FleetMonitor: Service, Sendable {
         }
     }
 
-    /// Writes every buffered event now.
+    func enqueue(_ event: FleetEvent) {
+        let count = buffer.withLock { b in
+            b.append(event)
+            return b.count
+        }
+        if count == 1 || count >= options.batchSize { wake.yield() }
+    }
+
+    /// Events waiting to be written.
+    var buffered: Int { buffer.withLock { $0.count } }
+
+    /// Writes every buffered event now. A batch is one transaction: when the registry cannot
+    /// be written for a passing reason (disk full, read-only, busy), nothing of it was written
+    /// and it is kept, ahead of what arrived since, and tried again; when an event itself is
+    /// refused, the batch is written one event at a time so that only that one is lost.
     public func flush() {
         let events = buffer.withLock { b -> [FleetEvent] in
             defer { b = [] }
@@ -208,12 +224,50 @@ public final class FleetMonitor: Service, Sendable {
             let started = ContinuousClock.now
             let alerts = try home.registry.apply(events, now: Self.now(), skewLimitMs: options.skewLimitMs)
             metrics?.recordBatch(events: events.count, took: ContinuousClock.now - started)
-            ingested.add(events.count, ordering: .relaxed)
-            for alert in alerts { logger.warning("alert: \(alert)") }
-            if !alerts.isEmpty { alertsChanged() }
+            written(events.count, alerts)
+        } catch let error as DatabaseError where Self.isPassing(error) {
+            let (kept, dropped) = keep(events)
+            logger.error(
+                "cannot write to the registry (\(error.resultCode)): \(kept) events kept, retrying\(dropped > 0 ? "; \(dropped) heartbeats dropped to stay within \(options.maxBufferedEvents)" : "")")
+            let wake = wake
+            let delay = options.retryDelay
+            Task {
+                try? await Task.sleep(for: delay)
+                wake.yield()
+            }
         } catch {
-            logger.error("cannot write \(events.count) events to the registry: \(error)")
+            for event in events {
+                do {
+                    written(1, try home.registry.apply([event], now: Self.now(), skewLimitMs: options.skewLimitMs))
+                } catch {
+                    logger.error("the registry refused an event, which is dropped: \(error); the event: \(event)")
+                }
+            }
         }
+    }
+
+    private func written(_ count: Int, _ alerts: [FleetAlert]) {
+        ingested.add(count, ordering: .relaxed)
+        for alert in alerts { logger.warning("alert: \(alert)") }
+        if !alerts.isEmpty { alertsChanged() }
+    }
+
+    /// Puts a batch that was not written back in front of the buffer; over the limit, drops
+    /// heartbeats. How many are kept and how many were dropped.
+    private func keep(_ events: [FleetEvent]) -> (kept: Int, dropped: Int) {
+        buffer.withLock { b in
+            b = events + b
+            guard b.count > options.maxBufferedEvents else { return (b.count, 0) }
+            let before = b.count
+            b.removeAll { if case .heartbeat = $0 { true } else { false } }
+            return (b.count, before - b.count)
+        }
+    }
+
+    /// Failures of the registry itself, not of an event: the same batch can succeed later.
+    static func isPassing(_ error: DatabaseError) -> Bool {
+        [.SQLITE_FULL, .SQLITE_IOERR, .SQLITE_BUSY, .SQLITE_LOCKED, .SQLITE_READONLY, .SQLITE_CANTOPEN, .SQLITE_NOMEM]
+            .contains(error.resultCode.primaryResultCode)
     }
 
     /// Once a second: units silent for 3 × heartbeat go offline; configurations not applied in
