@@ -40,12 +40,15 @@ enum ConsolePages {
         form.filters{display:flex;gap:.5em;margin-bottom:.8em}input,select,button{font:inherit;padding:.3em .5em}
         button{cursor:pointer}.muted{color:#6b7280}.error{color:#b3261e}.login{max-width:22em;margin:4em auto;background:#fff;padding:1.5em;border-radius:6px}
         .login input{display:block;width:100%;box-sizing:border-box;margin:.3em 0 .8em}.pages{margin-top:.8em}
+        form.inline{display:inline;margin-left:.4em}form.filters{flex-wrap:wrap}#totals{width:auto;margin-bottom:1em}
+        a.button{display:inline-block;padding:.3em .8em;background:#14325c;color:#fff;border-radius:4px;text-decoration:none}
+        svg.chart{display:block;width:100%;max-width:760px;background:#fff;margin:.4em 0 1em}section.chart h3{font-size:1em;margin:.4em 0}
         """
 
     static func page(title: String, session: OperatorSession?, here: String = "", body: String, script: Bool = false) -> String {
         var nav = ""
         if let session {
-            let links = [("/", "Fleet"), ("/alerts", "Alerts"), ("/audit", "Audit trail")]
+            let links = [("/", "Fleet"), ("/payments", "Payments"), ("/revenue", "Revenue"), ("/alerts", "Alerts"), ("/audit", "Audit trail")]
             nav = links.map { "<a href=\"\($0.0)\"\($0.0 == here ? " class=\"here\"" : "")>\($0.1)</a>" }.joined()
             nav += """
                 <span class="who">\(escape(session.account.name)) (\(session.account.role.rawValue))

@@ -53,7 +53,8 @@ public struct ConsoleServer: Sendable {
     /// without a session (or, for `/metrics`, without the token).
     public static let routes: [(method: String, path: String)] = [
         ("GET", "/"), ("GET", "/alerts"), ("GET", "/audit"), ("GET", "/events"), ("GET", "/console.js"), ("POST", "/alerts/1/ack"),
-        ("POST", "/logout"), ("GET", "/metrics"),
+        ("POST", "/logout"), ("GET", "/metrics"), ("GET", "/payments"), ("GET", "/payments.csv"), ("POST", "/payments/settle"),
+        ("GET", "/revenue"),
     ]
 
     var publicUrl: String { options.publicUrl ?? "http://\(options.host):\(boundPort.withLock { $0 } ?? options.port)" }
@@ -85,6 +86,12 @@ public struct ConsoleServer: Sendable {
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: ConsolePages.script)))
         }
         router.get("/events") { request, _ in try events(request) }
+        router.get("/payments") { request, _ in try page(request) { try paymentsPage(request, $0) } }
+        router.get("/payments.csv") { request, _ in try exportLedger(request) }
+        router.get("/revenue") { request, _ in try page(request) { try revenuePage(request, $0) } }
+        router.post("/payments/settle") { request, context in
+            try await signedInForm(request, context, role: .operator) { session, origin, form in try settle(form, session, origin) }
+        }
         router.post("/alerts/:id/ack") { request, context in
             try await signedInForm(request, context, role: .operator) { session, origin in
                 guard let id = context.parameters.get("id").flatMap(Int.init) else { return text(.notFound, "no such alert\n") }
@@ -116,7 +123,16 @@ public struct ConsoleServer: Sendable {
 
     /// A form from a signed-in operator with at least `role`, its CSRF token and origin checked.
     func signedInForm(
-        _ request: Request, _ context: ConsoleContext, role: OperatorAccount.Role, _ body: (OperatorSession, String) async throws -> Response
+        _ request: Request, _ context: ConsoleContext, role: OperatorAccount.Role,
+        _ body: (OperatorSession, String) async throws -> Response
+    ) async throws -> Response {
+        try await signedInForm(request, context, role: role) { session, origin, _ in try await body(session, origin) }
+    }
+
+    /// The same, with the form's fields.
+    func signedInForm(
+        _ request: Request, _ context: ConsoleContext, role: OperatorAccount.Role,
+        _ body: (OperatorSession, String, [String: String]) async throws -> Response
     ) async throws -> Response {
         guard let session = try session(request) else { return text(.forbidden, "sign in first\n") }
         if let origin = request.headers[.origin], origin != Self.origin(of: publicUrl) {
@@ -130,7 +146,7 @@ public struct ConsoleServer: Sendable {
             audit(session, remote(request, context), "refused", target: request.uri.path, detail: "needs \(role.rawValue)", error: nil)
             return html(.forbidden, ConsolePages.message("Not allowed", "This needs the \(role.rawValue) role; you are a \(session.account.role.rawValue).", session: session))
         }
-        return try await body(session, remote(request, context))
+        return try await body(session, remote(request, context), form)
     }
 
     func signIn(_ request: Request, _ context: ConsoleContext) async throws -> Response {
@@ -373,5 +389,90 @@ struct ConsoleHeaders<Context: RequestContext>: RouterMiddleware {
         response.headers[HTTPField.Name("Referrer-Policy")!] = "same-origin"
         if response.headers[.cacheControl] == nil { response.headers[.cacheControl] = "no-store" }
         return response
+    }
+}
+
+// MARK: Payments ledger and revenue
+
+extension ConsoleServer {
+    static func parameters(_ request: Request) -> [String: String] {
+        var out: [String: String] = [:]
+        for (name, value) in request.uri.queryParameters where out[String(name)] == nil { out[String(name)] = String(value) }
+        return out
+    }
+
+    func paymentsPage(_ request: Request, _ session: OperatorSession) throws -> String {
+        let query = ConsolePages.LedgerQuery(Self.parameters(request))
+        guard query.problems.isEmpty else { return ConsolePages.payments([], totals: [], count: 0, query: query, session: session) }
+        let count = try registry.paymentCount(matching: query.filter)
+        let records = try registry.payments(
+            matching: query.filter, limit: ConsolePages.LedgerQuery.pageSize, offset: (query.page - 1) * ConsolePages.LedgerQuery.pageSize)
+        return ConsolePages.payments(records, totals: try registry.ledgerTotals(matching: query.filter), count: count, query: query, session: session)
+    }
+
+    /// The ledger as CSV, streamed in batches: the same lines as `payments list --format csv`.
+    func exportLedger(_ request: Request) throws -> Response {
+        guard try session(request) != nil else { return text(.unauthorized, "sign in first\n") }
+        let query = ConsolePages.LedgerQuery(Self.parameters(request))
+        guard query.problems.isEmpty else { return text(.badRequest, query.problems.joined(separator: "\n") + "\n") }
+        let registry = self.registry
+        let filter = query.filter
+        var headers = HTTPFields()
+        headers[.contentType] = "text/csv; charset=utf-8; header=present"
+        let stamp = FleetReports.isoTime(Registry.now()).prefix(10)
+        headers[.contentDisposition] = "attachment; filename=\"pulsebridge-payments-\(stamp).csv\""
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody { writer in
+                try await writer.write(ByteBuffer(string: CSVRows.line(FleetReports.ledgerHeader)))
+                try await registry.forEachPayment(matching: filter) { batch in
+                    try await writer.write(ByteBuffer(string: batch.map(FleetReports.ledgerLine).joined()))
+                }
+                try await writer.finish(nil)
+            })
+    }
+
+    func revenuePage(_ request: Request, _ session: OperatorSession) throws -> String {
+        var parameters = Self.parameters(request)
+        // The last 30 days unless a period is asked for.
+        let today = Registry.now() / 86_400_000 * 86_400_000
+        if (parameters["from"] ?? "").isEmpty && (parameters["to"] ?? "").isEmpty {
+            parameters["from"] = String(FleetReports.isoTime(today - 29 * 86_400_000).prefix(10))
+            parameters["to"] = String(FleetReports.isoTime(today).prefix(10))
+        }
+        let query = ConsolePages.LedgerQuery(parameters)
+        guard query.problems.isEmpty else { return ConsolePages.revenue([], totals: [], days: [], query: query, session: session) }
+        // Every day of the period on the axis (up to a year); longer periods show the days with payments.
+        var days: [String] = []
+        if let from = query.filter.from, let to = query.filter.to, (to - from) / 86_400_000 <= 366 {
+            days = stride(from: from, to: to, by: 86_400_000).map { String(FleetReports.isoTime($0).prefix(10)) }
+        }
+        var totalsFilter = query.filter
+        totalsFilter.status = nil
+        return ConsolePages.revenue(
+            try registry.machineDays(matching: query.filter), totals: try registry.ledgerTotals(matching: totalsFilter), days: days, query: query,
+            session: session)
+    }
+
+    /// Capture or void a held or unknown payment: the library call `payments settle` makes.
+    func settle(_ form: [String: String], _ session: OperatorSession, _ origin: String) throws -> Response {
+        let action = form["action"] ?? ""
+        let back = (form["back"] ?? "").hasPrefix("/payments") ? form["back"]! : "/payments"
+        guard action == "capture" || action == "void",
+            let machine = form["machine"].flatMap(MachineID.init(rawValue:)), let payment = form["payment"].flatMap(PaymentID.init(rawValue:))
+        else {
+            return html(.badRequest, ConsolePages.message("Not settled", "The form needs a machine, a payment and capture or void.", session: session))
+        }
+        let detail = "\(machine) \(action) by \(session.account.name)"
+        guard try registry.settleByOperator(machine: machine, payment: payment, settlement: action, operator: session.account.name, now: Registry.now())
+        else {
+            let error = FleetError("\(payment) on \(machine) is not held or unknown")
+            audit(session, origin, "payments settle", target: payment.rawValue, detail: detail, error: error)
+            return html(
+                .conflict,
+                ConsolePages.message("Not settled", "\(payment) on \(machine) is not held or unknown (someone may have settled it already).", session: session))
+        }
+        audit(session, origin, "payments settle", target: payment.rawValue, detail: detail, error: nil)
+        return redirect(back)
     }
 }

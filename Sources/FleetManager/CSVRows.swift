@@ -116,6 +116,32 @@ public enum CSVRows {
     }
 }
 
+extension CSVRows {
+    /// One field as a spreadsheet should get it: quoted when it holds a delimiter, a quote or a
+    /// line break; a text that starts like a formula (`=`, `+`, `-`, `@`, tab, carriage return)
+    /// gets a leading apostrophe, so a spreadsheet shows it instead of running it ("CSV
+    /// injection": a user ID or machine name is somebody else's text). Whole numbers are left
+    /// as they are.
+    public static func field(_ text: String) -> String {
+        var text = text
+        if let first = text.unicodeScalars.first, "=+-@\t\r".unicodeScalars.contains(first), !isWholeNumber(text) {
+            text = "'" + text
+        }
+        guard text.contains(where: { $0 == "," || $0 == ";" || $0 == "\"" || $0 == "\n" || $0 == "\r" || $0 == "\r\n" }) else { return text }
+        return "\"" + text.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    }
+
+    /// One record, fields joined by `,`, ending in a line break.
+    public static func line(_ fields: [String]) -> String {
+        fields.map(field).joined(separator: ",") + "\n"
+    }
+
+    static func isWholeNumber(_ text: String) -> Bool {
+        let digits = text.hasPrefix("-") ? text.dropFirst() : Substring(text)
+        return !digits.isEmpty && digits.allSatisfy { $0.isASCII && $0.isNumber }
+    }
+}
+
 extension String {
     func trimmingSpaces() -> String {
         var text = Substring(self)

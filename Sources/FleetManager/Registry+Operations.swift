@@ -63,26 +63,6 @@ public struct UnitOverview: Sendable, Codable, Hashable {
     public var alerts: [String]
 }
 
-/// A payment as the fleet recorded it.
-public struct PaymentRecord: Sendable, Codable, Hashable {
-    public var paymentId: String
-    public var machineId: String
-    public var userId: String?
-    public var requestedAmount: Int?
-    public var currency: String?
-    public var issuedAt: Int?
-    public var status: String?
-    public var reason: String?
-    public var creditedAmount: Int
-    public var decidedAt: Int?
-    public var duplicates: Int
-    /// capture | void | hold; nil while unknown (no result, no proof of no credit yet).
-    public var settlement: String?
-    /// What settled it: `result`, `online_after_expiry`, or `operator:NAME`.
-    public var settledBy: String?
-    public var expiresAt: Int?
-}
-
 extension Registry {
     /// Applies a batch of events in one transaction; returns the alerts they opened or resolved.
     public func apply(_ events: [FleetEvent], now: Int, skewLimitMs: Int = 5_000) throws -> [FleetAlert] {
@@ -371,43 +351,6 @@ extension Registry {
     /// How many units last reported `outboxDepth` = `depth` (benchmark markers).
     public func unitsReportingOutboxDepth(_ depth: Int) throws -> Int {
         try database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM unitState WHERE outboxDepth = ?", arguments: [depth]) ?? 0 }
-    }
-
-    public func payments(from: Int? = nil, to: Int? = nil) throws -> [PaymentRecord] {
-        try database.read { db in
-            try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT * FROM paymentRecord WHERE COALESCE(issuedAt, decidedAt, updatedAt) >= ? AND COALESCE(issuedAt, decidedAt, updatedAt) < ?
-                    ORDER BY COALESCE(issuedAt, decidedAt, updatedAt), paymentId
-                    """, arguments: [from ?? 0, to ?? Int.max]
-            ).map { row in
-                PaymentRecord(
-                    paymentId: row["paymentId"], machineId: row["machineId"], userId: row["userId"], requestedAmount: row["requestedAmount"],
-                    currency: row["currency"], issuedAt: row["issuedAt"], status: row["status"], reason: row["reason"],
-                    creditedAmount: row["creditedAmount"], decidedAt: row["decidedAt"], duplicates: row["duplicates"],
-                    settlement: row["settlement"], settledBy: row["settledBy"], expiresAt: row["expiresAt"])
-            }
-        }
-    }
-
-    /// Payments with no settlement yet (no result, no proof the machine did not credit).
-    public func unsettledPayments() throws -> [PaymentRecord] {
-        try payments().filter { $0.settlement == nil }
-    }
-
-    /// An operator settles a held or unknown payment by hand (after review).
-    public func settleByOperator(machine: MachineID, payment: PaymentID, settlement: String, operator name: String, now: Int) throws -> Bool {
-        try database.write { db in
-            try db.execute(
-                sql: """
-                    UPDATE paymentRecord SET settlement = ?, settledBy = ?, updatedAt = ?
-                    WHERE machineId = ? AND paymentId = ? AND (settlement IS NULL OR settlement = 'hold')
-                    """, arguments: [settlement, "operator:\(name)", now, machine.rawValue, payment.rawValue])
-            guard db.changesCount > 0 else { return false }
-            _ = try Self.resolve(machine, .uncertain, subject: payment.rawValue, resolution: "settled (\(settlement)) by operator:\(name)", now: now, db)
-            return true
-        }
     }
 
     /// Messages ignored because their body named another machine than their topic.

@@ -197,6 +197,7 @@ public final class Registry: Sendable {
         registerAlertMigration(&migrator)
         registerAuditMigration(&migrator)
         registerOperatorMigration(&migrator)
+        registerLedgerMigration(&migrator)
         return migrator
     }
 

@@ -1,8 +1,9 @@
 import Foundation
 
-/// Per user ID: the customer information the operator collects.
+/// Per user ID and currency: the customer information the operator collects.
 public struct CustomerReportRow: Sendable, Codable, Hashable {
     public var userId: String
+    public var currency: String
     /// Credited payments.
     public var payments: Int
     public var amount: Int
@@ -11,74 +12,75 @@ public struct CustomerReportRow: Sendable, Codable, Hashable {
     public var lastSeen: Int
 }
 
-/// Per machine and day (UTC).
-public struct MachineReportRow: Sendable, Codable, Hashable {
-    public var machineId: String
-    public var day: String
-    public var revenue: Int
-    public var credited: Int
-    public var rejected: Int
-    public var uncertain: Int
-}
-
 /// `fleet-manager report`: built from the payments `serve` recorded. Only payments backed by
 /// a completion signed with a fleet payment key count: a unit's result for a payment nobody
-/// sent it (its own claim) is no revenue; what a unit credited counts up to what was paid.
+/// sent it (its own claim) is no revenue; what a unit credited counts up to what was paid
+/// (`PaymentRecord.revenue`). Per machine and day, the registry sums in SQL
+/// (`Registry.machineDays`).
 public enum FleetReports {
-    /// The amount a recorded payment adds to revenue.
-    static func revenue(_ payment: PaymentRecord) -> Int? {
-        guard payment.status == "credited", let requested = payment.requestedAmount else { return nil }
-        return min(payment.creditedAmount, requested)
-    }
-
     public static func customers(_ payments: [PaymentRecord]) -> [CustomerReportRow] {
         var rows: [String: CustomerReportRow] = [:]
         for payment in payments {
             guard let user = payment.userId else { continue }
-            let at = payment.issuedAt ?? payment.decidedAt ?? 0
-            var row = rows[user] ?? CustomerReportRow(userId: user, payments: 0, amount: 0, machines: [], firstSeen: at, lastSeen: at)
-            if let amount = revenue(payment) {
+            let at = payment.at ?? 0
+            let currency = payment.currency ?? ""
+            let key = user + "|" + currency
+            var row = rows[key] ?? CustomerReportRow(userId: user, currency: currency, payments: 0, amount: 0, machines: [], firstSeen: at, lastSeen: at)
+            if payment.status == "credited", payment.requestedAmount != nil {
                 row.payments += 1
-                row.amount += amount
+                row.amount += payment.revenue
             }
             if !row.machines.contains(payment.machineId) { row.machines.append(payment.machineId) }
             row.firstSeen = min(row.firstSeen, at)
             row.lastSeen = max(row.lastSeen, at)
-            rows[user] = row
-        }
-        return rows.values.map { var r = $0; r.machines.sort(); return r }.sorted { $0.userId < $1.userId }
-    }
-
-    public static func machines(_ payments: [PaymentRecord]) -> [MachineReportRow] {
-        var rows: [String: MachineReportRow] = [:]
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withFullDate]
-        for payment in payments where payment.requestedAmount != nil {
-            let at = payment.issuedAt ?? payment.decidedAt ?? 0
-            let day = formatter.string(from: Date(timeIntervalSince1970: Double(at) / 1000))
-            let key = payment.machineId + "|" + day
-            var row = rows[key] ?? MachineReportRow(machineId: payment.machineId, day: day, revenue: 0, credited: 0, rejected: 0, uncertain: 0)
-            switch payment.status {
-            case "credited":
-                row.credited += 1
-                row.revenue += revenue(payment) ?? 0
-            case "rejected": row.rejected += 1
-            case "uncertain": row.uncertain += 1
-            default: break
-            }
             rows[key] = row
         }
-        return rows.values.sorted { ($0.machineId, $0.day) < ($1.machineId, $1.day) }
+        return rows.values.map { var r = $0; r.machines.sort(); return r }.sorted { ($0.userId, $0.currency) < ($1.userId, $1.currency) }
     }
 
-    /// Renders rows as an aligned table, CSV (RFC 4180 quoting) or JSON.
+    /// `report customers` as a table: headers and rows.
+    public static func customerTable(_ rows: [CustomerReportRow]) -> (headers: [String], rows: [[String]]) {
+        (
+            ["USER", "CURRENCY", "PAYMENTS", "AMOUNT", "MACHINES", "FIRST SEEN", "LAST SEEN"],
+            rows.map { [$0.userId, $0.currency, "\($0.payments)", "\($0.amount)", $0.machines.joined(separator: " "), isoTime($0.firstSeen), isoTime($0.lastSeen)] }
+        )
+    }
+
+    /// `report machines` as a table: headers and rows.
+    public static func machineTable(_ rows: [MachineReportRow]) -> (headers: [String], rows: [[String]]) {
+        (
+            ["MACHINE", "DAY", "CURRENCY", "REVENUE", "CREDITED", "REJECTED", "UNCERTAIN"],
+            rows.map { [$0.machineId, $0.day, $0.currency, "\($0.revenue)", "\($0.credited)", "\($0.rejected)", "\($0.uncertain)"] }
+        )
+    }
+
+    /// The ledger's CSV columns (amounts in the currency's minor unit).
+    public static let ledgerHeader = [
+        "payment_id", "machine_id", "user_id", "issued_at", "decided_at", "currency", "requested", "credited", "revenue", "status", "reason",
+        "settlement", "settled_by",
+    ]
+
+    /// One payment as a ledger CSV record.
+    public static func ledgerLine(_ payment: PaymentRecord) -> String {
+        CSVRows.line([
+            payment.paymentId, payment.machineId, payment.userId ?? "", payment.issuedAt.map(isoTime) ?? "", payment.decidedAt.map(isoTime) ?? "",
+            payment.currency ?? "", payment.requestedAmount.map(String.init) ?? "", String(payment.creditedAmount), String(payment.revenue),
+            payment.status ?? "pending", payment.reason ?? "", payment.settlement ?? "unknown", payment.settledBy ?? "",
+        ])
+    }
+
+    /// UTC, to the millisecond: `2026-11-30T12:00:00.123Z`.
+    public static func isoTime(_ ms: Int) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+    }
+
+    /// Renders rows as an aligned table or CSV (RFC 4180 quoting, formulas defused).
     public static func render(headers: [String], rows: [[String]], format: String) -> String {
         switch format {
         case "csv":
-            func quote(_ field: String) -> String {
-                field.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + field.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : field
-            }
-            return ([headers] + rows).map { $0.map(quote).joined(separator: ",") }.joined(separator: "\n") + "\n"
+            return ([headers] + rows).map(CSVRows.line).joined()
         default:
             let widths = headers.indices.map { i in ([headers] + rows).map { $0[i].count }.max() ?? 0 }
             return ([headers] + rows).map { row in

@@ -51,7 +51,7 @@ struct Alerts: AsyncParsableCommand {
             commandName: "ack", abstract: "Acknowledge an alert: you have seen it (it stays open until what raised it is undone).")
         @OptionGroup var options: HomeOptions
         @Argument(help: "The alert's ID (fleet-manager alerts).") var id: Int
-        @Option(help: "Who acknowledges it.") var by = NSUserName()
+        @Option(help: "Who acknowledges it (default: who runs the command, through sudo too).") var by = AuditRecord.cliActor().actor
         var audit: AuditAction? { AuditAction(action: "alerts ack", target: "alert \(id)", detail: "by \(by)") }
 
         func run(home: FleetHome) async throws {

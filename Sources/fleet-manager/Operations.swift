@@ -387,35 +387,28 @@ struct Report: FleetCommand {
         guard ["table", "csv", "json"].contains(format) else { throw FleetError("--format must be table, csv or json") }
         func day(_ text: String?, end: Bool) throws -> Int? {
             guard let text else { return nil }
-            let formatter = ISO8601DateFormatter()
-            formatter.formatOptions = [.withFullDate]
-            // The formatter rolls 2026-02-30 over to March: a day that does not exist is refused.
-            guard let date = formatter.date(from: text), formatter.string(from: date) == text else {
+            guard let ms = PaymentFilter.day(text, end: end) else {
                 throw FleetError("'\(text)' is not a date (YYYY-MM-DD)", hint: "e.g. --from 2026-11-01")
             }
-            return Int(date.timeIntervalSince1970 * 1000) + (end ? 86_400_000 : 0)
+            return ms
         }
-        let payments = try home.registry.payments(from: try day(from, end: false), to: try day(to, end: true))
+        let filter = PaymentFilter(from: try day(from, end: false), to: try day(to, end: true))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let table: (headers: [String], rows: [[String]])
         switch kind {
         case "customers":
-            let rows = FleetReports.customers(payments)
+            let rows = FleetReports.customers(try home.registry.payments(matching: filter))
             if format == "json" { print(String(decoding: try encoder.encode(rows), as: UTF8.self)); return }
-            print(FleetReports.render(
-                headers: ["USER", "PAYMENTS", "AMOUNT", "MACHINES", "FIRST SEEN", "LAST SEEN"],
-                rows: rows.map { [$0.userId, "\($0.payments)", "\($0.amount)", $0.machines.joined(separator: " "), formatTime($0.firstSeen), formatTime($0.lastSeen)] },
-                format: format), terminator: "")
+            table = FleetReports.customerTable(rows)
         case "machines":
-            let rows = FleetReports.machines(payments)
+            let rows = try home.registry.machineDays(matching: filter)
             if format == "json" { print(String(decoding: try encoder.encode(rows), as: UTF8.self)); return }
-            print(FleetReports.render(
-                headers: ["MACHINE", "DAY", "REVENUE", "CREDITED", "REJECTED", "UNCERTAIN"],
-                rows: rows.map { [$0.machineId, $0.day, "\($0.revenue)", "\($0.credited)", "\($0.rejected)", "\($0.uncertain)"] },
-                format: format), terminator: "")
+            table = FleetReports.machineTable(rows)
         default:
             throw FleetError("unknown report '\(kind)'", hint: "fleet-manager report customers|machines")
         }
+        print(FleetReports.render(headers: table.headers, rows: table.rows, format: format), terminator: "")
     }
 }
 

@@ -80,37 +80,66 @@ struct Payments: AsyncParsableCommand {
 
     struct List: FleetCommand {
         static let configuration = CommandConfiguration(
-            abstract: "List payments with their settlement (capture, void, hold, or unknown: no result yet).",
+            abstract: "The payments ledger: payments with their settlement (capture, void, hold, or unknown: no result yet).",
             discussion: """
                 `serve` settles a payment from its result, or voids one without a result once its machine
                 comes back online for a session that began after the payment expired (the unit publishes
                 its results before `online`). Unknown ones are kept authorised until then.
+
+                --format csv is the ledger for reconciliation: amounts in the currency's minor unit, a
+                currency column, times in UTC, and text that a spreadsheet would run as a formula
+                prefixed with an apostrophe. The console's "Export CSV" gives the same file.
                 """)
         @OptionGroup var options: HomeOptions
+        @Option(help: "Only this machine.") var machine: String?
+        @Option(help: "Only this user ID.") var user: String?
+        @Option(help: "Only this first decision.") var status: PaymentFilter.Status?
+        @Option(help: "Only this reason (e.g. expired, inhibited).") var reason: String?
+        @Option(help: "Only this settlement.") var settlement: PaymentFilter.Settlement?
+        @Option(help: "From this day (YYYY-MM-DD, UTC), inclusive.") var from: String?
+        @Option(help: "To this day (YYYY-MM-DD, UTC), inclusive.") var to: String?
         @Flag(help: "Only payments not settled yet or held for review.") var open = false
-        @Flag(help: "JSON instead of a table.") var json = false
+        @Option(help: "table, csv or json.") var format: LedgerFormat = .table
+        @Flag(help: "JSON instead of a table (same as --format json).") var json = false
 
         func run(home: FleetHome) async throws {
-            var records = try home.registry.payments()
-            if open { records = records.filter { $0.settlement == nil || $0.settlement == "hold" } }
-            if json {
+            func day(_ text: String?, end: Bool) throws -> Int? {
+                guard let text else { return nil }
+                guard let ms = PaymentFilter.day(text, end: end) else {
+                    throw FleetError("'\(text)' is not a date (YYYY-MM-DD)", hint: "e.g. --from 2026-11-01")
+                }
+                return ms
+            }
+            let filter = PaymentFilter(
+                machineId: machine, userId: user, status: status, reason: reason, settlement: settlement, from: try day(from, end: false),
+                to: try day(to, end: true), open: open)
+            switch json ? .json : format {
+            case .csv:
+                print(CSVRows.line(FleetReports.ledgerHeader), terminator: "")
+                try await home.registry.forEachPayment(matching: filter) { batch in
+                    print(batch.map(FleetReports.ledgerLine).joined(), terminator: "")
+                }
+            case .json:
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                print(String(decoding: try encoder.encode(records), as: UTF8.self))
-                return
-            }
-            let header = ["PAYMENT", "MACHINE", "USER", "AMOUNT", "STATUS", "REASON", "SETTLEMENT", "BY"]
-            let rows = records.map {
-                [
-                    $0.paymentId, $0.machineId, $0.userId ?? "-", $0.requestedAmount.map(String.init) ?? "-", $0.status ?? "-",
-                    $0.reason ?? "-", $0.settlement ?? "unknown", $0.settledBy ?? "-",
-                ]
-            }
-            let widths = header.indices.map { i in ([header[i]] + rows.map { $0[i] }).map(\.count).max() ?? 0 }
-            for row in [header] + rows {
-                print(row.indices.map { row[$0].padding(toLength: widths[$0] + 2, withPad: " ", startingAt: 0) }.joined())
+                print(String(decoding: try encoder.encode(try home.registry.payments(matching: filter)), as: UTF8.self))
+            case .table:
+                let rows = try home.registry.payments(matching: filter).map {
+                    [
+                        $0.paymentId, $0.machineId, $0.userId ?? "-", $0.requestedAmount.map(String.init) ?? "-", $0.currency ?? "-", $0.status ?? "-",
+                        $0.reason ?? "-", $0.settlement ?? "unknown", $0.settledBy ?? "-",
+                    ]
+                }
+                print(
+                    FleetReports.render(
+                        headers: ["PAYMENT", "MACHINE", "USER", "AMOUNT", "CURRENCY", "STATUS", "REASON", "SETTLEMENT", "BY"], rows: rows,
+                        format: "table"), terminator: "")
             }
         }
+    }
+
+    enum LedgerFormat: String, ExpressibleByArgument, CaseIterable {
+        case table, csv, json
     }
 
     struct Settle: FleetCommand {
@@ -120,7 +149,7 @@ struct Payments: AsyncParsableCommand {
         @Argument(help: "The machine the payment was for.") var machine: String
         @Argument(help: "The payment ID.") var payment: String
         @Option(help: "capture or void.") var action: String
-        @Option(help: "Who decided (recorded with the settlement).") var by = NSUserName()
+        @Option(help: "Who decided (recorded with the settlement; default: who runs the command, through sudo too).") var by = AuditRecord.cliActor().actor
 
         var audit: AuditAction? { AuditAction(action: "payments settle", target: payment, detail: "\(machine) \(action) by \(by)") }
 
@@ -204,3 +233,6 @@ struct Wait: FleetCommand {
         print("\(ids.map(\.rawValue).joined(separator: ", ")): \(online ? "online" : "configuration applied")")
     }
 }
+
+extension PaymentFilter.Status: ExpressibleByArgument {}
+extension PaymentFilter.Settlement: ExpressibleByArgument {}

@@ -193,16 +193,11 @@ final class DemoFleet: @unchecked Sendable {
         print("\nThe fleet (fleet-manager devices):\n")
         try printDevices(home)
         print("\nCustomers (fleet-manager report customers):\n")
-        let records = try home.registry.payments()
-        print(FleetReports.render(
-            headers: ["USER", "PAYMENTS", "AMOUNT", "MACHINES"],
-            rows: FleetReports.customers(records).map { [$0.userId, "\($0.payments)", "\($0.amount)", $0.machines.joined(separator: " ")] },
-            format: "table"))
+        let customers = FleetReports.customerTable(FleetReports.customers(try home.registry.payments()))
+        print(FleetReports.render(headers: customers.headers, rows: customers.rows, format: "table"))
         print("Machines (fleet-manager report machines):\n")
-        print(FleetReports.render(
-            headers: ["MACHINE", "DAY", "REVENUE", "CREDITED", "REJECTED", "UNCERTAIN"],
-            rows: FleetReports.machines(records).map { [$0.machineId, $0.day, "\($0.revenue)", "\($0.credited)", "\($0.rejected)", "\($0.uncertain)"] },
-            format: "table"))
+        let machines = FleetReports.machineTable(try home.registry.machineDays())
+        print(FleetReports.render(headers: machines.headers, rows: machines.rows, format: "table"))
 
         if keepRunning {
             print("""

@@ -117,7 +117,7 @@ struct AttributionTests {
             #expect(bRecord.settlement == "capture")
             #expect(bRecord.userId == "victim")
             // A's claim about a payment it was never sent is no revenue.
-            let machines = FleetReports.machines(records)
+            let machines = try fleet.home.registry.machineDays()
             #expect(machines.first { $0.machineId == "unit-a" } == nil)
             #expect(machines.first { $0.machineId == "unit-b" }?.revenue == 500)
             // B is online, and no firmware report of B's came from A.
@@ -215,7 +215,7 @@ struct AttributionTests {
             let unanswered = Task { try await payments.pay(b, amount: 200, currency: "JPY", userId: "u-gone", ttl: .seconds(1), unknownWait: .seconds(60)) }
             // Held as unknown in serve meanwhile.
             try await OperationsTests.eventually("serve holds the payment as unknown") {
-                try fleet.home.registry.unsettledPayments().contains { $0.userId == "u-gone" }
+                try fleet.home.registry.payments(matching: PaymentFilter(settlement: .unknown)).contains { $0.userId == "u-gone" }
             }
             try await Task.sleep(for: .seconds(2))  // let the payment expire: the scenario, not a wait for a condition
             let restarted = try Agent.start(fleet, b, directory: agent.directory)

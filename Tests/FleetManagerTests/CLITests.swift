@@ -122,7 +122,7 @@ struct CLITests {
             #expect(set.output.contains("configuration v2 published"))
             let report = try await run(["report", "customers", "--format", "csv", "--home", home])
             #expect(report.status == .exited(0))
-            #expect(report.output.hasPrefix("USER,PAYMENTS,AMOUNT,MACHINES,FIRST SEEN,LAST SEEN"))
+            #expect(report.output.hasPrefix("USER,CURRENCY,PAYMENTS,AMOUNT,MACHINES,FIRST SEEN,LAST SEEN"))
             let svg = NSTemporaryDirectory() + "code-\(UUID().uuidString).svg"
             let code = try await run(["code", "laundry-01", "--format", "svg", "--out", svg, "--home", home])
             #expect(code.status == .exited(0))
@@ -170,6 +170,18 @@ struct CLITests {
             #expect(after.output.contains("\"settlement\" : \"void\"") && after.output.contains("operator:alice"))
             let nothingOpen = try await run(["payments", "--open", "--home", home])
             #expect(!nothingOpen.output.contains("p-open-1"))
+
+            // The ledger as CSV: the console's export lines, from the same library code.
+            let csv = try await run(["payments", "list", "--format", "csv", "--machine", "laundry-01", "--home", home])
+            #expect(csv.status == .exited(0), "\(csv.output)")
+            let records = try fleetHome.registry.payments(matching: PaymentFilter(machineId: "laundry-01"))
+            #expect(!records.isEmpty)
+            #expect(csv.output == CSVRows.line(FleetReports.ledgerHeader) + records.map(FleetReports.ledgerLine).joined())
+            let badStatus = try await run(["payments", "list", "--status", "maybe", "--home", home])
+            #expect(badStatus.status == .exited(64) && badStatus.output.contains("credited") && badStatus.output.contains("pending"), "\(badStatus.output)")
+            let badDay = try await run(["payments", "list", "--to", "2026-13-01", "--home", home])
+            #expect(badDay.status == .exited(1) && badDay.output.contains("is not a date"))
+            expectNoStackTrace(badDay.output)
 
             let revoke = try await run(["revoke", "laundry-01", "--home", home])
             #expect(revoke.status == .exited(0), "\(revoke.output)")

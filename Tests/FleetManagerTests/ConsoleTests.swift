@@ -107,7 +107,7 @@ struct ConsoleTests {
             for route in ConsoleServer.routes {
                 let reply = try await browser.send(route.method, route.path, form: route.method == "POST" ? ["csrf": "x"] : nil)
                 switch (route.method, route.path) {
-                case ("GET", "/"), ("GET", "/alerts"), ("GET", "/audit"):
+                case ("GET", "/"), ("GET", "/alerts"), ("GET", "/audit"), ("GET", "/payments"), ("GET", "/revenue"):
                     #expect(reply.status == 303 && reply.headers["location"] == "/login", "\(route)")
                 case ("GET", _):
                     #expect(reply.status == 401, "\(route): \(reply.status)")
@@ -194,6 +194,104 @@ struct ConsoleTests {
             #expect(trail.contains { $0.action == "refused" && $0.actor == "vic" })
             let auditPage = try await ana.send("GET", "/audit").body
             #expect(auditPage.contains("alerts ack") && auditPage.contains("ana (web)"))
+        }
+    }
+
+    /// Payments as `serve` records them: a completion signed for the machine, then its result.
+    static func payment(
+        _ id: String, _ machine: MachineID, _ amount: Int, _ currency: String, user: String, status: PaymentStatus?, credited: Int = 0, at: Int
+    ) -> [FleetEvent] {
+        var events: [FleetEvent] = [
+            .completion(
+                PaymentCompleted(
+                    paymentId: PaymentID(rawValue: id)!, machineId: machine, amount: amount, currency: CurrencyCode(rawValue: currency)!,
+                    userId: UserID(rawValue: user)!, issuedAt: at, expiresAt: at + 60_000), payloadSha256: String(repeating: "a", count: 64))
+        ]
+        if let status {
+            events.append(
+                .result(
+                    PaymentResult(
+                        paymentId: PaymentID(rawValue: id)!, machineId: machine, status: status, reason: status == .rejected ? .expired : nil,
+                        amount: credited, pulses: [PulseCount(channel: "coin", count: credited / 100)], pulsesFired: credited / 100, decidedAt: at + 500,
+                        bootId: "b1", seq: 1)))
+        }
+        return events
+    }
+
+    @Test func theLedgerFiltersExportsChartsAndSettlesAsTheCLIDoes() async throws {
+        try await Self.withConsole { registry, browser in
+            let now = Registry.now()
+            for machine: MachineID in ["laundry-01", "wash-01"] { try registry.upsertMachine(machine) }
+            var events: [FleetEvent] = []
+            events += Self.payment("p-1", "laundry-01", 400, "JPY", user: "alice", status: .credited, credited: 400, at: now - 3_600_000)
+            events += Self.payment("p-2", "wash-01", 1250, "EUR", user: "=HYPERLINK(\"http://evil\",\"x\")", status: .credited, credited: 1250, at: now - 60_000)
+            events += Self.payment("p-3", "wash-01", 300, "JPY", user: "bob", status: .rejected, at: now - 30_000)
+            events += Self.payment("p-4", "laundry-01", 500, "JPY", user: "carol", status: .uncertain, credited: 200, at: now - 20_000)
+            events += Self.payment("p-5", "laundry-01", 700, "JPY", user: "dave", status: nil, at: now - 10_000)
+            _ = try registry.apply(events, now: now)
+
+            var vic = browser
+            _ = try await vic.signIn("vic", "correct horse vic")
+            let all = try await vic.send("GET", "/payments")
+            #expect(all.status == 200)
+            for id in ["p-1", "p-2", "p-3", "p-4", "p-5"] { #expect(all.body.contains("id=\"payment-\(id)\""), "\(id)") }
+            #expect(all.body.contains("data-currency=\"JPY\"") && all.body.contains("data-minor=\"400\""), "JPY revenue: p-1 only")
+            #expect(all.body.contains("12.50 EUR"), "cents shown as euros")
+            #expect(!all.body.contains("id=\"capture-p-4\""), "a viewer gets no settle button")
+            let wash = try await vic.send("GET", "/payments?machine=wash-01&status=credited").body
+            #expect(wash.contains("payment-p-2") && !wash.contains("payment-p-1") && !wash.contains("payment-p-3"))
+            let wrong = try await vic.send("GET", "/payments?from=2026-02-30&status=maybe").body
+            #expect(wrong.contains("from &#39;2026-02-30&#39; is not a day") && wrong.contains("status must be one of"))
+
+            // The export: every payment, a currency column, formulas defused; its sums are the registry's.
+            let csv = try await vic.send("GET", "/payments.csv")
+            #expect(csv.status == 200 && csv.headers["content-type"]?.hasPrefix("text/csv") == true)
+            #expect(csv.headers["content-disposition"]?.hasPrefix("attachment; filename=\"pulsebridge-payments-") == true)
+            let rows = try CSVRows.parse(csv.body)
+            #expect(rows.first?.fields == FleetReports.ledgerHeader)
+            #expect(rows.count == 6)
+            let column = Dictionary(uniqueKeysWithValues: FleetReports.ledgerHeader.enumerated().map { ($1, $0) })
+            var revenue: [String: Int] = [:]
+            for row in rows.dropFirst() { revenue[row.fields[column["currency"]!], default: 0] += Int(row.fields[column["revenue"]!])! }
+            let totals = try registry.ledgerTotals(matching: PaymentFilter())
+            #expect(revenue == Dictionary(uniqueKeysWithValues: totals.map { ($0.currency, $0.revenue) }))
+            #expect(revenue == ["JPY": 400, "EUR": 1250])
+            #expect(rows.contains { $0.fields[column["user_id"]!] == "'=HYPERLINK(\"http://evil\",\"x\")" })
+            #expect(try await vic.send("GET", "/payments.csv?to=someday").status == 400)
+            let filtered = try CSVRows.parse(try await vic.send("GET", "/payments.csv?currency=x&machine=laundry-01&open=1").body)
+            #expect(filtered.dropFirst().map { $0.fields[0] } == ["p-4", "p-5"], "held and unknown on laundry-01")
+
+            // Revenue: the chart's bars add up to the totals.
+            let chart = try await vic.send("GET", "/revenue").body
+            #expect(chart.contains("<svg id=\"days-JPY\"") && chart.contains("<svg id=\"machines-EUR\""))
+            func sum(_ id: String) -> Int {
+                guard let start = chart.range(of: "<svg id=\"\(id)\""), let end = chart[start.upperBound...].range(of: "</svg>") else { return -1 }
+                return chart[start.upperBound..<end.lowerBound].components(separatedBy: "data-value=\"").dropFirst()
+                    .reduce(0) { $0 + (Int($1.prefix { $0 != "\"" }) ?? 0) }
+            }
+            #expect(sum("days-JPY") == 400 && sum("machines-JPY") == 400 && sum("days-EUR") == 1250)
+            let quiet = try await vic.send("GET", "/revenue?from=2020-01-01&to=2020-01-31").body
+            #expect(quiet.contains("id=\"no-revenue\""))
+
+            // Settling by hand: the viewer is refused; the operator's click is the CLI's settle.
+            let settle = ["machine": "laundry-01", "payment": "p-4", "action": "void", "back": "/payments?open=1"]
+            let refused = try await vic.send("POST", "/payments/settle", form: settle.merging(["csrf": try await vic.csrf()]) { $1 })
+            #expect(refused.status == 403)
+            var ana = browser
+            _ = try await ana.signIn("ana", "correct horse ana")
+            #expect(try await ana.send("GET", "/payments").body.contains("id=\"capture-p-4\""))
+            let done = try await ana.send("POST", "/payments/settle", form: settle.merging(["csrf": try await ana.csrf()]) { $1 }, origin: browser.base)
+            #expect(done.status == 303 && done.headers["location"] == "/payments?open=1")
+            let p4 = try #require(try registry.payments(matching: PaymentFilter(userId: "carol")).first)
+            #expect(p4.settlement == "void" && p4.settledBy == "operator:ana")
+            let again = try await ana.send("POST", "/payments/settle", form: settle.merging(["csrf": try await ana.csrf()]) { $1 })
+            #expect(again.status == 409 && again.body.contains("not held or unknown"))
+            let offsite = try await ana.send(
+                "POST", "/payments/settle", form: ["machine": "laundry-01", "payment": "p-5", "action": "capture", "back": "https://evil.example/", "csrf": try await ana.csrf()])
+            #expect(offsite.status == 303 && offsite.headers["location"] == "/payments", "no open redirect")
+            let trail = try registry.auditTrail().filter { $0.action == "payments settle" }
+            #expect(trail.contains { $0.actor == "ana" && $0.via == .web && $0.target == "p-4" && $0.outcome == .ok })
+            #expect(trail.contains { $0.target == "p-4" && $0.outcome == .failed })
         }
     }
 

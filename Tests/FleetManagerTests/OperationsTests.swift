@@ -121,7 +121,7 @@ struct OperationsTests {
             #expect(customers.map(\.userId) == ["alice", "bob"])
             #expect(customers[0].payments == 2 && customers[0].amount == 500 && customers[0].machines == ["unit-01", "unit-02"])
             #expect(customers[1].payments == 0 && customers[1].amount == 0)
-            let perMachine = FleetReports.machines(records)
+            let perMachine = try fleet.home.registry.machineDays()
             #expect(perMachine.map { "\($0.machineId) \($0.revenue) \($0.credited)/\($0.rejected)/\($0.uncertain)" } == ["unit-01 300 1/0/0", "unit-02 200 1/1/0"])
 
             // A configuration change reaches the unit and shows as applied.

@@ -12,6 +12,7 @@ import argparse, json, os, sys
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 
@@ -62,7 +63,9 @@ def main():
         row = driver.find_element(By.XPATH, "//table[@id='open-alerts']//tr[td[2][text()='%s']]" % args.unit)
         alert_id = row.get_attribute("id").split("-", 1)[1]
         out["alertId"] = alert_id
-        driver.find_element(By.ID, "ack-" + alert_id).click()
+        acknowledge = driver.find_element(By.ID, "ack-" + alert_id)
+        acknowledge.click()
+        WebDriverWait(driver, 20).until(expected_conditions.staleness_of(acknowledge))
         WebDriverWait(driver, 20).until(lambda d: "acknowledged by" in d.find_element(By.ID, "alert-" + alert_id).text)
         out["acknowledgedBy"] = driver.find_element(By.ID, "alert-" + alert_id).text.split("acknowledged by ")[-1].strip()
         shot(driver, "alerts")

@@ -11,6 +11,7 @@ import argparse, json, sys, time
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 CARDS = {"approve": "4242424242424242", "decline": "4000000000000002", "timeout": "4000000000000119",
@@ -54,7 +55,11 @@ def profile(driver, args, out, shot):
             box.send_keys(value)
         if consent:
             driver.find_element(By.NAME, "consent").click()
-        driver.find_element(By.CSS_SELECTOR, "form[action='/me/profile'] button").click()
+        submit = driver.find_element(By.CSS_SELECTOR, "form[action='/me/profile'] button")
+        submit.click()
+        # click() returns before the answer is loaded: wait for the old page to go, or the next
+        # read (or navigation) meets the page being left.
+        WebDriverWait(driver, args.timeout).until(expected_conditions.staleness_of(submit))
 
     fill(consent=False)
     out["withoutConsent"] = driver.title
@@ -64,7 +69,9 @@ def profile(driver, args, out, shot):
     out["savedName"] = driver.find_element(By.ID, "name").get_attribute("value")
     shot("profile")
     if args.delete_profile:
-        driver.find_element(By.ID, "delete-profile").click()
+        delete = driver.find_element(By.ID, "delete-profile")
+        delete.click()
+        WebDriverWait(driver, args.timeout).until(expected_conditions.staleness_of(delete))
         WebDriverWait(driver, args.timeout).until(lambda d: not d.find_elements(By.ID, "delete-profile"))
         out["nameAfterDelete"] = driver.find_element(By.ID, "name").get_attribute("value")
 
