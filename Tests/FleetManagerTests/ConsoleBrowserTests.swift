@@ -2,6 +2,7 @@ import FleetManager
 import Foundation
 import LocalServices
 import MessageSchema
+import PaymentSDK
 import Testing
 import TestSupport
 
@@ -52,6 +53,17 @@ struct ConsoleBrowserTests {
                 try fleet.home.registry.overviews(now: 0).filter { $0.state == "online" }.count == 3
             }
 
+            // Payments through the real units, for the ledger and the revenue charts.
+            let (kid, key) = try fleet.home.signingKey(.payment)
+            let payments = try await PaymentClient.connect(fleet.home.settings.paymentServer, topics: fleet.home.topics, kid: kid, key: key)
+            for (unit, amount, user) in [("laundry-01", 400, "alice"), ("wash-01", 1200, "=cmd|' /C calc'!A0"), ("laundry-01", 3100, "bob")] {
+                _ = try await payments.pay(MachineID(rawValue: unit)!, amount: amount, currency: "JPY", userId: UserID(rawValue: user)!)
+            }
+            await payments.close()
+            try await OperationsTests.eventually("the payments recorded", timeout: .seconds(30)) {
+                try fleet.home.registry.payments().filter { $0.status != nil }.count == 3
+            }
+
             let shots = ProcessInfo.processInfo.environment["PULSEBRIDGE_SCREENSHOTS"].flatMap { $0.isEmpty ? nil : $0 } ?? directory + "/shots"
             let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
                 .appendingPathComponent("browser/console_flow.py").path
@@ -93,7 +105,19 @@ struct ConsoleBrowserTests {
             let trail = try fleet.home.registry.auditTrail()
             #expect(trail.contains { $0.action == "alerts ack" && $0.actor == "ana" && $0.via == .web })
             #expect(trail.contains { $0.action == "refused" && $0.actor == "vic" })
-            for name in ["login", "fleet", "fleet-offline", "alerts", "audit", "viewer-alerts"] {
+            // The ledger and its export agree with the registry; the charts add up to it.
+            let totals = try fleet.home.registry.ledgerTotals(matching: PaymentFilter())
+            #expect(totals.map(\.revenue) == [1600], "400 + 1200 credited, 3100 over the unit's maximum refused")
+            #expect(seen["ledgerRows"] as? Int == 3)
+            #expect(seen["pageRevenue"] as? [String: Int] == ["JPY": 1600])
+            let csv = try CSVRows.parse(try #require(seen["csv"] as? String))
+            #expect(csv.first?.fields == FleetReports.ledgerHeader && csv.count == 4)
+            let revenueColumn = try #require(FleetReports.ledgerHeader.firstIndex(of: "revenue"))
+            #expect(csv.dropFirst().reduce(0) { $0 + (Int($1.fields[revenueColumn]) ?? 0) } == 1600)
+            #expect(csv.contains { $0.fields.contains("'=cmd|' /C calc'!A0") }, "the formula a spreadsheet would run is defused")
+            let bars = seen["revenueBars"] as? [String: Int] ?? [:]
+            #expect(bars["days-JPY"] == 1600 && bars["machines-JPY"] == 1600, "\(bars)")
+            for name in ["login", "fleet", "fleet-offline", "alerts", "audit", "viewer-alerts", "payments", "revenue"] {
                 #expect(FileManager.default.fileExists(atPath: shots + "/console-\(name).png"), "screenshot \(name)")
             }
         }

@@ -72,6 +72,21 @@ def main():
         driver.get(args.url + "/audit")
         out["auditShowsAck"] = "alerts ack" in driver.find_element(By.ID, "audit").text
         shot(driver, "audit")
+        # The payments ledger, its CSV export (fetched as the page's link would download it) and
+        # the revenue charts.
+        driver.get(args.url + "/payments")
+        out["ledgerRows"] = len(driver.find_elements(By.CSS_SELECTOR, "#ledger tbody tr[id^='payment-']"))
+        out["pageRevenue"] = {row.get_attribute("data-currency"): int(row.find_element(By.CSS_SELECTOR, "[data-field=revenue]").get_attribute("data-minor"))
+                              for row in driver.find_elements(By.CSS_SELECTOR, "#totals tbody tr[data-currency]")}
+        shot(driver, "payments")
+        out["csv"] = driver.execute_async_script("""
+            var done = arguments[arguments.length - 1];
+            fetch(document.getElementById('export').getAttribute('href')).then(function(r){ return r.text(); }).then(done);
+        """)
+        driver.get(args.url + "/revenue")
+        out["revenueBars"] = {svg.get_attribute("id"): sum(int(r.get_attribute("data-value")) for r in svg.find_elements(By.TAG_NAME, "rect"))
+                              for svg in driver.find_elements(By.CSS_SELECTOR, "svg.chart")}
+        shot(driver, "revenue")
         driver.find_element(By.ID, "logout").click()
         WebDriverWait(driver, 20).until(lambda d: d.current_url.endswith("/login"))
 
