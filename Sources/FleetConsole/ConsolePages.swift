@@ -42,6 +42,8 @@ enum ConsolePages {
         .login input{display:block;width:100%;box-sizing:border-box;margin:.3em 0 .8em}.pages{margin-top:.8em}
         form.inline{display:inline;margin-left:.4em}form.filters{flex-wrap:wrap}#totals{width:auto;margin-bottom:1em}
         a.button{display:inline-block;padding:.3em .8em;background:#14325c;color:#fff;border-radius:4px;text-decoration:none}
+        .columns{display:flex;gap:2em;align-items:flex-start;flex-wrap:wrap}table.facts{width:auto}table.facts th{text-align:right}
+        .code svg{width:220px;height:auto;display:block;background:#fff}ul.diff{margin:0;padding-left:1.1em}del{color:#b3261e}ins{color:#0a7b36;text-decoration:none}
         svg.chart{display:block;width:100%;max-width:760px;background:#fff;margin:.4em 0 1em}section.chart h3{font-size:1em;margin:.4em 0}
         """
 
@@ -96,7 +98,7 @@ enum ConsolePages {
             "<option value=\"\(state)\"\(state == query.state ? " selected" : "")>\(state.isEmpty ? "any state" : state)</option>"
         }.joined()
         let rows = units.map { unit in
-            "<tr id=\"unit-\(escape(unit.machineId))\"><td>\(escape(unit.machineId))</td>"
+            "<tr id=\"unit-\(escape(unit.machineId))\"><td><a href=\"/machines/\(escape(unit.machineId))\">\(escape(unit.machineId))</a></td>"
                 + unitCells(unit).map { "<td data-field=\"\($0.field)\"\($0.field == "state" ? " class=\"state-\(escape($0.text))\"" : "")>\(escape($0.text))</td>" }.joined()
                 + "</tr>"
         }.joined(separator: "\n")

@@ -27,6 +27,8 @@ public struct ConsoleServer: Sendable {
         /// Failed sign-ins per address (and per name) in `signInWindow` before the next is refused.
         public var signInAttempts = 5
         public var signInWindow: Duration = .seconds(300)
+        /// The fleet's payment URL template (`{machineId}`), for the payment codes on machine pages.
+        public var paymentUrlTemplate: String?
         /// How often the event stream looks for changes.
         public var livePeriod: Duration = .seconds(1)
         public init() {}
@@ -54,7 +56,7 @@ public struct ConsoleServer: Sendable {
     public static let routes: [(method: String, path: String)] = [
         ("GET", "/"), ("GET", "/alerts"), ("GET", "/audit"), ("GET", "/events"), ("GET", "/console.js"), ("POST", "/alerts/1/ack"),
         ("POST", "/logout"), ("GET", "/metrics"), ("GET", "/payments"), ("GET", "/payments.csv"), ("POST", "/payments/settle"),
-        ("GET", "/revenue"),
+        ("GET", "/revenue"), ("GET", "/machines/laundry-01"), ("GET", "/machines/laundry-01/code.svg"),
     ]
 
     var publicUrl: String { options.publicUrl ?? "http://\(options.host):\(boundPort.withLock { $0 } ?? options.port)" }
@@ -88,6 +90,10 @@ public struct ConsoleServer: Sendable {
         router.get("/events") { request, _ in try events(request) }
         router.get("/payments") { request, _ in try page(request) { try paymentsPage(request, $0) } }
         router.get("/payments.csv") { request, _ in try exportLedger(request) }
+        router.get("/machines/:id") { request, context in
+            try page(request) { session in try machinePage(context.parameters.get("id") ?? "", request, session) }
+        }
+        router.get("/machines/:id/code.svg") { request, context in try paymentCode(context.parameters.get("id") ?? "", request) }
         router.get("/revenue") { request, _ in try page(request) { try revenuePage(request, $0) } }
         router.post("/payments/settle") { request, context in
             try await signedInForm(request, context, role: .operator) { session, origin, form in try settle(form, session, origin) }
@@ -474,5 +480,38 @@ extension ConsoleServer {
         }
         audit(session, origin, "payments settle", target: payment.rawValue, detail: detail, error: nil)
         return redirect(back)
+    }
+}
+
+// MARK: A machine's page
+
+extension ConsoleServer {
+    /// The unit, its presence timeline and heartbeats over `days` (default 2, at most
+    /// `Registry.historyDays`), its configurations with what each changed, its firmware steps,
+    /// its last payments and its payment code.
+    func machinePage(_ id: String, _ request: Request, _ session: OperatorSession) throws -> String {
+        guard let machine = MachineID(rawValue: id), let unit = try registry.overviews(now: Registry.now(), only: machine).first else {
+            return ConsolePages.message("No such unit", "There is no unit '\(id)' in the registry.", session: session)
+        }
+        let days = min(Registry.historyDays, max(1, Self.parameters(request)["days"].flatMap(Int.init) ?? 2))
+        let now = Registry.now()
+        let history = try registry.history(of: machine, since: now - days * 86_400_000)
+        let payments = try registry.payments(matching: PaymentFilter(machineId: machine.rawValue), limit: 20, offset: max(0, try registry.paymentCount(matching: PaymentFilter(machineId: machine.rawValue)) - 20))
+        let totals = try registry.ledgerTotals(matching: PaymentFilter(machineId: machine.rawValue))
+        let code = try options.paymentUrlTemplate.map { try PaymentCode(machine: machine, template: $0) }
+        return ConsolePages.machine(
+            unit, history: history, payments: payments.reversed(), totals: totals, code: code, days: days, now: now, session: session)
+    }
+
+    /// The payment code to print, as an SVG download.
+    func paymentCode(_ id: String, _ request: Request) throws -> Response {
+        guard try session(request) != nil else { return text(.unauthorized, "sign in first\n") }
+        guard let template = options.paymentUrlTemplate else { return text(.notFound, "serve has no payment URL template\n") }
+        guard let machine = MachineID(rawValue: id), try registry.machine(machine) != nil else { return text(.notFound, "no unit '\(id)'\n") }
+        var headers = HTTPFields()
+        headers[.contentType] = "image/svg+xml"
+        headers[.contentDisposition] = "attachment; filename=\"payment-code-\(machine.rawValue).svg\""
+        let svg = try PaymentCode(machine: machine, template: template).svg(caption: machine.rawValue)
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: svg)))
     }
 }

@@ -183,7 +183,9 @@ enum ConsoleCharts {
     static func axisValue(_ value: Int, _ currency: String) -> String { Money.format(value, currency: currency) }
 
     /// Vertical bars over a sequence (days).
-    static func columns(id: String, bars: [(label: String, value: Int)], currency: String) -> String {
+    /// `plain`: the values are counts, not money.
+    static func columns(id: String, bars: [(label: String, value: Int)], currency: String, plain: Bool = false) -> String {
+        let axisValue: (Int, String) -> String = plain ? { value, _ in "\(value)" } : { ConsoleCharts.axisValue($0, $1) }
         let width = 760.0, height = 220.0, left = 90.0, right = 10.0, top = 10.0, bottom = 34.0
         let plotWidth = width - left - right, plotHeight = height - top - bottom
         let top1 = Double(max(1, bars.map(\.value).max() ?? 1))

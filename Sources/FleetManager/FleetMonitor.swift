@@ -271,11 +271,21 @@ public final class FleetMonitor: Service, Sendable {
     }
 
     /// Once a second: units silent for 3 × heartbeat go offline; configurations not applied in
-    /// time are reported (once each).
+    /// time are reported (once each). Once an hour: history older than `Registry.historyDays`
+    /// is forgotten.
     private func watchTimeouts() async {
+        var pruned = 0
         while !Task.isCancelled {
             do { try await Task.sleep(for: .seconds(1)) } catch { return }
             let now = Self.now()
+            if now - pruned > 3_600_000 {
+                pruned = now
+                do {
+                    try home.registry.pruneHistory(now: now)
+                } catch {
+                    logger.error("cannot forget old history: \(error)")
+                }
+            }
             do {
                 let limit = Int(options.configPendingAlert.components.seconds * 1000)
                 let pending = Set(try home.registry.configsNotApplied(now: now, olderThanMs: limit))

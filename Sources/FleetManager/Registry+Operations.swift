@@ -104,6 +104,7 @@ extension Registry {
                             ON CONFLICT(id) DO UPDATE SET version = excluded.version, state = excluded.state, reason = excluded.reason, at = excluded.at
                             """,
                         arguments: [report.machineId.rawValue, report.version, report.state.rawValue, report.reason, report.at])
+                    try Self.recordFirmwareStep(report, db)
                 }
             }
             return try Self.record(alerts, now: now, db)
@@ -155,6 +156,7 @@ extension Registry {
         let (after, raised) = before.applying(
             .status(online: status.state == .online, bootId: status.bootId, session: status.session), now: now)
         alerts += Self.alerts(raised, status.machineId)
+        try Self.recordPresence(status.machineId, before: before, after: after, now: now, db)
         switch status.state {
         case .online:
             try db.execute(
@@ -178,8 +180,11 @@ extension Registry {
         } else if abs(skew) <= skewLimitMs, let previousSkew, abs(previousSkew) > skewLimitMs {
             alerts.append(FleetAlert(machine: heartbeat.machineId, kind: .clockSkew, detail: "clock within \(skewLimitMs) ms again", change: .resolve))
         }
-        let (after, raised) = presence(row).applying(.heartbeat(bootId: heartbeat.bootId), now: now)
+        let before = presence(row)
+        let (after, raised) = before.applying(.heartbeat(bootId: heartbeat.bootId), now: now)
         alerts += Self.alerts(raised, heartbeat.machineId)
+        try Self.recordPresence(heartbeat.machineId, before: before, after: after, now: now, db)
+        try Self.recordHeartbeat(heartbeat.machineId, previousAt: row?["lastHeartbeatAt"], outbox: heartbeat.outboxDepth, now: now, db)
         let counters = String(decoding: WireCoding.encode(heartbeat.counters), as: UTF8.self)
         try db.cachedStatement(
             sql: """
@@ -280,8 +285,10 @@ extension Registry {
             var alerts: [FleetAlert] = []
             for row in candidates {
                 let id = MachineID(unchecked: row["id"])
-                let (after, raised) = presence(row).applying(.tick, now: now)
+                let before = presence(row)
+                let (after, raised) = before.applying(.tick, now: now)
                 guard !raised.isEmpty else { continue }
+                try Self.recordPresence(id, before: before, after: after, now: now, db)
                 try db.execute(sql: "UPDATE unitState SET \(Self.presenceColumns) WHERE id = ?", arguments: Self.presenceValues(after) + [id.rawValue])
                 alerts += try Self.record(Self.alerts(raised, id), now: now, db)
             }
@@ -304,7 +311,8 @@ extension Registry {
 
     // MARK: Reading
 
-    public func overviews(now: Int, configPendingMs: Int = 10 * 60_000, skewLimitMs: Int = 5_000) throws -> [UnitOverview] {
+    /// Every unit's overview, or only `machine`'s.
+    public func overviews(now: Int, only machine: MachineID? = nil, configPendingMs: Int = 10 * 60_000, skewLimitMs: Int = 5_000) throws -> [UnitOverview] {
         let pending = Set(try configsNotApplied(now: now, olderThanMs: configPendingMs))
         return try database.read { db in
             let rows = try Row.fetchAll(
@@ -314,8 +322,8 @@ extension Registry {
                         u.state, u.offlineReason, u.lastSeen, u.firmware, u.configVersion, u.clockSkewMs, u.relay, u.inhibited,
                         u.outboxDepth, u.counters,
                         (SELECT COUNT(*) FROM paymentRecord p WHERE p.machineId = m.id AND p.status = 'uncertain') AS uncertain
-                    FROM machine m LEFT JOIN unitState u ON u.id = m.id ORDER BY m.id
-                    """)
+                    FROM machine m LEFT JOIN unitState u ON u.id = m.id \(machine == nil ? "" : "WHERE m.id = ?") ORDER BY m.id
+                    """, arguments: StatementArguments(machine.map { [$0.rawValue] } ?? []))
             return rows.map { row in
                 let id: String = row["id"]
                 var alerts: [String] = []

@@ -198,6 +198,7 @@ public final class Registry: Sendable {
         registerAuditMigration(&migrator)
         registerOperatorMigration(&migrator)
         registerLedgerMigration(&migrator)
+        registerHistoryMigration(&migrator)
         return migrator
     }
 
@@ -256,13 +257,13 @@ public final class Registry: Sendable {
     }
 
     public func setDesiredConfig(_ config: MachineConfig) throws {
+        let json = String(decoding: WireCoding.encode(config), as: UTF8.self)
+        let now = Self.now()
         try database.write { db in
             try db.execute(
                 sql: "UPDATE machine SET desiredConfig = ?, desiredVersion = ?, desiredAt = ? WHERE id = ?",
-                arguments: [
-                    String(decoding: WireCoding.encode(config), as: UTF8.self), config.version, Self.now(),
-                    config.machineId.rawValue,
-                ])
+                arguments: [json, config.version, now, config.machineId.rawValue])
+            try Self.recordConfigVersion(config, json: json, now: now, db)
             // `serve` times heartbeats out by the interval the unit is told to use.
             try db.execute(
                 sql: "INSERT INTO unitState (id, heartbeatS) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET heartbeatS = excluded.heartbeatS",

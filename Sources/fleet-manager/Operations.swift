@@ -58,7 +58,8 @@ struct Serve: FleetCommand {
             .init(service: monitor, successTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: dispatcher, successTerminationBehavior: .gracefullyShutdownGroup),
         ]
-        if let console, let metrics {
+        if var console, let metrics {
+            console.paymentUrlTemplate = home.settings.paymentUrlTemplate
             let server = ConsoleServer(registry: home.registry, metrics: metrics, options: console, logger: logger)
             services.append(.init(service: server.application(), successTerminationBehavior: .gracefullyShutdownGroup))
         }

@@ -89,6 +89,7 @@ struct ConsoleTests {
         options.port = 0
         options.metricsToken = "scrape-token-0123456789"
         options.livePeriod = .milliseconds(100)
+        options.paymentUrlTemplate = "https://pay.example/m/{machineId}"
         let server = ConsoleServer(registry: registry, metrics: FleetMetrics(), options: options)
         let port = Locked<Int?>(nil)
         let application = server.application { bound in port.withLock { $0 = bound } }
@@ -107,7 +108,7 @@ struct ConsoleTests {
             for route in ConsoleServer.routes {
                 let reply = try await browser.send(route.method, route.path, form: route.method == "POST" ? ["csrf": "x"] : nil)
                 switch (route.method, route.path) {
-                case ("GET", "/"), ("GET", "/alerts"), ("GET", "/audit"), ("GET", "/payments"), ("GET", "/revenue"):
+                case ("GET", "/"), ("GET", "/alerts"), ("GET", "/audit"), ("GET", "/payments"), ("GET", "/revenue"), ("GET", "/machines/laundry-01"):
                     #expect(reply.status == 303 && reply.headers["location"] == "/login", "\(route)")
                 case ("GET", _):
                     #expect(reply.status == 401, "\(route): \(reply.status)")
@@ -292,6 +293,47 @@ struct ConsoleTests {
             let trail = try registry.auditTrail().filter { $0.action == "payments settle" }
             #expect(trail.contains { $0.actor == "ana" && $0.via == .web && $0.target == "p-4" && $0.outcome == .ok })
             #expect(trail.contains { $0.target == "p-4" && $0.outcome == .failed })
+        }
+    }
+
+    @Test func aMachinesPageShowsItsPastItsConfigurationsItsPaymentsAndItsCode() async throws {
+        try await Self.withConsole { registry, browser in
+            let unit: MachineID = "laundry-01"
+            try registry.upsertMachine(unit)
+            var config = try MachineProfile.standardCoin.config(for: unit, version: 1, currency: "JPY", trust: nil)
+            try registry.setDesiredConfig(config)
+            config.version = 2
+            config.maxAmount = 2500
+            try registry.setDesiredConfig(config)
+            let now = Registry.now()
+            _ = try registry.apply(
+                [
+                    .status(StatusMessage(machineId: unit, state: .online, bootId: "b", session: 1, firmware: "1.0", configVersion: 2, at: now)),
+                    .heartbeat(
+                        Heartbeat(
+                            machineId: unit, bootId: "b", seq: 1, at: now, uptimeS: 5, firmware: "1.0", configVersion: 2, inhibited: false, relay: .ok,
+                            outboxDepth: 0, counters: PaymentCounters())),
+                ] + Self.payment("p-m1", unit, 400, "JPY", user: "alice", status: .credited, credited: 400, at: now - 1000), now: now)
+
+            var vic = browser
+            _ = try await vic.signIn("vic", "correct horse vic")
+            let page = try await vic.send("GET", "/machines/laundry-01")
+            #expect(page.status == 200)
+            for part in [
+                "<svg id=\"timeline\"", "data-state=\"online\"", "<svg id=\"heartbeats\"", "id=\"config-v2\"", "<code>maxAmount</code>", "<ins>2500</ins>",
+                "p-m1", "Revenue: 400 JPY", "https://pay.example/m/laundry-01", "id=\"payment-code\"",
+            ] {
+                #expect(page.body.contains(part), "\(part)")
+            }
+            #expect(!page.body.contains("<?xml"), "the code is inline SVG, not a document")
+            #expect(try await vic.send("GET", "/").body.contains("href=\"/machines/laundry-01\""), "the fleet links to it")
+            #expect(try await vic.send("GET", "/machines/laundry-01?days=999").body.contains("<strong>\(Registry.historyDays) d</strong>"))
+            let missing = try await vic.send("GET", "/machines/%3Cscript%3E")
+            #expect(missing.body.contains("No such unit") && !missing.body.contains("<script>"))
+            let code = try await vic.send("GET", "/machines/laundry-01/code.svg")
+            #expect(code.status == 200 && code.headers["content-type"] == "image/svg+xml" && code.body.hasPrefix("<?xml"))
+            #expect(code.headers["content-disposition"]?.contains("payment-code-laundry-01.svg") == true)
+            #expect(try await vic.send("GET", "/machines/wash-99/code.svg").status == 404)
         }
     }
 
