@@ -53,6 +53,12 @@ struct ConsoleBrowserTests {
                 try fleet.home.registry.overviews(now: 0).filter { $0.state == "online" }.count == 3
             }
 
+            // A configuration change the unit applies: its page shows what changed.
+            try await cli(["config", "set", "laundry-02", "maxAmount=2500"])
+            try await OperationsTests.eventually("laundry-02 applied its new configuration", timeout: .seconds(30)) {
+                let unit = try fleet.home.registry.overviews(now: Registry.now(), only: "laundry-02").first
+                return unit?.appliedConfigVersion != nil && unit?.appliedConfigVersion == unit?.desiredConfigVersion
+            }
             // Payments through the real units, for the ledger and the revenue charts.
             let (kid, key) = try fleet.home.signingKey(.payment)
             let payments = try await PaymentClient.connect(fleet.home.settings.paymentServer, topics: fleet.home.topics, kid: kid, key: key)
@@ -115,9 +121,14 @@ struct ConsoleBrowserTests {
             let revenueColumn = try #require(FleetReports.ledgerHeader.firstIndex(of: "revenue"))
             #expect(csv.dropFirst().reduce(0) { $0 + (Int($1.fields[revenueColumn]) ?? 0) } == 1600)
             #expect(csv.contains { $0.fields.contains("'=cmd|' /C calc'!A0") }, "the formula a spreadsheet would run is defused")
+            #expect((seen["machineStates"] as? [String])?.last == "offline", "\(seen["machineStates"] ?? "-")")
+            #expect((seen["machineStates"] as? [String])?.contains("online") == true)
+            let newest = seen["machineNewestConfig"] as? String ?? ""
+            #expect(newest.contains("applied") && newest.contains("maxAmount") && newest.contains("2500"), "\(newest)")
+            #expect((seen["machineCode"] as? Int ?? 0) > 0, "the payment code is on the page")
             let bars = seen["revenueBars"] as? [String: Int] ?? [:]
             #expect(bars["days-JPY"] == 1600 && bars["machines-JPY"] == 1600, "\(bars)")
-            for name in ["login", "fleet", "fleet-offline", "alerts", "audit", "viewer-alerts", "payments", "revenue"] {
+            for name in ["login", "fleet", "fleet-offline", "alerts", "audit", "viewer-alerts", "payments", "revenue", "machine"] {
                 #expect(FileManager.default.fileExists(atPath: shots + "/console-\(name).png"), "screenshot \(name)")
             }
         }

@@ -87,6 +87,13 @@ def main():
         out["revenueBars"] = {svg.get_attribute("id"): sum(int(r.get_attribute("data-value")) for r in svg.find_elements(By.TAG_NAME, "rect"))
                               for svg in driver.find_elements(By.CSS_SELECTOR, "svg.chart")}
         shot(driver, "revenue")
+        # The unit the test killed: its timeline ends offline; its new configuration is applied.
+        driver.get(args.url + "/machines/" + args.unit)
+        out["machineStates"] = [r.get_attribute("data-state") for r in driver.find_elements(By.CSS_SELECTOR, "#timeline rect[data-state]")]
+        newest = driver.find_element(By.CSS_SELECTOR, "#configs tbody tr")
+        out["machineNewestConfig"] = newest.text
+        out["machineCode"] = len(driver.find_elements(By.CSS_SELECTOR, "#payment-code svg path"))
+        shot(driver, "machine")
         driver.find_element(By.ID, "logout").click()
         WebDriverWait(driver, 20).until(lambda d: d.current_url.endswith("/login"))
 
