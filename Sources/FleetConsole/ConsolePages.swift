@@ -44,13 +44,17 @@ enum ConsolePages {
         a.button{display:inline-block;padding:.3em .8em;background:#14325c;color:#fff;border-radius:4px;text-decoration:none}
         .columns{display:flex;gap:2em;align-items:flex-start;flex-wrap:wrap}table.facts{width:auto}table.facts th{text-align:right}
         .code svg{width:220px;height:auto;display:block;background:#fff}ul.diff{margin:0;padding-left:1.1em}del{color:#b3261e}ins{color:#0a7b36;text-decoration:none}
+        .sheet{display:grid;grid-template-columns:repeat(4,1fr);gap:.6em}.sticker{margin:0;background:#fff;border:1px dashed #aab;text-align:center;padding:.4em;break-inside:avoid}
+        .sticker svg{width:100%;height:auto}.sticker figcaption{font-weight:600}.actions form{margin:.4em 0}.notice{background:#e8f4ea;padding:.5em .8em;border-radius:4px}
+        @media print{header,.noprint{display:none}main{padding:0}body{background:#fff}}
         svg.chart{display:block;width:100%;max-width:760px;background:#fff;margin:.4em 0 1em}section.chart h3{font-size:1em;margin:.4em 0}
         """
 
     static func page(title: String, session: OperatorSession?, here: String = "", body: String, script: Bool = false) -> String {
         var nav = ""
         if let session {
-            let links = [("/", "Fleet"), ("/payments", "Payments"), ("/revenue", "Revenue"), ("/alerts", "Alerts"), ("/audit", "Audit trail")]
+            var links = [("/", "Fleet"), ("/payments", "Payments"), ("/revenue", "Revenue"), ("/alerts", "Alerts"), ("/codes", "Codes"), ("/audit", "Audit trail")]
+            if session.account.role >= .admin { links.append(("/provision", "Provision")) }
             nav = links.map { "<a href=\"\($0.0)\"\($0.0 == here ? " class=\"here\"" : "")>\($0.1)</a>" }.joined()
             nav += """
                 <span class="who">\(escape(session.account.name)) (\(session.account.role.rawValue))
@@ -157,6 +161,7 @@ enum ConsolePages {
     /// Live updates of the fleet table: the units on the page, from `/events`.
     static let script = """
         (function(){
+          document.querySelectorAll('[data-print]').forEach(function(b){ b.addEventListener('click', function(){ window.print(); }); });
           var rows = document.querySelectorAll('#fleet tbody tr[id^="unit-"]');
           var ids = Array.prototype.map.call(rows, function(r){ return r.id.slice(5); });
           if (!ids.length) return;

@@ -29,12 +29,16 @@ public struct ConsoleServer: Sendable {
         public var signInWindow: Duration = .seconds(300)
         /// The fleet's payment URL template (`{machineId}`), for the payment codes on machine pages.
         public var paymentUrlTemplate: String?
+        /// How long a bundle made in the console waits for its one download.
+        public var bundleLifetime: Duration = .seconds(900)
         /// How often the event stream looks for changes.
         public var livePeriod: Duration = .seconds(1)
         public init() {}
     }
 
     let registry: Registry
+    /// The fleet home actions work on (broker connections, keys); nil: a read-only console.
+    let home: FleetHome?
     let metrics: FleetMetrics
     let options: Options
     let logger: Logger
@@ -42,8 +46,22 @@ public struct ConsoleServer: Sendable {
     /// The port listened on (port 0 in `options`: the one the system gave).
     let boundPort = Locked<Int?>(nil)
 
+    /// Bundles provisioned in the console, by download token.
+    let bundles = Locked<[String: PendingBundle]>([:])
+
+    public init(home: FleetHome, metrics: FleetMetrics, options: Options, logger: Logger = Logger(label: "pulsebridge.http")) {
+        self.init(registry: home.registry, home: home, metrics: metrics, options: options, logger: logger)
+        Self.removeLeftoverBundles(in: home)
+    }
+
+    /// A console that shows a registry and cannot act on the fleet.
     public init(registry: Registry, metrics: FleetMetrics, options: Options, logger: Logger = Logger(label: "pulsebridge.http")) {
+        self.init(registry: registry, home: nil, metrics: metrics, options: options, logger: logger)
+    }
+
+    init(registry: Registry, home: FleetHome?, metrics: FleetMetrics, options: Options, logger: Logger) {
         self.registry = registry
+        self.home = home
         self.metrics = metrics
         self.options = options
         self.logger = logger
@@ -56,7 +74,8 @@ public struct ConsoleServer: Sendable {
     public static let routes: [(method: String, path: String)] = [
         ("GET", "/"), ("GET", "/alerts"), ("GET", "/audit"), ("GET", "/events"), ("GET", "/console.js"), ("POST", "/alerts/1/ack"),
         ("POST", "/logout"), ("GET", "/metrics"), ("GET", "/payments"), ("GET", "/payments.csv"), ("POST", "/payments/settle"),
-        ("GET", "/revenue"), ("GET", "/machines/laundry-01"), ("GET", "/machines/laundry-01/code.svg"),
+        ("GET", "/revenue"), ("GET", "/machines/laundry-01"), ("GET", "/machines/laundry-01/code.svg"), ("POST", "/machines/laundry-01/config"),
+        ("POST", "/machines/laundry-01/revoke"), ("GET", "/provision"), ("POST", "/provision"), ("GET", "/bundles/0123"), ("GET", "/codes"),
     ]
 
     var publicUrl: String { options.publicUrl ?? "http://\(options.host):\(boundPort.withLock { $0 } ?? options.port)" }
@@ -111,6 +130,7 @@ public struct ConsoleServer: Sendable {
                 }
             }
         }
+        addActions(to: router)
         return router
     }
 
@@ -499,8 +519,16 @@ extension ConsoleServer {
         let payments = try registry.payments(matching: PaymentFilter(machineId: machine.rawValue), limit: 20, offset: max(0, try registry.paymentCount(matching: PaymentFilter(machineId: machine.rawValue)) - 20))
         let totals = try registry.ledgerTotals(matching: PaymentFilter(machineId: machine.rawValue))
         let code = try options.paymentUrlTemplate.map { try PaymentCode(machine: machine, template: $0) }
+        let parameters = Self.parameters(request)
+        var notice: String?
+        if let version = parameters["published"].flatMap(Int.init) {
+            notice = "Configuration v\(version) published. The unit applies it when it next hears from the broker; \"applied\" shows here then."
+        } else if parameters["revoked"] == "1" {
+            notice = "Revoked: its broker identity is deleted; the unit can no longer connect."
+        }
         return ConsolePages.machine(
-            unit, history: history, payments: payments.reversed(), totals: totals, code: code, days: days, now: now, session: session)
+            unit, history: history, payments: payments.reversed(), totals: totals, code: code, days: days, now: now, notice: notice,
+            canAct: home != nil, session: session)
     }
 
     /// The payment code to print, as an SVG download.

@@ -8,7 +8,7 @@ import MessageSchema
 extension ConsolePages {
     static func machine(
         _ unit: UnitOverview, history: MachineHistory, payments: [PaymentRecord], totals: [LedgerTotals], code: PaymentCode?, days: Int, now: Int,
-        session: OperatorSession
+        notice: String? = nil, canAct: Bool = false, session: OperatorSession
     ) -> String {
         let id = escape(unit.machineId)
         let start = now - days * 86_400_000
@@ -76,11 +76,33 @@ extension ConsolePages {
                 """
         }
 
+        var actions = ""
+        if canAct, unit.provisioning == "provisioned" {
+            if session.account.role >= .operator {
+                let channels = (history.configs.first.map { ConfigDiff.flatten($0.json) } ?? [:]).filter { $0.key.hasSuffix(".channel") }.map(\.value).sorted()
+                actions += """
+                    <form method="post" action="/machines/\(id)/config" class="filters"><input type="hidden" name="csrf" value="\(session.csrf)">
+                    <input name="pairs" id="config-pairs" size="40" placeholder="maxAmount=3000 \(escape(channels.first ?? "coin")).pulseMs=60" required>
+                    <button id="config-set">Publish configuration</button></form>
+                    <p class="muted">KEY=VALUE pairs: maxAmount, heartbeatS, postVendDelayMs, currency, or CHANNEL.pulseMs, gapMs, valuePerPulse, line, chip, activeLow\(channels.isEmpty ? "" : " (channels: \(escape(channels.joined(separator: ", "))))"). The same as <code>fleet-manager config set</code>.</p>
+                    """
+            }
+            if session.account.role >= .admin {
+                actions += """
+                    <form method="post" action="/machines/\(id)/revoke" class="filters"><input type="hidden" name="csrf" value="\(session.csrf)">
+                    <input name="confirm" id="revoke-confirm" placeholder="type \(id) to confirm" autocomplete="off">
+                    <button id="revoke">Revoke this unit</button></form>
+                    <p class="muted">Its broker identity is deleted and its ID is never reused; a replacement is provisioned under a new ID.</p>
+                    """
+            }
+        }
         return page(
             title: unit.machineId, session: session, here: "/",
             body: """
-                <h1>\(id) <span class="state-\(escape(unit.state))" id="machine-state">\(escape(unit.state))</span></h1>
+                <h1>\(id) <span class="state-\(escape(unit.state))" id="machine-state">\(escape(unit.state))</span>\(unit.provisioning == "revoked" ? " <span class=\"muted\">(revoked)</span>" : "")</h1>
+                \(notice.map { "<p class=\"notice\" id=\"notice\">\(escape($0))</p>" } ?? "")
                 <div class="columns"><table class="facts">\(summary)</table><section>\(codeSection)</section></div>
+                \(actions.isEmpty ? "" : "<section class=\"actions\"><h2>Act</h2>\(actions)</section>")
                 <p>History: \(periods)</p>
                 <h2>Online and offline</h2>
                 \(ConsoleCharts.timeline(id: "timeline", sessions: sessions.map { ($0.state, $0.from, $0.to) }, from: start, to: now))

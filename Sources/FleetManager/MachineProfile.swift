@@ -77,3 +77,41 @@ enum WireCodingErrors {
         }
     }
 }
+
+extension MachineProfile {
+    /// Sets one `KEY=VALUE` (`config set`, the console): maxAmount, heartbeatS, postVendDelayMs,
+    /// currency, or CHANNEL.FIELD (pulseMs, gapMs, valuePerPulse, line, chip, activeLow).
+    public mutating func set(_ pair: String) throws {
+        let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+        guard parts.count == 2 else { throw FleetError("'\(pair)' is not KEY=VALUE") }
+        let (key, value) = (parts[0], parts[1])
+        func int() throws -> Int {
+            guard let number = Int(value) else { throw FleetError("\(key) needs a whole number, not '\(value)'") }
+            return number
+        }
+        switch key {
+        case "maxAmount": self.maxAmount = try int()
+        case "heartbeatS": self.heartbeatS = try int()
+        case "postVendDelayMs": self.postVendDelayMs = try int()
+        case "currency": self.currency = value
+        default:
+            let field = key.split(separator: ".", maxSplits: 1).map(String.init)
+            guard field.count == 2, let index = self.outputs.firstIndex(where: { $0.channel == field[0] }) else {
+                throw FleetError(
+                    "unknown key '\(key)'",
+                    hint: "keys: maxAmount, heartbeatS, postVendDelayMs, currency, or CHANNEL.FIELD for channels \(self.outputs.map(\.channel).joined(separator: ", "))")
+            }
+            switch field[1] {
+            case "pulseMs": self.outputs[index].pulseMs = try int()
+            case "gapMs": self.outputs[index].gapMs = try int()
+            case "valuePerPulse": self.outputs[index].valuePerPulse = try int()
+            case "line": self.outputs[index].line = try int()
+            case "chip": self.outputs[index].chip = value
+            case "activeLow":
+                guard let flag = Bool(value) else { throw FleetError("\(key) needs true or false") }
+                self.outputs[index].activeLow = flag
+            default: throw FleetError("unknown output field '\(field[1])'", hint: "pulseMs, gapMs, valuePerPulse, line, chip, activeLow")
+            }
+        }
+    }
+}

@@ -59,7 +59,9 @@ public final class Provisioner: Sendable {
         let out = bundlePath ?? home.bundlesDirectory + "/\(machine.rawValue).json"
         if existing != nil {
             guard rotateCredentials else {
-                throw FleetError("\(machine) is already provisioned", hint: "use --rotate-credentials to issue new credentials and a new bundle")
+                throw FleetError(
+                    "\(machine) is already provisioned",
+                    hint: "to issue new credentials and a new bundle: --rotate-credentials (in the console: tick \"new credentials\")")
             }
             guard try await backend.isDeviceIdentity(machine) else {
                 throw FleetError(

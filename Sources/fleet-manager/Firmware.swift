@@ -73,7 +73,7 @@ struct Firmware: AsyncParsableCommand {
             guard let percent = Double(wave.trimmingCharacters(in: CharacterSet(charactersIn: "%"))), percent > 0, percent <= 100 else {
                 throw FleetError("--wave must be a percentage such as 10%")
             }
-            let report = try await withManagerClient(home, purpose: "rollout") { client in
+            let report = try await home.withManagerClient(purpose: "rollout") { client in
                 try await FirmwareManager(home: home).rollout(
                     version: version, machines: targets, wave: percent / 100, maxFailures: maxFailures, timeout: .seconds(timeout),
                     client: client, progress: { print($0) })

@@ -138,24 +138,3 @@ func readSecret(file: String?, value: String?, name: String) throws -> String {
     throw FleetError("\(name) is required", hint: "pass --\(name)-file FILE (or --\(name) for development)")
 }
 
-/// Connects as the fleet manager (`purpose` names the client), runs `body`, and closes the
-/// connection whatever happens.
-func withManagerClient<T>(_ home: FleetHome, purpose: String, _ body: (MQTTClient) async throws -> T) async throws -> T {
-    try await home.settings.manager.withClient(clientID: "fleet-manager-\(purpose)-\(UUID().uuidString.prefix(8).lowercased())", body)
-}
-
-/// A `Provisioner` with its two connections (dynamic security and the manager's client), both
-/// closed whatever happens.
-func withProvisioner<T>(_ home: FleetHome, purpose: String, _ body: (Provisioner) async throws -> T) async throws -> T {
-    let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
-    do {
-        let result = try await withManagerClient(home, purpose: purpose) { publisher in
-            try await body(Provisioner(home: home, backend: backend, publisher: publisher))
-        }
-        await backend.close()
-        return result
-    } catch {
-        await backend.close()
-        throw error
-    }
-}

@@ -42,7 +42,7 @@ struct Keys: AsyncParsableCommand {
                 guard let kid = KeyID(rawValue: raw) else { throw FleetError("'\(raw)' is not a key ID (\(KeyID.rule))") }
                 return kid
             }
-            let (added, pushed) = try await withManagerClient(home, purpose: "keys") {
+            let (added, pushed) = try await home.withManagerClient(purpose: "keys") {
                 try await KeyManager(home: home).add(purpose, kid: kid, client: $0)
             }
             print("added \(purpose.rawValue) key \(added) (private key \(home.privateKeyPath(added)), 0600); trust pushed to \(pushed.count) unit(s)")
@@ -58,7 +58,7 @@ struct Keys: AsyncParsableCommand {
 
         func run(home: FleetHome) async throws {
             let purpose = try parsePurpose(self.purpose)
-            let rotation = try await withManagerClient(home, purpose: "keys") { try await KeyManager(home: home).rotate(purpose, client: $0) }
+            let rotation = try await home.withManagerClient(purpose: "keys") { try await KeyManager(home: home).rotate(purpose, client: $0) }
             print("new \(purpose.rawValue) key \(rotation.new); retiring \(rotation.retiring.map(\.rawValue).joined(separator: ", "))")
             print("trust (old and new) pushed to \(rotation.pushed.count) unit(s); when all report it applied: fleet-manager keys retire KID")
         }
@@ -74,7 +74,7 @@ struct Keys: AsyncParsableCommand {
         func run(home: FleetHome) async throws {
             guard let kid = KeyID(rawValue: kid) else { throw FleetError("'\(self.kid)' is not a key ID") }
             try await RetainedReports.refresh(home: home, machines: try home.registry.machines().map(\.id))
-            let pushed = try await withManagerClient(home, purpose: "keys") {
+            let pushed = try await home.withManagerClient(purpose: "keys") {
                 try await KeyManager(home: home).retire(kid, force: force, client: $0)
             }
             print("retired \(kid); trust pushed to \(pushed.count) unit(s)")

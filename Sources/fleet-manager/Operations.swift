@@ -60,7 +60,7 @@ struct Serve: FleetCommand {
         ]
         if var console, let metrics {
             console.paymentUrlTemplate = home.settings.paymentUrlTemplate
-            let server = ConsoleServer(registry: home.registry, metrics: metrics, options: console, logger: logger)
+            let server = ConsoleServer(home: home, metrics: metrics, options: console, logger: logger)
             services.append(.init(service: server.application(), successTerminationBehavior: .gracefullyShutdownGroup))
         }
         let group = ServiceGroup(
@@ -212,46 +212,12 @@ struct Config: AsyncParsableCommand {
             if !all, let first = pairs.first, !first.contains("=") { machineId = pairs.removeFirst() }
             guard !pairs.isEmpty else { throw FleetError("nothing to set", hint: "e.g. fleet-manager config set laundry-07 maxAmount=3000") }
             let targets = try Config.targets(home, machineId: machineId, all: all)
-            try await withManagerClient(home, purpose: "config") { client in
+            try await home.withManagerClient(purpose: "config") { client in
                 for machine in targets {
                     let config = try await ConfigPublisher(home: home, client: client).publish(machine) { profile in
-                        for pair in pairs { try Self.apply(pair, to: &profile) }
+                        for pair in pairs { try profile.set(pair) }
                     }
                     print("\(machine): configuration v\(config.version) published")
-                }
-            }
-        }
-
-        static func apply(_ pair: String, to profile: inout MachineProfile) throws {
-            let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2 else { throw FleetError("'\(pair)' is not KEY=VALUE") }
-            let (key, value) = (parts[0], parts[1])
-            func int() throws -> Int {
-                guard let number = Int(value) else { throw FleetError("\(key) needs a whole number, not '\(value)'") }
-                return number
-            }
-            switch key {
-            case "maxAmount": profile.maxAmount = try int()
-            case "heartbeatS": profile.heartbeatS = try int()
-            case "postVendDelayMs": profile.postVendDelayMs = try int()
-            case "currency": profile.currency = value
-            default:
-                let field = key.split(separator: ".", maxSplits: 1).map(String.init)
-                guard field.count == 2, let index = profile.outputs.firstIndex(where: { $0.channel == field[0] }) else {
-                    throw FleetError(
-                        "unknown key '\(key)'",
-                        hint: "keys: maxAmount, heartbeatS, postVendDelayMs, currency, or CHANNEL.FIELD for channels \(profile.outputs.map(\.channel).joined(separator: ", "))")
-                }
-                switch field[1] {
-                case "pulseMs": profile.outputs[index].pulseMs = try int()
-                case "gapMs": profile.outputs[index].gapMs = try int()
-                case "valuePerPulse": profile.outputs[index].valuePerPulse = try int()
-                case "line": profile.outputs[index].line = try int()
-                case "chip": profile.outputs[index].chip = value
-                case "activeLow":
-                    guard let flag = Bool(value) else { throw FleetError("\(key) needs true or false") }
-                    profile.outputs[index].activeLow = flag
-                default: throw FleetError("unknown output field '\(field[1])'", hint: "pulseMs, gapMs, valuePerPulse, line, chip, activeLow")
                 }
             }
         }
@@ -268,7 +234,7 @@ struct Config: AsyncParsableCommand {
         func run(home: FleetHome) async throws {
             let profile = try MachineProfile.load(file)
             let targets = try Config.targets(home, machineId: machineId, all: all)
-            try await withManagerClient(home, purpose: "config") { client in
+            try await home.withManagerClient(purpose: "config") { client in
                 for machine in targets {
                     let config = try await ConfigPublisher(home: home, client: client).publish(machine) { $0 = profile }
                     print("\(machine): configuration v\(config.version) published")

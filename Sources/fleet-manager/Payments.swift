@@ -199,7 +199,7 @@ struct Wait: FleetCommand {
                 desired[id] = version
             }
         }
-        let missing = try await withManagerClient(home, purpose: "wait") { client in
+        let missing = try await home.withManagerClient(purpose: "wait") { client in
             try await client.subscribe(home.topics.filter(online ? .status : .configReported))
             var waiting = Set(ids)
             let deadline = Task {

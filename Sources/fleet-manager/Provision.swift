@@ -19,7 +19,7 @@ struct Provision: FleetCommand {
     }
 
     func run(home: FleetHome) async throws {
-        try await withProvisioner(home, purpose: "provision") { provisioner in
+        try await home.withProvisioner(purpose: "provision") { provisioner in
             if let from {
                 guard machineId == nil else { throw FleetError("give either a MACHINE-ID or --from, not both") }
                 try await bulk(provisioner, csv: from)
@@ -72,7 +72,7 @@ struct Revoke: FleetCommand {
         guard let machine = MachineID(rawValue: machineId) else {
             throw FleetError("'\(machineId)' is not a machine ID", hint: "use \(MachineID.rule)")
         }
-        try await withProvisioner(home, purpose: "revoke") { try await $0.revoke(machine) }
+        try await home.withProvisioner(purpose: "revoke") { try await $0.revoke(machine) }
         print("\(machine): revoked (broker identity deleted, retained topics cleared)")
     }
 }

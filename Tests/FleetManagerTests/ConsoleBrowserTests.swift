@@ -53,12 +53,6 @@ struct ConsoleBrowserTests {
                 try fleet.home.registry.overviews(now: 0).filter { $0.state == "online" }.count == 3
             }
 
-            // A configuration change the unit applies: its page shows what changed.
-            try await cli(["config", "set", "laundry-02", "maxAmount=2500"])
-            try await OperationsTests.eventually("laundry-02 applied its new configuration", timeout: .seconds(30)) {
-                let unit = try fleet.home.registry.overviews(now: Registry.now(), only: "laundry-02").first
-                return unit?.appliedConfigVersion != nil && unit?.appliedConfigVersion == unit?.desiredConfigVersion
-            }
             // Payments through the real units, for the ledger and the revenue charts.
             let (kid, key) = try fleet.home.signingKey(.payment)
             let payments = try await PaymentClient.connect(fleet.home.settings.paymentServer, topics: fleet.home.topics, kid: kid, key: key)
@@ -77,7 +71,7 @@ struct ConsoleBrowserTests {
                 "/usr/bin/env",
                 [
                     "python3", script, "--url", "http://127.0.0.1:\(port)", "--operator", "ana:correct horse ana", "--viewer",
-                    "vic:correct horse vic", "--unit", "laundry-02", "--shots", shots,
+                    "vic:correct horse vic", "--unit", "laundry-02", "--live-unit", "laundry-01", "--shots", shots,
                 ],
                 outputPath: directory + "/browser.out")
             try await AlertTests.waitFor("the fleet page in the browser", timeout: .seconds(120)) {
@@ -126,9 +120,15 @@ struct ConsoleBrowserTests {
             let newest = seen["machineNewestConfig"] as? String ?? ""
             #expect(newest.contains("applied") && newest.contains("maxAmount") && newest.contains("2500"), "\(newest)")
             #expect((seen["machineCode"] as? Int ?? 0) > 0, "the payment code is on the page")
+            #expect((seen["configNotice"] as? String)?.contains("published") == true)
+            let laundry01 = try #require(try fleet.home.registry.overviews(now: Registry.now(), only: "laundry-01").first)
+            #expect(laundry01.appliedConfigVersion == laundry01.desiredConfigVersion && laundry01.desiredConfigVersion != nil)
+            #expect(try fleet.home.registry.machine("laundry-01")?.desiredConfig?.maxAmount == 2500)
+            #expect(try fleet.home.registry.auditTrail().contains { $0.action == "config set" && $0.actor == "ana" && $0.via == .web })
+            #expect(seen["stickers"] as? Int == 3)
             let bars = seen["revenueBars"] as? [String: Int] ?? [:]
             #expect(bars["days-JPY"] == 1600 && bars["machines-JPY"] == 1600, "\(bars)")
-            for name in ["login", "fleet", "fleet-offline", "alerts", "audit", "viewer-alerts", "payments", "revenue", "machine"] {
+            for name in ["login", "fleet", "fleet-offline", "alerts", "audit", "viewer-alerts", "payments", "revenue", "machine", "codes"] {
                 #expect(FileManager.default.fileExists(atPath: shots + "/console-\(name).png"), "screenshot \(name)")
             }
         }

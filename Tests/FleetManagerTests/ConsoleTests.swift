@@ -78,10 +78,10 @@ struct ConsoleTests {
         }
     }
 
-    static func withConsole(_ body: (Registry, Browser) async throws -> Void) async throws {
+    static func withConsole(home: FleetHome? = nil, _ body: (Registry, Browser) async throws -> Void) async throws {
         let directory = NSTemporaryDirectory() + "pb-console-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let registry = try Registry(path: directory + "/registry.sqlite")
+        let registry = try home?.registry ?? Registry(path: directory + "/registry.sqlite")
         for (name, role) in [("ana", OperatorAccount.Role.operator), ("vic", .viewer), ("root", .admin)] {
             try registry.addOperator(name, role: role, password: "correct horse \(name)")
         }
@@ -90,7 +90,8 @@ struct ConsoleTests {
         options.metricsToken = "scrape-token-0123456789"
         options.livePeriod = .milliseconds(100)
         options.paymentUrlTemplate = "https://pay.example/m/{machineId}"
-        let server = ConsoleServer(registry: registry, metrics: FleetMetrics(), options: options)
+        let server = home.map { ConsoleServer(home: $0, metrics: FleetMetrics(), options: options) }
+            ?? ConsoleServer(registry: registry, metrics: FleetMetrics(), options: options)
         let port = Locked<Int?>(nil)
         let application = server.application { bound in port.withLock { $0 = bound } }
         let serving = Task { try await application.runService() }
@@ -108,7 +109,8 @@ struct ConsoleTests {
             for route in ConsoleServer.routes {
                 let reply = try await browser.send(route.method, route.path, form: route.method == "POST" ? ["csrf": "x"] : nil)
                 switch (route.method, route.path) {
-                case ("GET", "/"), ("GET", "/alerts"), ("GET", "/audit"), ("GET", "/payments"), ("GET", "/revenue"), ("GET", "/machines/laundry-01"):
+                case ("GET", "/"), ("GET", "/alerts"), ("GET", "/audit"), ("GET", "/payments"), ("GET", "/revenue"), ("GET", "/machines/laundry-01"),
+                    ("GET", "/provision"), ("GET", "/codes"):
                     #expect(reply.status == 303 && reply.headers["location"] == "/login", "\(route)")
                 case ("GET", _):
                     #expect(reply.status == 401, "\(route): \(reply.status)")
@@ -334,6 +336,84 @@ struct ConsoleTests {
             #expect(code.status == 200 && code.headers["content-type"] == "image/svg+xml" && code.body.hasPrefix("<?xml"))
             #expect(code.headers["content-disposition"]?.contains("payment-code-laundry-01.svg") == true)
             #expect(try await vic.send("GET", "/machines/wash-99/code.svg").status == 404)
+        }
+    }
+
+    /// Actions from the console on a real broker: the library calls the CLI makes, each in the
+    /// audit trail, each refused to a role below it.
+    @Test func configurationRevokeProvisionAndStickersFromTheBrowser() async throws {
+        try await DynsecFleet.with { fleet in
+            for unit: MachineID in ["laundry-01", "wash-01"] { _ = try await fleet.provisioner.provision(unit, profile: OperationsTests.fastProfile) }
+            try await Self.withConsole(home: fleet.home) { registry, browser in
+                var vic = browser
+                _ = try await vic.signIn("vic", "correct horse vic")
+                var ana = browser
+                _ = try await ana.signIn("ana", "correct horse ana")
+                var root = browser
+                _ = try await root.signIn("root", "correct horse root")
+                let machinePage = { (who: Browser) in try await who.send("GET", "/machines/laundry-01").body }
+                let (forViewer, forOperator, forAdmin) = (try await machinePage(vic), try await machinePage(ana), try await machinePage(root))
+                #expect(!forViewer.contains("id=\"config-set\""), "a viewer gets no form")
+                #expect(forOperator.contains("id=\"config-set\"") && !forOperator.contains("id=\"revoke\""))
+                #expect(forAdmin.contains("id=\"revoke\""))
+
+                // Configuration: the viewer is refused; a bad value is explained; a good one published.
+                let before = try #require(try registry.machine("laundry-01")?.desiredConfig?.version)
+                #expect(try await vic.send("POST", "/machines/laundry-01/config", form: ["pairs": "maxAmount=2500", "csrf": try await vic.csrf()]).status == 403)
+                let bad = try await ana.send("POST", "/machines/laundry-01/config", form: ["pairs": "maxAmount=lots", "csrf": try await ana.csrf()])
+                #expect(bad.status == 400 && bad.body.contains("maxAmount needs a whole number, not &#39;lots&#39;"))
+                let unknown = try await ana.send("POST", "/machines/laundry-01/config", form: ["pairs": "speed=3", "csrf": try await ana.csrf()])
+                #expect(unknown.body.contains("unknown key &#39;speed&#39;") && unknown.body.contains("id=\"hint\""))
+                let published = try await ana.send(
+                    "POST", "/machines/laundry-01/config", form: ["pairs": "maxAmount=2500\ncoin.pulseMs=60", "csrf": try await ana.csrf()], origin: browser.base)
+                #expect(published.status == 303 && published.headers["location"] == "/machines/laundry-01?published=\(before + 1)", "\(published.body)")
+                let desired = try #require(try registry.machine("laundry-01")?.desiredConfig)
+                #expect(desired.version == before + 1 && desired.maxAmount == 2500 && desired.outputs[0].pulseMs == 60)
+                #expect(try await ana.send("GET", "/machines/laundry-01?published=\(before + 1)").body.contains("id=\"notice\""))
+
+                // Provision: admin only; the bundle downloads once, then it is gone from the server.
+                #expect(try await ana.send("GET", "/provision").status == 403)
+                #expect(try await ana.send("POST", "/provision", form: ["machine": "vend-09", "csrf": try await ana.csrf()]).status == 403)
+                let badId = try await root.send("POST", "/provision", form: ["machine": "Vend 9", "csrf": try await root.csrf()])
+                #expect(badId.status == 400 && badId.body.contains("is not a machine ID"))
+                let made = try await root.send("POST", "/provision", form: ["machine": "vend-09", "csrf": try await root.csrf()])
+                #expect(made.status == 200 && made.body.contains("id=\"provisioned\""), "\(made.body)")
+                let link = try #require(made.body.range(of: "href=\"/bundles/").map { String(made.body[$0.upperBound...].prefix { $0 != "\"" }) })
+                #expect(try registry.machine("vend-09")?.state == .provisioned)
+                #expect(try await ana.send("GET", "/bundles/\(link)").status == 403, "not for an operator")
+                let bundle = try await root.send("GET", "/bundles/\(link)")
+                #expect(bundle.status == 200 && bundle.headers["content-disposition"]?.contains("vend-09.json") == true)
+                let decoded = try JSONDecoder().decode(AgentBundle.self, from: Data(bundle.body.utf8))
+                #expect(decoded.machineId == "vend-09")
+                #expect(try await root.send("GET", "/bundles/\(link)").status == 410, "once")
+                let leftovers = try FileManager.default.contentsOfDirectory(atPath: fleet.home.bundlesDirectory).filter { $0.hasPrefix(".console-") }
+                #expect(leftovers.isEmpty, "the password left the server with the download")
+                let twice = try await root.send("POST", "/provision", form: ["machine": "vend-09", "csrf": try await root.csrf()])
+                #expect(twice.status == 400 && twice.body.contains("vend-09 is already provisioned"), "an existing unit needs new credentials")
+
+                // The sticker sheet: one code per provisioned unit.
+                let sheet = try await vic.send("GET", "/codes").body
+                for unit in ["laundry-01", "wash-01", "vend-09"] { #expect(sheet.contains("id=\"sticker-\(unit)\""), "\(unit)") }
+
+                // Revoke: admin only, confirmed by typing the ID.
+                #expect(try await ana.send("POST", "/machines/wash-01/revoke", form: ["confirm": "wash-01", "csrf": try await ana.csrf()]).status == 403)
+                let unconfirmed = try await root.send("POST", "/machines/wash-01/revoke", form: ["confirm": "wash", "csrf": try await root.csrf()])
+                #expect(unconfirmed.status == 400 && unconfirmed.body.contains("Type the machine ID"))
+                #expect(try registry.machine("wash-01")?.state == .provisioned)
+                let revoked = try await root.send("POST", "/machines/wash-01/revoke", form: ["confirm": "wash-01", "csrf": try await root.csrf()])
+                #expect(revoked.status == 303 && revoked.headers["location"] == "/machines/wash-01?revoked=1")
+                #expect(try registry.machine("wash-01")?.state == .revoked)
+                let sheetAfter = try await vic.send("GET", "/codes").body
+                #expect(!sheetAfter.contains("sticker-wash-01"), "no code for a revoked unit")
+
+                let trail = try registry.auditTrail()
+                for (action, target, outcome) in [
+                    ("config set", "laundry-01", AuditRecord.Outcome.ok), ("config set", "laundry-01", .failed), ("provision", "vend-09", .ok),
+                    ("bundle download", "vend-09", .ok), ("revoke", "wash-01", .ok), ("refused", "/machines/wash-01/revoke", .ok),
+                ] {
+                    #expect(trail.contains { $0.action == action && $0.target == target && $0.outcome == outcome && $0.via == .web }, "\(action) \(target) \(outcome)")
+                }
+            }
         }
     }
 

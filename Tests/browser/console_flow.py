@@ -36,7 +36,7 @@ def sign_in(driver, url, credentials):
 
 def main():
     parser = argparse.ArgumentParser()
-    for option in ("--url", "--operator", "--viewer", "--unit", "--shots"):
+    for option in ("--url", "--operator", "--viewer", "--unit", "--live-unit", "--shots"):
         parser.add_argument(option, required=True)
     args = parser.parse_args()
     os.makedirs(args.shots, exist_ok=True)
@@ -87,13 +87,27 @@ def main():
         out["revenueBars"] = {svg.get_attribute("id"): sum(int(r.get_attribute("data-value")) for r in svg.find_elements(By.TAG_NAME, "rect"))
                               for svg in driver.find_elements(By.CSS_SELECTOR, "svg.chart")}
         shot(driver, "revenue")
-        # The unit the test killed: its timeline ends offline; its new configuration is applied.
+        # The unit the test killed: its timeline ends offline.
         driver.get(args.url + "/machines/" + args.unit)
         out["machineStates"] = [r.get_attribute("data-state") for r in driver.find_elements(By.CSS_SELECTOR, "#timeline rect[data-state]")]
-        newest = driver.find_element(By.CSS_SELECTOR, "#configs tbody tr")
-        out["machineNewestConfig"] = newest.text
+        # A live unit gets a new configuration from its page, and applies it.
+        driver.get(args.url + "/machines/" + args.live_unit)
+        driver.find_element(By.ID, "config-pairs").send_keys("maxAmount=2500")
+        publish = driver.find_element(By.ID, "config-set")
+        publish.click()
+        WebDriverWait(driver, 20).until(expected_conditions.staleness_of(publish))
+        out["configNotice"] = driver.find_element(By.ID, "notice").text
+
+        def applied(d):
+            d.refresh()
+            return "applied" in d.find_element(By.CSS_SELECTOR, "#configs tbody tr").text
+        WebDriverWait(driver, 60, poll_frequency=0.5).until(applied)
+        out["machineNewestConfig"] = driver.find_element(By.CSS_SELECTOR, "#configs tbody tr").text
         out["machineCode"] = len(driver.find_elements(By.CSS_SELECTOR, "#payment-code svg path"))
         shot(driver, "machine")
+        driver.get(args.url + "/codes")
+        out["stickers"] = len(driver.find_elements(By.CSS_SELECTOR, "#sheet figure.sticker"))
+        shot(driver, "codes")
         driver.find_element(By.ID, "logout").click()
         WebDriverWait(driver, 20).until(lambda d: d.current_url.endswith("/login"))
 

@@ -1,0 +1,27 @@
+import Foundation
+import MQTT
+
+/// The broker connections an action needs, opened for it and closed whatever happens: the CLI's
+/// commands and the console's actions both go through these.
+extension FleetHome {
+    /// Connects as the fleet manager (`purpose` names the client), runs `body`, and closes the
+    /// connection.
+    public func withManagerClient<T>(purpose: String, _ body: (MQTTClient) async throws -> T) async throws -> T {
+        try await settings.manager.withClient(clientID: "fleet-manager-\(purpose)-\(UUID().uuidString.prefix(8).lowercased())", body)
+    }
+
+    /// A `Provisioner` with its two connections (dynamic security and the manager's client).
+    public func withProvisioner<T>(purpose: String, _ body: (Provisioner) async throws -> T) async throws -> T {
+        let backend = try await DynamicSecurityBackend.connect(settings.manager)
+        do {
+            let result = try await withManagerClient(purpose: purpose) { publisher in
+                try await body(Provisioner(home: self, backend: backend, publisher: publisher))
+            }
+            await backend.close()
+            return result
+        } catch {
+            await backend.close()
+            throw error
+        }
+    }
+}
