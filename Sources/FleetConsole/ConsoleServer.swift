@@ -46,6 +46,8 @@ public struct ConsoleServer: Sendable {
     /// The port listened on (port 0 in `options`: the one the system gave).
     let boundPort = Locked<Int?>(nil)
 
+    /// The last units-per-state read, shared by the pages and live streams.
+    let counts = Locked<(counts: [String: Int], at: ContinuousClock.Instant)?>(nil)
     /// Bundles provisioned in the console, by download token.
     let bundles = Locked<[String: PendingBundle]>([:])
 
@@ -259,22 +261,31 @@ public struct ConsoleServer: Sendable {
         query.search = String((parameters.get("q") ?? "").prefix(64)).lowercased()
         query.state = parameters.get("state").flatMap { ["online", "offline", "unknown", "revoked"].contains($0) ? $0 : nil } ?? ""
         query.page = max(1, parameters.get("page").flatMap(Int.init) ?? 1)
-        let all = try registry.overviews(now: Registry.now())
-        var counts: [String: Int] = [:]
-        for unit in all { counts[unit.state, default: 0] += 1 }
-        let matching = all.filter {
-            (query.search.isEmpty || $0.machineId.contains(query.search)) && (query.state.isEmpty || $0.state == query.state)
-        }
-        let page = matching.dropFirst((query.page - 1) * ConsolePages.FleetQuery.pageSize).prefix(ConsolePages.FleetQuery.pageSize)
-        return ConsolePages.fleet(Array(page), total: matching.count, query: query, counts: counts, session: session)
+        var units = UnitQuery(search: query.search, state: query.state.isEmpty ? nil : query.state)
+        let total = try registry.unitCount(matching: units)
+        units.limit = ConsolePages.FleetQuery.pageSize
+        units.offset = (query.page - 1) * ConsolePages.FleetQuery.pageSize
+        let page = try registry.overviews(now: Registry.now(), matching: units)
+        return ConsolePages.fleet(page, total: total, query: query, counts: try stateCounts(), session: session)
+    }
+
+    /// Units per state, read at most once per live period whoever asks (every watching
+    /// browser asks each period).
+    func stateCounts() throws -> [String: Int] {
+        let now = ContinuousClock.now
+        if let cached = counts.withLock({ $0 }), now - cached.at < options.livePeriod / 2 { return cached.counts }
+        let fresh = try registry.unitStateCounts()
+        counts.withLock { $0 = (fresh, now) }
+        return fresh
     }
 
     /// Server-sent events: each listed unit's cells when they change, and the fleet's counts.
     func events(_ request: Request) throws -> Response {
         guard try session(request) != nil else { return text(.unauthorized, "sign in first\n") }
-        let ids = Set((request.uri.queryParameters.get("ids") ?? "").split(separator: ",").prefix(ConsolePages.FleetQuery.pageSize).map(String.init))
+        let ids = Array(Set((request.uri.queryParameters.get("ids") ?? "").split(separator: ",").prefix(ConsolePages.FleetQuery.pageSize).map(String.init)))
         let registry = self.registry
         let period = options.livePeriod
+        let server = self
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-store"
@@ -286,12 +297,11 @@ public struct ConsoleServer: Sendable {
                 let started = ContinuousClock.now
                 // The browser reconnects after 10 minutes, checking its session again.
                 while ContinuousClock.now - started < .seconds(600) {
-                    let units = try registry.overviews(now: Registry.now())
-                    var counts: [String: Int] = [:]
+                    // The listed units only (at most a page), and the counts every stream shares.
+                    let units = try registry.overviews(now: Registry.now(), matching: UnitQuery(ids: ids))
+                    let counts = try server.stateCounts()
                     var out = ""
                     for unit in units {
-                        counts[unit.state, default: 0] += 1
-                        guard ids.contains(unit.machineId) else { continue }
                         let cells = ConsolePages.unitCells(unit)
                         let texts = cells.map(\.text)
                         if last[unit.machineId] != texts {

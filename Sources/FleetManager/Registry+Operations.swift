@@ -2,6 +2,26 @@ import Foundation
 import GRDB
 import MessageSchema
 
+/// Which units: the console's fleet page and its live stream ask for a page of them.
+public struct UnitQuery: Sendable, Hashable {
+    /// Only these machine IDs.
+    public var ids: [String]?
+    /// Machine IDs containing this (empty: any).
+    public var search: String
+    /// `online`, `offline`, `unknown` or `revoked`.
+    public var state: String?
+    public var limit: Int?
+    public var offset: Int
+
+    public init(ids: [String]? = nil, search: String = "", state: String? = nil, limit: Int? = nil, offset: Int = 0) {
+        self.ids = ids
+        self.search = search
+        self.state = state
+        self.limit = limit
+        self.offset = offset
+    }
+}
+
 /// Something a unit (or a payment server) said, as `serve` ingests it.
 public enum FleetEvent: Sendable {
     case status(StatusMessage)
@@ -313,7 +333,56 @@ extension Registry {
 
     /// Every unit's overview, or only `machine`'s.
     public func overviews(now: Int, only machine: MachineID? = nil, configPendingMs: Int = 10 * 60_000, skewLimitMs: Int = 5_000) throws -> [UnitOverview] {
+        try overviews(now: now, matching: UnitQuery(ids: machine.map { [$0.rawValue] }), configPendingMs: configPendingMs, skewLimitMs: skewLimitMs)
+    }
+
+    /// The SQL for a unit's state as the fleet shows it.
+    static let unitStateSQL = "CASE WHEN m.state = 'revoked' THEN 'revoked' ELSE COALESCE(u.state, 'unknown') END"
+
+    static func clause(_ query: UnitQuery) -> (String, StatementArguments) {
+        var clauses: [String] = []
+        var arguments = StatementArguments()
+        if let ids = query.ids {
+            clauses.append(ids.isEmpty ? "0" : "m.id IN (\(ids.map { _ in "?" }.joined(separator: ",")))")
+            _ = arguments.append(contentsOf: StatementArguments(ids))
+        }
+        if !query.search.isEmpty {
+            clauses.append("instr(m.id, ?) > 0")
+            _ = arguments.append(contentsOf: [query.search])
+        }
+        if let state = query.state {
+            clauses.append("\(unitStateSQL) = ?")
+            _ = arguments.append(contentsOf: [state])
+        }
+        return (clauses.isEmpty ? "1" : clauses.joined(separator: " AND "), arguments)
+    }
+
+    /// How many units `query` selects (its limit and offset aside).
+    public func unitCount(matching query: UnitQuery) throws -> Int {
+        let (clause, arguments) = Self.clause(query)
+        return try database.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM machine m LEFT JOIN unitState u ON u.id = m.id WHERE \(clause)", arguments: arguments) ?? 0
+        }
+    }
+
+    /// Units per state (`online`, `offline`, `unknown`, `revoked`).
+    public func unitStateCounts() throws -> [String: Int] {
+        try database.read { db in
+            var counts: [String: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT \(Self.unitStateSQL) AS state, COUNT(*) AS n FROM machine m LEFT JOIN unitState u ON u.id = m.id GROUP BY 1") {
+                counts[row["state"]] = row["n"]
+            }
+            return counts
+        }
+    }
+
+    /// The overviews of the units `query` selects, by machine ID, paged in SQL: a page of the
+    /// console reads its rows, not the fleet's.
+    public func overviews(now: Int, matching query: UnitQuery, configPendingMs: Int = 10 * 60_000, skewLimitMs: Int = 5_000) throws -> [UnitOverview] {
         let pending = Set(try configsNotApplied(now: now, olderThanMs: configPendingMs))
+        let (clause, arguments) = Self.clause(query)
+        var all = arguments
+        _ = all.append(contentsOf: [query.limit ?? -1, query.offset])
         return try database.read { db in
             let rows = try Row.fetchAll(
                 db,
@@ -322,8 +391,8 @@ extension Registry {
                         u.state, u.offlineReason, u.lastSeen, u.firmware, u.configVersion, u.clockSkewMs, u.relay, u.inhibited,
                         u.outboxDepth, u.counters,
                         (SELECT COUNT(*) FROM paymentRecord p WHERE p.machineId = m.id AND p.status = 'uncertain') AS uncertain
-                    FROM machine m LEFT JOIN unitState u ON u.id = m.id \(machine == nil ? "" : "WHERE m.id = ?") ORDER BY m.id
-                    """, arguments: StatementArguments(machine.map { [$0.rawValue] } ?? []))
+                    FROM machine m LEFT JOIN unitState u ON u.id = m.id WHERE \(clause) ORDER BY m.id LIMIT ? OFFSET ?
+                    """, arguments: all)
             return rows.map { row in
                 let id: String = row["id"]
                 var alerts: [String] = []

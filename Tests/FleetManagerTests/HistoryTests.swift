@@ -94,3 +94,43 @@ import Testing
         #expect(ConfigDiff.changes(from: nil, to: #"{"x":1}"#) == [ConfigDiff.Change(key: "x", old: nil, new: "1")])
     }
 }
+
+/// The fleet page's query in SQL against the whole fleet's overviews filtered in Swift.
+@Suite struct UnitQueryTests {
+    @Test func searchStatePagingAndCountsAgreeWithTheWholeList() throws {
+        let registry = try HistoryTests.registry()
+        var generator = SeededGenerator(seed: 5)
+        let now = Registry.now()
+        for i in 0..<250 {
+            let unit = MachineID(unchecked: String(format: i % 3 == 0 ? "wash-%03d" : "laundry-%03d", i))
+            try registry.upsertMachine(unit)
+            switch Int.random(in: 0..<4, using: &generator) {
+            case 0: _ = try registry.apply([HistoryTests.status(unit, .online)], now: now)
+            case 1: _ = try registry.apply([HistoryTests.status(unit, .online), HistoryTests.status(unit, .offline)], now: now)
+            default: break  // never seen: unknown
+            }
+        }
+        let all = try registry.overviews(now: now)
+        #expect(all.count == 250)
+        var expectedCounts: [String: Int] = [:]
+        for unit in all { expectedCounts[unit.state, default: 0] += 1 }
+        #expect(try registry.unitStateCounts() == expectedCounts)
+        for (search, state) in [("", nil), ("wash", nil), ("", "online"), ("laundry-1", "offline"), ("", "unknown"), ("zzz", nil)] as [(String, String?)] {
+            let expected = all.filter { (search.isEmpty || $0.machineId.contains(search)) && (state == nil || $0.state == state) }.map(\.machineId)
+            var query = UnitQuery(search: search, state: state)
+            #expect(try registry.unitCount(matching: query) == expected.count)
+            var paged: [String] = []
+            query.limit = 30
+            while true {
+                let page = try registry.overviews(now: now, matching: query).map(\.machineId)
+                paged += page
+                query.offset += 30
+                if page.count < 30 { break }
+            }
+            #expect(paged == expected, "\(search) \(state ?? "-")")
+        }
+        let picked = [all[3].machineId, all[200].machineId, "no-such-unit"]
+        #expect(try registry.overviews(now: now, matching: UnitQuery(ids: picked)).map(\.machineId) == [all[3].machineId, all[200].machineId].sorted())
+        #expect(try registry.overviews(now: now, matching: UnitQuery(ids: [])).isEmpty)
+    }
+}
