@@ -31,8 +31,9 @@ public struct ConsoleServer: Sendable {
         public var paymentUrlTemplate: String?
         /// How long a bundle made in the console waits for its one download.
         public var bundleLifetime: Duration = .seconds(900)
-        /// How often the event stream looks for changes.
-        public var livePeriod: Duration = .seconds(1)
+        /// How often the event stream looks for changes (it reads the registry only when
+        /// serve changed it, or every 5 s).
+        public var livePeriod: Duration = .milliseconds(250)
         public init() {}
     }
 
@@ -296,7 +297,23 @@ public struct ConsoleServer: Sendable {
                 var lastCounts: [String: Int] = [:]
                 let started = ContinuousClock.now
                 // The browser reconnects after 10 minutes, checking its session again.
+                var seen: UInt64?
+                var lastRead = started
+                var lastWrite = started
                 while ContinuousClock.now - started < .seconds(600) {
+                    // Re-read when this process changed the registry (a batch of what units
+                    // said, a timeout, a configuration), and every 5 s for what time alone changes.
+                    let generation = registry.changeCount
+                    guard generation != seen || ContinuousClock.now - lastRead >= .seconds(5) else {
+                        if ContinuousClock.now - lastWrite >= .seconds(15) {
+                            try await writer.write(ByteBuffer(string: ": still here\n\n"))
+                            lastWrite = .now
+                        }
+                        try await Task.sleep(for: period)
+                        continue
+                    }
+                    seen = generation
+                    lastRead = .now
                     // The listed units only (at most a page), and the counts every stream shares.
                     let units = try registry.overviews(now: Registry.now(), matching: UnitQuery(ids: ids))
                     let counts = try server.stateCounts()
@@ -316,8 +333,10 @@ public struct ConsoleServer: Sendable {
                         let json = try JSONSerialization.data(withJSONObject: counts, options: [.sortedKeys])
                         out += "event: counts\ndata: \(String(decoding: json, as: UTF8.self))\n\n"
                     }
-                    if out.isEmpty { out = ": still here\n\n" }
-                    try await writer.write(ByteBuffer(string: out))
+                    if !out.isEmpty || ContinuousClock.now - lastWrite >= .seconds(15) {
+                        try await writer.write(ByteBuffer(string: out.isEmpty ? ": still here\n\n" : out))
+                        lastWrite = .now
+                    }
                     try await Task.sleep(for: period)
                 }
                 try await writer.finish(nil)

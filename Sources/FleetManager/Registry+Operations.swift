@@ -86,7 +86,8 @@ public struct UnitOverview: Sendable, Codable, Hashable {
 extension Registry {
     /// Applies a batch of events in one transaction; returns the alerts they opened or resolved.
     public func apply(_ events: [FleetEvent], now: Int, skewLimitMs: Int = 5_000) throws -> [FleetAlert] {
-        try database.write { db in
+        defer { changed() }
+        return try database.write { db in
             var alerts: [FleetAlert] = []
             for event in events {
                 switch event {
@@ -297,7 +298,7 @@ extension Registry {
     /// The query finds the candidates (so a sweep of 10,000 units reads few rows);
     /// `Presence.applying(.tick)` decides.
     public func markSilentUnitsOffline(now: Int) throws -> [FleetAlert] {
-        try database.write { db in
+        let alerts = try database.write { db -> [FleetAlert] in
             let candidates = try Row.fetchAll(
                 db,
                 sql: "SELECT * FROM unitState WHERE state = 'online' AND lastHeartbeatAt < ? - ? * heartbeatS * 1000",
@@ -314,6 +315,8 @@ extension Registry {
             }
             return alerts
         }
+        if !alerts.isEmpty { changed() }
+        return alerts
     }
 
     /// Units whose desired configuration has waited longer than `limitMs` to be applied.

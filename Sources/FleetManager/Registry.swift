@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Locking
 import MessageSchema
 
 /// A unit in the registry.
@@ -37,6 +38,13 @@ public struct SigningKeyRecord: Sendable, Hashable {
 /// The fleet's registry in SQLite: units, keys, and (from `serve`) what the fleet reports.
 public final class Registry: Sendable {
     let database: DatabaseQueue
+    let changes = Locked<UInt64>(0)
+
+    /// Goes up each time this process changed what units show (what they said, presence,
+    /// desired configuration): a live page re-reads only when it moved.
+    public var changeCount: UInt64 { changes.withLock { $0 } }
+
+    func changed() { changes.withLock { $0 &+= 1 } }
 
     public init(path: String) throws {
         var configuration = Configuration()
@@ -259,6 +267,7 @@ public final class Registry: Sendable {
     public func setDesiredConfig(_ config: MachineConfig) throws {
         let json = String(decoding: WireCoding.encode(config), as: UTF8.self)
         let now = Self.now()
+        defer { changed() }
         try database.write { db in
             try db.execute(
                 sql: "UPDATE machine SET desiredConfig = ?, desiredVersion = ?, desiredAt = ? WHERE id = ?",
