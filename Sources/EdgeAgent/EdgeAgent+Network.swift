@@ -247,6 +247,7 @@ extension EdgeAgent {
             configVersion: version, inhibited: inhibited, relay: relay, outboxDepth: (try? store.outboxDepth()) ?? 0,
             counters: (try? store.counters()) ?? PaymentCounters())
         heartbeat.problems = problems
+        heartbeat.metrics = measurements.take()
         return heartbeat
     }
 }

@@ -255,6 +255,10 @@ extension EdgeAgent {
             },
             afterPulse: { progress.record(payment.paymentId, fired: $0) })
         pipeline.withLock { $0.lastTrainEnd = .now }
+        if report.outcome.startedFiring {
+            let (began, committed) = startMarks.withLock { $0 }
+            measurements.train(edges: report.edges, commitNs: committed > began ? committed - began : nil)
+        }
 
         var outcome = result(for: payment.paymentId, .credited, nil)
         outcome.pulses = plan.pulseCounts

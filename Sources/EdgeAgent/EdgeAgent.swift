@@ -83,6 +83,8 @@ public final class EdgeAgent: Service, Sendable {
     let link = Locked(LinkState())
     /// What status and heartbeats report in `problems`; set by whichever part finds one.
     let problems = Locked<Set<String>>([])
+    /// Trains, edge timing and journal commits since the last heartbeat.
+    let measurements = SelfMeasurements()
     /// The firmware download under way, off the pipeline.
     let firmwareDownload = Locked<Task<Void, Never>?>(nil)
     /// Wakes the outbox publisher.

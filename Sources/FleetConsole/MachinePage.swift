@@ -20,6 +20,12 @@ extension ConsolePages {
             ("Outbox", unit.outboxDepth.map(String.init) ?? "–"), ("Clock", unit.clockSkewMs.map { "\($0) ms off the manager's" } ?? "–"),
             ("Counters", unit.counters.map { "\($0.credited) credited, \($0.rejected) rejected, \($0.uncertain) uncertain" } ?? "–"),
             ("Alerts", unit.alerts.isEmpty ? "none" : unit.alerts.joined(separator: "; ")),
+            (
+                "Pulse timing",
+                unit.edgeErrorMaxUs.map { "edges off schedule by \(unit.edgeErrorP99Us ?? $0) µs (p99), \($0) µs at worst; \(unit.trains) train(s) seen" }
+                    ?? "no train reported yet"
+            ),
+            ("Journal", unit.journalCommitMaxUs.map { "a train start committed in \($0) µs at most" } ?? "–"),
         ]
         let summary = facts.map { "<tr><th>\($0.0)</th><td id=\"fact-\($0.0.lowercased().replacingOccurrences(of: " ", with: "-"))\">\(escape($0.1))</td></tr>" }.joined()
         let periods = [1, 2, 7, Registry.historyDays].map { d in
@@ -45,6 +51,9 @@ extension ConsolePages {
         }
         let longestGap = history.heartbeats.map(\.maxGapMs).max()
         let deepestOutbox = history.heartbeats.map(\.maxOutbox).max()
+        let worstEdge = history.heartbeats.compactMap(\.maxEdgeErrorUs).max()
+        let worstCommit = history.heartbeats.compactMap(\.maxCommitUs).max()
+        let trains = history.heartbeats.reduce(0) { $0 + $1.trains }
 
         // Configurations, each against the one before it.
         let configRows = history.configs.enumerated().map { i, config -> String in
@@ -109,7 +118,7 @@ extension ConsolePages {
                 <details\(sessions.count <= 8 ? " open" : "")><summary>\(sessions.count) period(s)</summary><table id="sessions"><thead><tr><th>State</th><th>From</th><th>To</th><th>For</th></tr></thead><tbody>\(sessionRows.isEmpty ? "<tr><td colspan=\"4\" class=\"muted\">no change of presence in this period</td></tr>" : sessionRows)</tbody></table></details>
                 <h2>Heartbeats per hour</h2>
                 \(ConsoleCharts.columns(id: "heartbeats", bars: hours, currency: "", plain: true))
-                <p class="muted">Longest gap before a heartbeat: \(longestGap.map { duration($0) } ?? "–") · deepest outbox reported: \(deepestOutbox.map(String.init) ?? "–")</p>
+                <p class="muted" id="heartbeat-summary">Longest gap before a heartbeat: \(longestGap.map { duration($0) } ?? "–") · deepest outbox reported: \(deepestOutbox.map(String.init) ?? "–") · \(trains) train(s), worst edge error \(worstEdge.map { "\($0) µs" } ?? "–"), slowest journal commit \(worstCommit.map { "\($0) µs" } ?? "–")</p>
                 <h2>Configurations</h2>
                 <table id="configs"><thead><tr><th>Version</th><th>Published</th><th>What it changed</th></tr></thead><tbody>\(configRows.isEmpty ? "<tr><td colspan=\"3\" class=\"muted\">none published</td></tr>" : configRows)</tbody></table>
                 <h2>Firmware</h2>

@@ -50,6 +50,13 @@ public final class FleetMetrics: Sendable {
         set("units_relay_fault", [], [([], Double(counts.relayFaults))], help: "Units whose last heartbeat says a relay line could not be driven.")
         set("heartbeat_age_max_seconds", [], [([], Double(counts.oldestHeartbeatAgeMs ?? 0) / 1000)],
             help: "The longest an online unit has been silent.")
+        set("unit_trains", [], [([], Double(counts.trains))], help: "Pulse trains the units reported firing (heartbeat metrics) while serve watched.")
+        set("unit_edge_error_p99_max_seconds", [], [([], Double(counts.edgeErrorP99MaxUs ?? 0) / 1e6)],
+            help: "The largest of the units' 99th-percentile relay edge errors (last heartbeat window with trains of each).")
+        set("unit_edge_error_max_seconds", [], [([], Double(counts.edgeErrorMaxUs ?? 0) / 1e6)],
+            help: "The largest relay edge error among the units' last heartbeat windows with trains.")
+        set("unit_journal_commit_max_seconds", [], [([], Double(counts.journalCommitMaxUs ?? 0) / 1e6)],
+            help: "The longest journal commit (fsync) of a train start among the units' last heartbeat windows with trains.")
         var buffer: [UInt8] = []
         prometheus.emit(into: &buffer)
         return buffer
@@ -101,6 +108,12 @@ public struct FleetCounts: Sendable, Equatable {
     public var outboxDepth = 0
     public var relayFaults = 0
     public var oldestHeartbeatAgeMs: Int?
+    /// From the units' `metrics` heartbeat extension: trains they fired while serve watched,
+    /// and the worst relay edge error (p99 and max) and journal commit among their last reports.
+    public var trains = 0
+    public var edgeErrorP99MaxUs: Int?
+    public var edgeErrorMaxUs: Int?
+    public var journalCommitMaxUs: Int?
 }
 
 extension Registry {
@@ -142,7 +155,9 @@ extension Registry {
                         COALESCE(SUM(json_extract(u.counters, '$.duplicate')), 0) AS duplicate,
                         COALESCE(SUM(json_extract(u.counters, '$.uncertain')), 0) AS uncertain,
                         COALESCE(SUM(json_extract(u.counters, '$.pulses')), 0) AS pulses,
-                        MIN(CASE WHEN u.state = 'online' THEN u.lastHeartbeatAt END) AS oldest
+                        MIN(CASE WHEN u.state = 'online' THEN u.lastHeartbeatAt END) AS oldest,
+                        COALESCE(SUM(u.trains), 0) AS trains, MAX(u.edgeErrorP99Us) AS edgeP99, MAX(u.edgeErrorMaxUs) AS edgeMax,
+                        MAX(u.journalCommitMaxUs) AS commitMax
                     FROM unitState u JOIN machine m ON m.id = u.id WHERE m.state != 'revoked'
                     """)
             {
@@ -150,6 +165,10 @@ extension Registry {
                 counts.relayFaults = row["faults"]
                 for counter in ["credited", "rejected", "duplicate", "uncertain", "pulses"] { counts.reported[counter] = row[counter] }
                 counts.oldestHeartbeatAgeMs = (row["oldest"] as Int?).map { max(0, now - $0) }
+                counts.trains = row["trains"]
+                counts.edgeErrorP99MaxUs = row["edgeP99"]
+                counts.edgeErrorMaxUs = row["edgeMax"]
+                counts.journalCommitMaxUs = row["commitMax"]
             }
             return counts
         }

@@ -19,6 +19,10 @@ public struct MachineHistory: Sendable {
         public var count: Int
         public var maxGapMs: Int
         public var maxOutbox: Int
+        public var trains: Int
+        /// The worst relay edge error and journal commit the unit reported in the hour, µs.
+        public var maxEdgeErrorUs: Int?
+        public var maxCommitUs: Int?
     }
 
     /// A configuration the fleet published for the unit.
@@ -65,8 +69,18 @@ extension Registry {
                         count INTEGER NOT NULL,
                         maxGapMs INTEGER NOT NULL,
                         maxOutbox INTEGER NOT NULL,
+                        trains INTEGER NOT NULL DEFAULT 0,
+                        maxEdgeErrorUs INTEGER,
+                        maxCommitUs INTEGER,
                         PRIMARY KEY (machineId, hour)
                     ) WITHOUT ROWID;
+                    -- The agent's own measurements (heartbeat extension `metrics`): the last
+                    -- window with trains, and trains counted since serve first saw the unit.
+                    ALTER TABLE unitState ADD COLUMN trains INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE unitState ADD COLUMN edgeErrorMaxUs INTEGER;
+                    ALTER TABLE unitState ADD COLUMN edgeErrorP99Us INTEGER;
+                    ALTER TABLE unitState ADD COLUMN journalCommitMaxUs INTEGER;
+                    ALTER TABLE unitState ADD COLUMN measuredAt INTEGER;
                     CREATE TABLE configVersion (
                         machineId TEXT NOT NULL,
                         version INTEGER NOT NULL,
@@ -99,16 +113,28 @@ extension Registry {
             .execute(arguments: [machine.rawValue, now, after.state.rawValue, after.offlineReason?.rawValue])
     }
 
-    /// Counts a heartbeat in its hour. `previousAt`: when the one before it came.
-    static func recordHeartbeat(_ machine: MachineID, previousAt: Int?, outbox: Int, now: Int, _ db: Database) throws {
+    /// Counts a heartbeat in its hour, with what the agent measured. `previousAt`: when the one
+    /// before it came.
+    static func recordHeartbeat(_ machine: MachineID, previousAt: Int?, outbox: Int, metrics: AgentMetrics?, now: Int, _ db: Database) throws {
         let gap = previousAt.map { max(0, now - $0) } ?? 0
         try db.cachedStatement(
             sql: """
-                INSERT INTO heartbeatHour (machineId, hour, count, maxGapMs, maxOutbox) VALUES (?, ?, 1, ?, ?)
+                INSERT INTO heartbeatHour (machineId, hour, count, maxGapMs, maxOutbox, trains, maxEdgeErrorUs, maxCommitUs) VALUES (?, ?, 1, ?, ?, ?, ?, ?)
                 ON CONFLICT(machineId, hour) DO UPDATE SET count = count + 1, maxGapMs = MAX(maxGapMs, excluded.maxGapMs),
-                    maxOutbox = MAX(maxOutbox, excluded.maxOutbox)
+                    maxOutbox = MAX(maxOutbox, excluded.maxOutbox), trains = trains + excluded.trains,
+                    maxEdgeErrorUs = MAX(COALESCE(maxEdgeErrorUs, excluded.maxEdgeErrorUs), COALESCE(excluded.maxEdgeErrorUs, maxEdgeErrorUs)),
+                    maxCommitUs = MAX(COALESCE(maxCommitUs, excluded.maxCommitUs), COALESCE(excluded.maxCommitUs, maxCommitUs))
                 """
-        ).execute(arguments: [machine.rawValue, now / 3_600_000 * 3_600_000, gap, outbox])
+        ).execute(arguments: [
+            machine.rawValue, now / 3_600_000 * 3_600_000, gap, outbox, metrics?.trains ?? 0, metrics?.edgeErrorMaxUs, metrics?.journalCommitMaxUs,
+        ])
+        guard let metrics, metrics.trains > 0 else { return }
+        try db.cachedStatement(
+            sql: """
+                UPDATE unitState SET trains = trains + ?, edgeErrorMaxUs = ?, edgeErrorP99Us = ?, journalCommitMaxUs = ?, measuredAt = ?
+                WHERE id = ?
+                """
+        ).execute(arguments: [metrics.trains, metrics.edgeErrorMaxUs, metrics.edgeErrorP99Us, metrics.journalCommitMaxUs, now, machine.rawValue])
     }
 
     static func recordConfigVersion(_ config: MachineConfig, json: String, now: Int, _ db: Database) throws {
@@ -147,7 +173,11 @@ extension Registry {
             ).map { MachineHistory.PresenceChange(state: $0["state"], reason: $0["reason"], at: $0["at"]) }
             let heartbeats = try Row.fetchAll(
                 db, sql: "SELECT * FROM heartbeatHour WHERE machineId = ? AND hour >= ? ORDER BY hour", arguments: [id, since / 3_600_000 * 3_600_000]
-            ).map { MachineHistory.HeartbeatHour(hour: $0["hour"], count: $0["count"], maxGapMs: $0["maxGapMs"], maxOutbox: $0["maxOutbox"]) }
+            ).map {
+                MachineHistory.HeartbeatHour(
+                    hour: $0["hour"], count: $0["count"], maxGapMs: $0["maxGapMs"], maxOutbox: $0["maxOutbox"], trains: $0["trains"],
+                    maxEdgeErrorUs: $0["maxEdgeErrorUs"], maxCommitUs: $0["maxCommitUs"])
+            }
             let configs = try Row.fetchAll(
                 db, sql: "SELECT version, publishedAt, config FROM configVersion WHERE machineId = ? ORDER BY version DESC", arguments: [id]
             ).map { MachineHistory.ConfigVersion(version: $0["version"], publishedAt: $0["publishedAt"], json: $0["config"]) }

@@ -81,6 +81,13 @@ public struct UnitOverview: Sendable, Codable, Hashable {
     public var outboxDepth: Int?
     public var counters: PaymentCounters?
     public var alerts: [String]
+    /// What the unit measured of itself (heartbeat extension `metrics`): trains since serve
+    /// first saw it, and from the last heartbeat window with trains the worst and 99th
+    /// percentile relay edge error and the longest journal commit, µs.
+    public var trains: Int = 0
+    public var edgeErrorMaxUs: Int?
+    public var edgeErrorP99Us: Int?
+    public var journalCommitMaxUs: Int?
 }
 
 extension Registry {
@@ -205,7 +212,8 @@ extension Registry {
         let (after, raised) = before.applying(.heartbeat(bootId: heartbeat.bootId), now: now)
         alerts += Self.alerts(raised, heartbeat.machineId)
         try Self.recordPresence(heartbeat.machineId, before: before, after: after, now: now, db)
-        try Self.recordHeartbeat(heartbeat.machineId, previousAt: row?["lastHeartbeatAt"], outbox: heartbeat.outboxDepth, now: now, db)
+        try Self.recordHeartbeat(
+            heartbeat.machineId, previousAt: row?["lastHeartbeatAt"], outbox: heartbeat.outboxDepth, metrics: heartbeat.metrics, now: now, db)
         let counters = String(decoding: WireCoding.encode(heartbeat.counters), as: UTF8.self)
         try db.cachedStatement(
             sql: """
@@ -392,7 +400,7 @@ extension Registry {
                 sql: """
                     SELECT m.id, m.state AS provisioning, m.desiredVersion, m.reportedVersion, m.reportedStatus, m.reportedReason,
                         u.state, u.offlineReason, u.lastSeen, u.firmware, u.configVersion, u.clockSkewMs, u.relay, u.inhibited,
-                        u.outboxDepth, u.counters,
+                        u.outboxDepth, u.counters, u.trains, u.edgeErrorMaxUs, u.edgeErrorP99Us, u.journalCommitMaxUs,
                         (SELECT COUNT(*) FROM paymentRecord p WHERE p.machineId = m.id AND p.status = 'uncertain') AS uncertain
                     FROM machine m LEFT JOIN unitState u ON u.id = m.id WHERE \(clause) ORDER BY m.id LIMIT ? OFFSET ?
                     """, arguments: all)
@@ -418,7 +426,8 @@ extension Registry {
                     configReport: report, clockSkewMs: row["clockSkewMs"], relay: row["relay"],
                     inhibited: (row["inhibited"] as Int?).map { $0 != 0 }, outboxDepth: row["outboxDepth"],
                     counters: (row["counters"] as String?).flatMap { try? WireCoding.decode(PaymentCounters.self, from: Data($0.utf8)) },
-                    alerts: alerts)
+                    alerts: alerts, trains: row["trains"] ?? 0, edgeErrorMaxUs: row["edgeErrorMaxUs"], edgeErrorP99Us: row["edgeErrorP99Us"],
+                    journalCommitMaxUs: row["journalCommitMaxUs"])
             }
         }
     }

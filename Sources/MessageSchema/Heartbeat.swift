@@ -37,6 +37,46 @@ public struct PaymentCounters: Codable, Sendable, Hashable {
     }
 }
 
+/// Extension `metrics` of a heartbeat (docs/protocol.md): what the agent measured of itself
+/// since its previous heartbeat. Absent from agents that predate it; a receiver ignores it.
+public struct AgentMetrics: Codable, Sendable, Hashable {
+    /// Pulse trains fired since the previous heartbeat.
+    public var trains: Int
+    /// The largest |actual − scheduled| of a relay edge in those trains, in microseconds.
+    public var edgeErrorMaxUs: Int?
+    /// The 99th percentile of those edge errors, in microseconds.
+    public var edgeErrorP99Us: Int?
+    /// The longest journal commit of a train start (SQLite, synchronous=FULL: an fsync), in
+    /// microseconds.
+    public var journalCommitMaxUs: Int?
+
+    public init(trains: Int, edgeErrorMaxUs: Int? = nil, edgeErrorP99Us: Int? = nil, journalCommitMaxUs: Int? = nil) {
+        self.trains = trains
+        self.edgeErrorMaxUs = edgeErrorMaxUs
+        self.edgeErrorP99Us = edgeErrorP99Us
+        self.journalCommitMaxUs = journalCommitMaxUs
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: WireKey.self)
+        trains = try c.int("trains", in: 0...Int.max)
+        edgeErrorMaxUs = try c.optionalField("edgeErrorMaxUs")
+        edgeErrorP99Us = try c.optionalField("edgeErrorP99Us")
+        journalCommitMaxUs = try c.optionalField("journalCommitMaxUs")
+        for (name, value) in [("edgeErrorMaxUs", edgeErrorMaxUs), ("edgeErrorP99Us", edgeErrorP99Us), ("journalCommitMaxUs", journalCommitMaxUs)] {
+            if let value, value < 0 { throw ProtocolError.malformed(field: "metrics.\(name)", problem: "a duration below 0") }
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: WireKey.self)
+        try c.encode(trains, forKey: "trains")
+        try c.encodeIfPresent(edgeErrorMaxUs, forKey: "edgeErrorMaxUs")
+        try c.encodeIfPresent(edgeErrorP99Us, forKey: "edgeErrorP99Us")
+        try c.encodeIfPresent(journalCommitMaxUs, forKey: "journalCommitMaxUs")
+    }
+}
+
 /// `heartbeat`: every `heartbeatS` seconds, QoS 0.
 public struct Heartbeat: Codable, Sendable, Hashable {
     public static let messageType = "heartbeat"
@@ -55,6 +95,8 @@ public struct Heartbeat: Codable, Sendable, Hashable {
     public var counters: PaymentCounters
     /// Extension: as in `status` (``UnitProblem``); always present, empty when healthy.
     public var problems: [String] = []
+    /// Extension: the agent's own measurements since its previous heartbeat.
+    public var metrics: AgentMetrics?
 
     public init(
         machineId: MachineID, bootId: String, seq: Int, at: Int, uptimeS: Int, firmware: String,
@@ -89,6 +131,7 @@ public struct Heartbeat: Codable, Sendable, Hashable {
         problems = try c.optionalField("problems") ?? []
         outboxDepth = try c.int("outboxDepth", in: 0...Int.max)
         counters = try c.field("counters")
+        metrics = try c.optionalField("metrics")
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -107,5 +150,6 @@ public struct Heartbeat: Codable, Sendable, Hashable {
         try c.encode(problems, forKey: "problems")
         try c.encode(outboxDepth, forKey: "outboxDepth")
         try c.encode(counters, forKey: "counters")
+        try c.encodeIfPresent(metrics, forKey: "metrics")
     }
 }

@@ -86,6 +86,13 @@ struct MetricsTests {
                 try fleet.home.registry.overviews(now: 0).map { $0.counters?.credited ?? 0 }.reduce(0, +) == 2
             }
 
+            // The agents' own measurements arrive with their heartbeats (extension `metrics`).
+            try await OperationsTests.eventually("heartbeats carrying the trains' timing") {
+                try fleet.home.registry.overviews(now: 0).map(\.trains).reduce(0, +) == 2
+            }
+            let measured = try fleet.home.registry.overviews(now: 0).filter { $0.trains > 0 }
+            #expect(measured.count == 2 && measured.allSatisfy { $0.edgeErrorMaxUs != nil && $0.edgeErrorP99Us! <= $0.edgeErrorMaxUs! && $0.journalCommitMaxUs != nil })
+
             let scraped = try await Self.get(base + "/metrics", token: options.metricsToken)
             #expect(scraped.status == 200)
             let text = scraped.body
@@ -103,6 +110,11 @@ struct MetricsTests {
             #expect((Self.sample(text, "pulsebridge_events_ingested_total") ?? 0) >= 6)
             #expect((Self.sample(text, "pulsebridge_heartbeat_lag_seconds_count") ?? 0) >= 2)
             #expect((Self.sample(text, "pulsebridge_registry_write_seconds_count") ?? 0) >= 1)
+            #expect(Self.sample(text, "pulsebridge_unit_trains") == 2)
+            let worstEdge = Double(measured.compactMap(\.edgeErrorMaxUs).max()!) / 1e6
+            #expect(Self.sample(text, "pulsebridge_unit_edge_error_max_seconds") == worstEdge)
+            #expect(Self.sample(text, "pulsebridge_unit_edge_error_p99_max_seconds") == Double(measured.compactMap(\.edgeErrorP99Us).max()!) / 1e6)
+            #expect(Self.sample(text, "pulsebridge_unit_journal_commit_max_seconds") == Double(measured.compactMap(\.journalCommitMaxUs).max()!) / 1e6)
 
             // A unit that goes away: its offline alert is counted, and the online count drops.
             await agents[1].killAndWait()

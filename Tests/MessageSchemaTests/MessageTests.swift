@@ -193,3 +193,24 @@ import Testing
         #expect(MachineID(rawValue: "laundry-07") != nil)
     }
 }
+
+/// The heartbeat's `metrics` extension: carried when present, absent from older agents,
+/// refused when it makes no sense.
+@Suite struct HeartbeatMetricsTests {
+    @Test func metricsRoundTripAndOlderAgentsStillDecode() throws {
+        var heartbeat = MessageTests.heartbeat
+        #expect(try WireCoding.decode(Heartbeat.self, from: WireCoding.encode(heartbeat)).metrics == nil)
+        #expect(!String(decoding: WireCoding.encode(heartbeat), as: UTF8.self).contains("metrics"))
+        heartbeat.metrics = AgentMetrics(trains: 3, edgeErrorMaxUs: 180, edgeErrorP99Us: 95, journalCommitMaxUs: 2400)
+        let decoded = try WireCoding.decode(Heartbeat.self, from: WireCoding.encode(heartbeat))
+        #expect(decoded.metrics == heartbeat.metrics)
+        let idle = AgentMetrics(trains: 0)
+        heartbeat.metrics = idle
+        let text = String(decoding: WireCoding.encode(heartbeat), as: UTF8.self)
+        #expect(text.contains(#""metrics":{"trains":0}"#))
+        var bad = text.replacingOccurrences(of: #""metrics":{"trains":0}"#, with: #""metrics":{"trains":1,"edgeErrorMaxUs":-5}"#)
+        #expect(throws: ProtocolError.self) { try WireCoding.decode(Heartbeat.self, from: Data(bad.utf8)) }
+        bad = text.replacingOccurrences(of: #""metrics":{"trains":0}"#, with: #""metrics":{"trains":-1}"#)
+        #expect(throws: ProtocolError.self) { try WireCoding.decode(Heartbeat.self, from: Data(bad.utf8)) }
+    }
+}
