@@ -46,6 +46,8 @@ enum ConsolePages {
         .code svg{width:220px;height:auto;display:block;background:#fff}ul.diff{margin:0;padding-left:1.1em}del{color:#b3261e}ins{color:#0a7b36;text-decoration:none}
         .sheet{display:grid;grid-template-columns:repeat(4,1fr);gap:.6em}.sticker{margin:0;background:#fff;border:1px dashed #aab;text-align:center;padding:.4em;break-inside:avoid}
         .sticker svg{width:100%;height:auto}.sticker figcaption{font-weight:600}.actions form{margin:.4em 0}.notice{background:#e8f4ea;padding:.5em .8em;border-radius:4px}
+        .rollout-running{color:#7e5109;font-weight:600}.rollout-completed{color:#0a7b36;font-weight:600}.rollout-aborted,.rollout-interrupted{color:#b3261e;font-weight:600}
+        .unit-installed{color:#0a7b36}.unit-failed,.unit-abandoned{color:#b3261e}.unit-sent{color:#7e5109}.unit-planned,.unit-untouched{color:#6b7280}
         @media print{header,.noprint{display:none}main{padding:0}body{background:#fff}}
         svg.chart{display:block;width:100%;max-width:760px;background:#fff;margin:.4em 0 1em}section.chart h3{font-size:1em;margin:.4em 0}
         """
@@ -53,7 +55,7 @@ enum ConsolePages {
     static func page(title: String, session: OperatorSession?, here: String = "", body: String, script: Bool = false) -> String {
         var nav = ""
         if let session {
-            var links = [("/", "Fleet"), ("/payments", "Payments"), ("/revenue", "Revenue"), ("/alerts", "Alerts"), ("/codes", "Codes"), ("/audit", "Audit trail")]
+            var links = [("/", "Fleet"), ("/payments", "Payments"), ("/revenue", "Revenue"), ("/alerts", "Alerts"), ("/firmware", "Firmware"), ("/codes", "Codes"), ("/audit", "Audit trail")]
             if session.account.role >= .admin { links.append(("/provision", "Provision")) }
             nav = links.map { "<a href=\"\($0.0)\"\($0.0 == here ? " class=\"here\"" : "")>\($0.1)</a>" }.joined()
             nav += """
@@ -162,6 +164,29 @@ enum ConsolePages {
     static let script = """
         (function(){
           document.querySelectorAll('[data-print]').forEach(function(b){ b.addEventListener('click', function(){ window.print(); }); });
+          var rollout = document.querySelector('[data-rollout]');
+          if (rollout) {
+            var poll = function(){
+              fetch('/firmware/rollouts/' + rollout.getAttribute('data-rollout') + '/progress').then(function(r){ return r.json(); }).then(function(p){
+                var state = document.getElementById('rollout-state');
+                state.textContent = p.state; state.className = 'rollout-' + p.state;
+                document.getElementById('rollout-detail').textContent = p.detail;
+                Object.keys(p.counts).forEach(function(k){ var el = document.getElementById('count-' + k); if (el) el.textContent = p.counts[k]; });
+                Object.keys(p.units).forEach(function(id){
+                  var row = document.querySelector('tr[data-unit="' + id + '"]');
+                  if (!row) return;
+                  var u = p.units[id];
+                  var text = u.state + (u.reason ? ': ' + u.reason : '');
+                  var cell = row.querySelector('[data-field="state"]');
+                  if (cell.textContent !== text) { cell.textContent = text; cell.className = 'unit-' + u.state + ' flash'; }
+                  row.querySelector('[data-field="report"]').textContent = u.report;
+                });
+                if (p.state === 'running') setTimeout(poll, 1000);
+                else { var a = document.getElementById('abort'); if (a) a.closest('form').remove(); }
+              });
+            };
+            setTimeout(poll, 1000);
+          }
           var rows = document.querySelectorAll('#fleet tbody tr[id^="unit-"]');
           var ids = Array.prototype.map.call(rows, function(r){ return r.id.slice(5); });
           if (!ids.length) return;

@@ -49,12 +49,16 @@ public struct ConsoleServer: Sendable {
 
     /// The last units-per-state read, shared by the pages and live streams.
     let counts = Locked<(counts: [String: Int], at: ContinuousClock.Instant)?>(nil)
+    /// Rollouts this console started and that still run, by rollout ID.
+    let rollouts = Locked<[Int: RolloutAbort]>([:])
     /// Bundles provisioned in the console, by download token.
     let bundles = Locked<[String: PendingBundle]>([:])
 
     public init(home: FleetHome, metrics: FleetMetrics, options: Options, logger: Logger = Logger(label: "pulsebridge.http")) {
         self.init(registry: home.registry, home: home, metrics: metrics, options: options, logger: logger)
         Self.removeLeftoverBundles(in: home)
+        // A rollout the console ran before serve stopped ran in that process: it ended with it.
+        do { try home.registry.interruptRollouts(via: .web) } catch { logger.error("cannot mark the console's unfinished rollouts: \(error)") }
     }
 
     /// A console that shows a registry and cannot act on the fleet.
@@ -79,6 +83,8 @@ public struct ConsoleServer: Sendable {
         ("POST", "/logout"), ("GET", "/metrics"), ("GET", "/payments"), ("GET", "/payments.csv"), ("POST", "/payments/settle"),
         ("GET", "/revenue"), ("GET", "/machines/laundry-01"), ("GET", "/machines/laundry-01/code.svg"), ("POST", "/machines/laundry-01/config"),
         ("POST", "/machines/laundry-01/revoke"), ("GET", "/provision"), ("POST", "/provision"), ("GET", "/bundles/0123"), ("GET", "/codes"),
+        ("GET", "/firmware"), ("POST", "/firmware/rollouts"), ("GET", "/firmware/rollouts/1"), ("GET", "/firmware/rollouts/1/progress"),
+        ("POST", "/firmware/rollouts/1/abort"),
     ]
 
     var publicUrl: String { options.publicUrl ?? "http://\(options.host):\(boundPort.withLock { $0 } ?? options.port)" }
@@ -134,6 +140,7 @@ public struct ConsoleServer: Sendable {
             }
         }
         addActions(to: router)
+        addFirmware(to: router)
         return router
     }
 

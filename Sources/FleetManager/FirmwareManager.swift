@@ -1,6 +1,7 @@
 import Foundation
 import PulseBridgeVersion
 import GRDB
+import Locking
 import MQTT
 import MessageSchema
 
@@ -10,6 +11,13 @@ public struct FirmwareRelease: Sendable, Hashable, Codable {
     public var sha256: String
     public var size: Int
     public var url: String
+
+    public init(version: String, sha256: String, size: Int, url: String) {
+        self.version = version
+        self.sha256 = sha256
+        self.size = size
+        self.url = url
+    }
 }
 
 /// One unit's last `firmware.reported`.
@@ -28,7 +36,10 @@ public struct RolloutReport: Sendable {
     public var failed: [(machine: MachineID, reason: String)] = []
     /// Units the rollout never touched (after an abort).
     public var untouched: [MachineID] = []
+    /// Units published to, whose report the rollout stopped waiting for (an operator's abort).
+    public var abandoned: [MachineID] = []
     public var aborted = false
+    public var abortReason: String?
 }
 
 extension Registry {
@@ -105,19 +116,70 @@ public struct FirmwareManager: Sendable {
     /// Publishes the signed `firmware` for `version` to the units in waves of `wave` (a
     /// fraction), each wave only after the previous one finished; aborts when failures reach
     /// `maxFailures` (units not started yet are not touched). A unit that reports neither
-    /// `installed` nor `failed` within `timeout` counts as failed.
+    /// `installed` nor `failed` within `timeout` counts as failed. Recorded in the registry
+    /// (`Registry.rollout`) as it goes.
     public func rollout(
         version: String, machines: [MachineID], wave: Double, maxFailures: Int, timeout: Duration,
-        client: MQTTClient, progress: @Sendable (String) -> Void = { _ in }
+        client: MQTTClient, by: String = AuditRecord.cliActor().actor, via: AuditRecord.Via = .cli, abort: RolloutAbort = RolloutAbort(),
+        progress: @Sendable (String) -> Void = { _ in }
     ) async throws -> RolloutReport {
+        let plan = try self.plan(version: version, machines: machines, wave: wave, maxFailures: maxFailures, timeout: timeout, by: by, via: via)
+        return try await run(plan, client: client, abort: abort, progress: progress)
+    }
+
+    /// A rollout checked and recorded, not started: `run` starts it.
+    public struct RolloutPlan: Sendable {
+        public var id: Int
+        public var release: FirmwareRelease
+        public var waves: [[MachineID]]
+        public var maxFailures: Int
+        public var timeout: Duration
+    }
+
+    /// Checks a rollout (the release exists, the wave size, units named) and records its plan.
+    public func plan(
+        version: String, machines: [MachineID], wave: Double, maxFailures: Int, timeout: Duration, by: String, via: AuditRecord.Via
+    ) throws -> RolloutPlan {
         guard let release = try home.registry.release(version) else {
             throw FleetError("no release \(version)", hint: "publish it first: fleet-manager firmware publish --version \(version) --artifact FILE")
         }
         guard wave > 0, wave <= 1 else { throw FleetError("--wave must be between 1% and 100%") }
-        let (kid, key) = try home.signingKey(.fleet)
+        guard !machines.isEmpty else { throw FleetError("no units to roll out to", hint: "name units, or choose all") }
+        guard maxFailures >= 1 else { throw FleetError("--max-failures must be at least 1") }
         let waveSize = max(1, Int((Double(machines.count) * wave).rounded(.up)))
+        let waves = stride(from: 0, to: machines.count, by: waveSize).map { Array(machines[$0..<min(machines.count, $0 + waveSize)]) }
+        let id = try home.registry.beginRollout(
+            version: version, waves: waves, waveSize: waveSize, maxFailures: maxFailures, timeoutS: Int(timeout.components.seconds), by: by, via: via)
+        return RolloutPlan(id: id, release: release, waves: waves, maxFailures: maxFailures, timeout: timeout)
+    }
+
+    /// Runs a recorded plan to its end: every wave, or until failures reach the limit or
+    /// `abort` is called.
+    public func run(
+        _ plan: RolloutPlan, client: MQTTClient, abort: RolloutAbort = RolloutAbort(), progress: @Sendable (String) -> Void = { _ in }
+    ) async throws -> RolloutReport {
+        let registry = home.registry
+        do {
+            let report = try await waves(plan, client: client, abort: abort, progress: progress)
+            let summary = "installed \(report.installed.count), failed \(report.failed.count), untouched \(report.untouched.count)"
+            try registry.endRollout(plan.id, report.aborted ? .aborted : .completed, detail: report.abortReason.map { "\($0); \(summary)" } ?? summary)
+            return report
+        } catch {
+            try? registry.interruptRollout(plan.id, detail: "stopped: \(error)")
+            throw error
+        }
+    }
+
+    private func waves(
+        _ plan: RolloutPlan, client: MQTTClient, abort: RolloutAbort, progress: @Sendable (String) -> Void
+    ) async throws -> RolloutReport {
+        let release = plan.release
+        let version = release.version
+        let registry = home.registry
+        let (kid, key) = try home.signingKey(.fleet)
         var report = RolloutReport()
         let reports = Reports()
+        abort.onAbort { reports.wakeNow() }
         let topics = home.topics
         try await client.subscribe(topics.filter(.firmwareReported))
         let listener = Task {
@@ -132,16 +194,19 @@ public struct FirmwareManager: Sendable {
         }
         defer { listener.cancel() }
 
-        var remaining = machines[...]
-        while !remaining.isEmpty {
-            if report.failed.count >= maxFailures {
+        for (index, units) in plan.waves.enumerated() {
+            let stop: String? =
+                abort.isAborted
+                ? "aborted by \(abort.by ?? "an operator")"
+                : report.failed.count >= plan.maxFailures ? "\(report.failed.count) failure(s) reached --max-failures \(plan.maxFailures)" : nil
+            if let stop {
                 report.aborted = true
-                report.untouched = Array(remaining)
-                progress("aborted: \(report.failed.count) failure(s) reached --max-failures \(maxFailures); \(remaining.count) unit(s) untouched")
+                report.abortReason = stop
+                report.untouched = plan.waves[index...].flatMap { $0 }
+                try registry.setRolloutUnits(plan.id, report.untouched, .untouched)
+                progress("aborted: \(stop); \(report.untouched.count) unit(s) untouched")
                 break
             }
-            let units = Array(remaining.prefix(waveSize))
-            remaining = remaining.dropFirst(units.count)
             report.waves.append(units)
             reports.startWave(units)
             progress("wave \(report.waves.count): \(units.map(\.rawValue).joined(separator: ", "))")
@@ -153,20 +218,59 @@ public struct FirmwareManager: Sendable {
                     topic: topics.topic(.firmwareDesired, for: machine), payload: SignedEnvelope.sign(update, kid: kid, key: key).encoded(),
                     qos: .atLeastOnce, retain: true)
             }
-            let outcomes = await reports.wait(for: units, timeout: timeout)
+            try registry.setRolloutUnits(plan.id, units, .sent)
+            let outcomes = await reports.wait(for: units, timeout: plan.timeout)
             for machine in units {
                 switch outcomes[machine] {
                 case .installed?:
                     report.installed.append(machine)
+                    try registry.setRolloutUnits(plan.id, [machine], .installed)
                 case .failed(let reason)?:
                     report.failed.append((machine, reason))
+                    try registry.setRolloutUnits(plan.id, [machine], .failed, reason: reason)
+                case nil where abort.isAborted:
+                    report.abandoned.append(machine)
+                    try registry.setRolloutUnits(plan.id, [machine], .abandoned, reason: "the rollout was aborted before it reported")
                 case nil:
                     report.failed.append((machine, "timeout"))
+                    try registry.setRolloutUnits(plan.id, [machine], .failed, reason: "timeout")
                 }
             }
             progress("wave \(report.waves.count) done: \(report.installed.count) installed, \(report.failed.count) failed so far")
         }
+        if abort.isAborted && !report.aborted {
+            report.aborted = true
+            report.abortReason = "aborted by \(abort.by ?? "an operator") during the last wave"
+        }
         return report
+    }
+}
+
+/// Stops a running rollout: no further wave is published, and the wave being waited for is
+/// not waited for any longer (its units that had not reported are `abandoned`).
+public final class RolloutAbort: Sendable {
+    let state = Locked<(aborted: Bool, by: String?, wake: (@Sendable () -> Void)?)>((false, nil, nil))
+
+    public init() {}
+
+    public func abort(by name: String) {
+        let wake = state.withLock { state -> (@Sendable () -> Void)? in
+            state.aborted = true
+            state.by = name
+            return state.wake
+        }
+        wake?()
+    }
+
+    public var isAborted: Bool { state.withLock { $0.aborted } }
+    var by: String? { state.withLock { $0.by } }
+
+    func onAbort(_ wake: @escaping @Sendable () -> Void) {
+        let now = state.withLock { state -> Bool in
+            state.wake = wake
+            return state.aborted
+        }
+        if now { wake() }
     }
 }
 
@@ -178,6 +282,7 @@ private final class Reports: @unchecked Sendable {
     private var wave: Set<MachineID> = []
     private var outcomes: [MachineID: Outcome] = [:]
     private var waiter: CheckedContinuation<Void, Never>?
+    private var aborted = false
 
     func startWave(_ units: [MachineID]) {
         lock.withLock {
@@ -202,6 +307,16 @@ private final class Reports: @unchecked Sendable {
         resume?.resume()
     }
 
+    /// Ends the current wait now (an abort).
+    func wakeNow() {
+        let resume: CheckedContinuation<Void, Never>? = lock.withLock {
+            aborted = true
+            defer { waiter = nil }
+            return waiter
+        }
+        resume?.resume()
+    }
+
     func wait(for units: [MachineID], timeout: Duration) async -> [MachineID: Outcome] {
         let timer = Task {
             // Cancelled when the wave finished in time: it must not wake the next wave's waiter.
@@ -214,7 +329,7 @@ private final class Reports: @unchecked Sendable {
         }
         await withCheckedContinuation { continuation in
             let done = lock.withLock { () -> Bool in
-                if outcomes.count == wave.count { return true }
+                if outcomes.count == wave.count || aborted { return true }
                 waiter = continuation
                 return false
             }

@@ -207,6 +207,7 @@ public final class Registry: Sendable {
         registerOperatorMigration(&migrator)
         registerLedgerMigration(&migrator)
         registerHistoryMigration(&migrator)
+        registerRolloutMigration(&migrator)
         return migrator
     }
 

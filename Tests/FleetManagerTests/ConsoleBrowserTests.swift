@@ -64,6 +64,10 @@ struct ConsoleBrowserTests {
                 try fleet.home.registry.payments().filter { $0.status != nil }.count == 3
             }
 
+            // A release nobody can download: the rollout the browser starts ends with the unit's failure.
+            try fleet.home.registry.addRelease(
+                FirmwareRelease(version: "9.9.9", sha256: String(repeating: "ab", count: 32), size: 10, url: "http://127.0.0.1:9/9.9.9/edge-agent"))
+
             let shots = ProcessInfo.processInfo.environment["PULSEBRIDGE_SCREENSHOTS"].flatMap { $0.isEmpty ? nil : $0 } ?? directory + "/shots"
             let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
                 .appendingPathComponent("browser/console_flow.py").path
@@ -126,9 +130,14 @@ struct ConsoleBrowserTests {
             #expect(try fleet.home.registry.machine("laundry-01")?.desiredConfig?.maxAmount == 2500)
             #expect(try fleet.home.registry.auditTrail().contains { $0.action == "config set" && $0.actor == "ana" && $0.via == .web })
             #expect(seen["stickers"] as? Int == 3)
+            #expect(seen["rolloutLive"] as? Bool == true, "progress shown without a reload")
+            #expect(["completed", "aborted"].contains(seen["rolloutState"] as? String ?? ""), "\(seen["rolloutState"] ?? "-")")
+            #expect((seen["rolloutUnit"] as? String)?.hasPrefix("failed") == true, "\(seen["rolloutUnit"] ?? "-")")
+            let rollout = try #require(try fleet.home.registry.rollouts().first)
+            #expect(rollout.startedBy == "ana" && rollout.via == "web")
             let bars = seen["revenueBars"] as? [String: Int] ?? [:]
             #expect(bars["days-JPY"] == 1600 && bars["machines-JPY"] == 1600, "\(bars)")
-            for name in ["login", "fleet", "fleet-offline", "alerts", "audit", "viewer-alerts", "payments", "revenue", "machine", "codes"] {
+            for name in ["login", "fleet", "fleet-offline", "alerts", "audit", "viewer-alerts", "payments", "revenue", "machine", "codes", "rollout"] {
                 #expect(FileManager.default.fileExists(atPath: shots + "/console-\(name).png"), "screenshot \(name)")
             }
         }

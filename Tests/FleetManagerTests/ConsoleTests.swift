@@ -110,7 +110,7 @@ struct ConsoleTests {
                 let reply = try await browser.send(route.method, route.path, form: route.method == "POST" ? ["csrf": "x"] : nil)
                 switch (route.method, route.path) {
                 case ("GET", "/"), ("GET", "/alerts"), ("GET", "/audit"), ("GET", "/payments"), ("GET", "/revenue"), ("GET", "/machines/laundry-01"),
-                    ("GET", "/provision"), ("GET", "/codes"):
+                    ("GET", "/provision"), ("GET", "/codes"), ("GET", "/firmware"), ("GET", "/firmware/rollouts/1"):
                     #expect(reply.status == 303 && reply.headers["location"] == "/login", "\(route)")
                 case ("GET", _):
                     #expect(reply.status == 401, "\(route): \(reply.status)")
@@ -413,6 +413,72 @@ struct ConsoleTests {
                 ] {
                     #expect(trail.contains { $0.action == action && $0.target == target && $0.outcome == outcome && $0.via == .web }, "\(action) \(target) \(outcome)")
                 }
+            }
+        }
+    }
+
+    /// A rollout from the console is `FirmwareManager`'s, recorded as it goes: one that stops at
+    /// its failure limit, and one an operator aborts while it waits.
+    @Test func aRolloutStartedStoppedAndAbortedFromTheConsole() async throws {
+        try await DynsecFleet.with { fleet in
+            let units: [MachineID] = ["laundry-01", "laundry-02", "laundry-03", "laundry-04", "wash-01"]
+            for unit in units { _ = try await fleet.provisioner.provision(unit, profile: OperationsTests.fastProfile) }
+            try fleet.home.registry.addRelease(
+                FirmwareRelease(version: "9.9.9", sha256: String(repeating: "ab", count: 32), size: 10, url: "http://127.0.0.1:9/9.9.9/edge-agent"))
+            try await Self.withConsole(home: fleet.home) { registry, browser in
+                var vic = browser
+                _ = try await vic.signIn("vic", "correct horse vic")
+                var ana = browser
+                _ = try await ana.signIn("ana", "correct horse ana")
+                let form = { (csrf: String, extra: [String: String]) in
+                    ["csrf": csrf, "version": "9.9.9", "units": "laundry", "wave": "25", "maxFailures": "1", "timeout": "1"].merging(extra) { $1 }
+                }
+                #expect(try await !vic.send("GET", "/firmware").body.contains("id=\"rollout-start\""), "no form for a viewer")
+                #expect(try await ana.send("GET", "/firmware").body.contains("id=\"rollout-start\""))
+                #expect(try await vic.send("POST", "/firmware/rollouts", form: form(try await vic.csrf(), [:])).status == 403)
+                let badWave = try await ana.send("POST", "/firmware/rollouts", form: form(try await ana.csrf(), ["wave": "0"]))
+                #expect(badWave.status == 400 && badWave.body.contains("the wave must be 1 to 100"))
+                let noRelease = try await ana.send("POST", "/firmware/rollouts", form: form(try await ana.csrf(), ["version": "0.0.9"]))
+                #expect(noRelease.status == 400 && noRelease.body.contains("no release 0.0.9"))
+
+                // Nobody installs (no agents): the first wave times out, the limit stops the rest.
+                let started = try await ana.send("POST", "/firmware/rollouts", form: form(try await ana.csrf(), [:]))
+                #expect(started.status == 303)
+                let first = try #require(started.headers["location"].flatMap { Int($0.split(separator: "/").last ?? "") })
+                try await OperationsTests.eventually("the rollout stopped at its limit") { try registry.rollout(first)?.state == .aborted }
+                let stopped = try #require(try registry.rollout(first))
+                #expect(stopped.units.map(\.machineId) == ["laundry-01", "laundry-02", "laundry-03", "laundry-04"], "wash-01 is not in it")
+                #expect(stopped.units.map(\.state) == [.failed, .untouched, .untouched, .untouched])
+                #expect(stopped.units[0].reason == "timeout" && stopped.startedBy == "ana" && stopped.via == "web")
+                #expect(stopped.detail?.contains("1 failure(s) reached --max-failures 1") == true)
+                let page = try await vic.send("GET", "/firmware/rollouts/\(first)").body
+                #expect(page.contains("data-rollout=\"\(first)\"") && page.contains("failed: timeout") && !page.contains("id=\"abort\""))
+
+                // An operator aborts a rollout waiting for its first wave: the rest is untouched.
+                let waiting = try await ana.send("POST", "/firmware/rollouts", form: form(try await ana.csrf(), ["wave": "50", "timeout": "600"]))
+                let second = try #require(waiting.headers["location"].flatMap { Int($0.split(separator: "/").last ?? "") })
+                try await OperationsTests.eventually("the first wave sent") { try registry.rollout(second)?.count(.sent) == 2 }
+                let live = try await vic.send("GET", "/firmware/rollouts/\(second)/progress")
+                let progress = try #require(try JSONSerialization.jsonObject(with: Data(live.body.utf8)) as? [String: Any])
+                #expect(progress["state"] as? String == "running")
+                #expect(((progress["units"] as? [String: Any])?["laundry-01"] as? [String: Any])?["state"] as? String == "sent")
+                #expect(try await ana.send("GET", "/firmware/rollouts/\(second)").body.contains("id=\"abort\""))
+                #expect(try await vic.send("POST", "/firmware/rollouts/\(second)/abort", form: ["csrf": try await vic.csrf()]).status == 403)
+                let aborted = try await ana.send("POST", "/firmware/rollouts/\(second)/abort", form: ["csrf": try await ana.csrf()])
+                #expect(aborted.status == 303)
+                try await OperationsTests.eventually("aborted at once", timeout: .seconds(10)) { try registry.rollout(second)?.state == .aborted }
+                let abandoned = try #require(try registry.rollout(second))
+                #expect(abandoned.units.map(\.state) == [.abandoned, .abandoned, .untouched, .untouched])
+                #expect(abandoned.detail?.contains("aborted by ana") == true)
+                let again = try await ana.send("POST", "/firmware/rollouts/\(second)/abort", form: ["csrf": try await ana.csrf()])
+                #expect(again.status == 409)
+
+                let listed = try await vic.send("GET", "/firmware").body
+                #expect(listed.contains("/firmware/rollouts/\(first)") && listed.contains("/firmware/rollouts/\(second)"))
+                let trail = try registry.auditTrail()
+                #expect(trail.filter { $0.action == "firmware rollout" && $0.outcome == .ok }.count == 2)
+                #expect(trail.contains { $0.action == "firmware rollout" && $0.outcome == .failed && $0.target == "0.0.9" })
+                #expect(trail.contains { $0.action == "firmware abort" && $0.actor == "ana" })
             }
         }
     }

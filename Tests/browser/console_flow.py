@@ -108,6 +108,21 @@ def main():
         driver.get(args.url + "/codes")
         out["stickers"] = len(driver.find_elements(By.CSS_SELECTOR, "#sheet figure.sticker"))
         shot(driver, "codes")
+        # A firmware rollout to one live unit, watched without a reload until it ends.
+        driver.get(args.url + "/firmware")
+        for field, value in (("rollout-units", "wash"), ("rollout-wave", "100"), ("rollout-max-failures", "1"), ("rollout-timeout", "5")):
+            box = driver.find_element(By.ID, field)
+            box.clear()
+            box.send_keys(value)
+        start = driver.find_element(By.ID, "rollout-start")
+        start.click()
+        WebDriverWait(driver, 20).until(expected_conditions.staleness_of(start))
+        driver.execute_script("window.__notReloaded = 43")
+        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "rollout-state").text not in ("", "running"))
+        out["rolloutState"] = driver.find_element(By.ID, "rollout-state").text
+        out["rolloutUnit"] = driver.find_element(By.CSS_SELECTOR, "tr[data-unit='wash-01'] [data-field='state']").text
+        out["rolloutLive"] = driver.execute_script("return window.__notReloaded") == 43
+        shot(driver, "rollout")
         driver.find_element(By.ID, "logout").click()
         WebDriverWait(driver, 20).until(lambda d: d.current_url.endswith("/login"))
 
