@@ -109,9 +109,18 @@ extension Registry {
         let machine = alert.machine.rawValue
         if try String.fetchOne(db, sql: "SELECT state FROM machine WHERE id = ?", arguments: [machine]) == "revoked" { return false }
         var suppressed: String?
+        // Planned: a running rollout published this unit's update and waits for it, and the
+        // unit said lately that it is applying that version. Either alone is no plan (a unit's
+        // own word cannot silence its alerts).
         if alert.kind == .offline,
-            let updating = try Row.fetchOne(db, sql: "SELECT state, at FROM firmwareState WHERE id = ?", arguments: [machine]),
-            ["downloading", "verifying", "installing"].contains(updating["state"] as String), (updating["at"] as Int) > now - firmwareRestartWindowMs
+            try Bool.fetchOne(
+                db,
+                sql: """
+                    SELECT EXISTS (SELECT 1 FROM rolloutUnit ru JOIN rollout r ON r.id = ru.rolloutId
+                        JOIN firmwareState f ON f.id = ru.machineId AND f.version = r.version
+                        WHERE ru.machineId = ? AND ru.state = 'sent' AND r.state = 'running'
+                            AND f.state IN ('downloading', 'verifying', 'installing', 'installed') AND f.at > ?)
+                    """, arguments: [machine, now - firmwareRestartWindowMs]) == true
         {
             suppressed = "firmware update"
         }

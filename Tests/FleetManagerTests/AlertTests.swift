@@ -117,10 +117,24 @@ struct AlertTests {
         _ = try registry.apply([Self.status(revoked, online: true, boot: "b9"), Self.status(revoked, online: false, boot: "b9")], now: 3_000)
         #expect(try registry.alerts(machine: revoked).isEmpty)
 
-        // The unit said it is installing firmware: its restart's offline is kept, suppressed,
-        // and told to no one (opening or resolution).
-        let before = try registry.alertDeliveries().count
+        // A unit that says it installs firmware nobody rolled out to it: its offline is told.
         let now = Int(Date().timeIntervalSince1970 * 1000)
+        let unplanned: MachineID = "vend-03"
+        try registry.upsertMachine(unplanned)
+        _ = try registry.apply(
+            [
+                Self.status(unplanned, online: true),
+                .firmwareReported(FirmwareReported(machineId: unplanned, version: "2", state: .installing, reason: nil, at: now)),
+                Self.status(unplanned, online: false),
+            ], now: now)
+        #expect(try registry.alerts(machine: unplanned).first?.suppressed == nil, "a unit's own word silences nothing")
+
+        // A rollout published vend-02's update and it is installing it: its restart's offline is
+        // kept, suppressed, and told to no one (opening or resolution).
+        try registry.addRelease(FirmwareRelease(version: "2", sha256: String(repeating: "0", count: 64), size: 1, url: "http://x/2/edge-agent"))
+        let rollout = try registry.beginRollout(version: "2", waves: [[updating, unplanned]], waveSize: 2, maxFailures: 1, timeoutS: 300, by: "ana", via: .cli)
+        try registry.setRolloutUnits(rollout, [updating], .sent)
+        let before = try registry.alertDeliveries().count
         _ = try registry.apply(
             [.firmwareReported(FirmwareReported(machineId: updating, version: "2", state: .installing, reason: nil, at: now)), Self.status(updating, online: false)],
             now: now)
