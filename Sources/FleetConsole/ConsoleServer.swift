@@ -87,7 +87,9 @@ public struct ConsoleServer: Sendable {
         ("POST", "/firmware/rollouts/1/abort"),
     ]
 
-    var publicUrl: String { options.publicUrl ?? "http://\(options.host):\(boundPort.withLock { $0 } ?? options.port)" }
+    var publicUrl: String {
+        options.publicUrl ?? "http://\(options.host.contains(":") ? "[\(options.host)]" : options.host):\(boundPort.withLock { $0 } ?? options.port)"
+    }
 
     public func router() -> Router<ConsoleContext> {
         let router = Router(context: ConsoleContext.self)

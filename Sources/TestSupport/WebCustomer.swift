@@ -35,13 +35,6 @@ public struct WebCustomer: Sendable {
         public var body: String
     }
 
-    private final class NoRedirects: NSObject, URLSessionTaskDelegate, Sendable {
-        func urlSession(
-            _ session: URLSession, task: URLSessionTask, willPerformHTTPRedirection response: HTTPURLResponse, newRequest request: URLRequest,
-            completionHandler: @escaping (URLRequest?) -> Void
-        ) { completionHandler(nil) }
-    }
-
     public mutating func request(_ method: String, _ url: String, form: [String: String]? = nil, timeout: Duration = .seconds(60)) async throws -> Page {
         var request = URLRequest(url: URL(string: url.hasPrefix("http") ? url : base + url)!)
         request.timeoutInterval = Double(timeout.components.seconds)
@@ -98,4 +91,16 @@ public struct WebCustomer: Sendable {
 public struct WebCustomerError: Error, CustomStringConvertible {
     public var description: String
     public init(_ description: String) { self.description = description }
+}
+
+/// A URLSession delegate that does not follow redirects: tests look at them.
+public final class NoRedirects: NSObject, URLSessionTaskDelegate, Sendable {
+    public override init() {}
+
+    public func urlSession(
+        _ session: URLSession, task: URLSessionTask, willPerformHTTPRedirection response: HTTPURLResponse, newRequest request: URLRequest,
+        completionHandler: @escaping (URLRequest?) -> Void
+    ) {
+        completionHandler(nil)
+    }
 }

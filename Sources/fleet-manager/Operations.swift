@@ -1,4 +1,5 @@
 import ArgumentParser
+import DaemonSupport
 import FleetConsole
 import FleetManager
 import Foundation
@@ -45,9 +46,10 @@ struct Serve: FleetCommand {
         let monitor = try FleetMonitor(home: home, options: monitorOptions, logger: logger, metrics: metrics, alertsChanged: { dispatcher.wake() })
         var artifacts: ArtifactServer?
         if let firmwareListen {
-            let parts = firmwareListen.split(separator: ":")
-            guard parts.count == 2, let port = Int(parts[1]) else { throw FleetError("--firmware-listen must be HOST:PORT") }
-            artifacts = try ArtifactServer(root: FirmwareManager(home: home).artifactsDirectory, host: String(parts[0]), port: port)
+            guard let address = ListenAddress(firmwareListen) else {
+                throw FleetError("--firmware-listen '\(firmwareListen)' is not HOST:PORT", hint: "e.g. --firmware-listen 0.0.0.0:8080 or [::]:8080")
+            }
+            artifacts = try ArtifactServer(root: FirmwareManager(home: home).artifactsDirectory, host: address.host, port: address.port)
         }
         defer { artifacts?.stop() }
         // One line at any log level: what this process watches and serves.
@@ -78,11 +80,11 @@ extension Serve {
             return nil
         }
         var options = ConsoleServer.Options()
-        guard let colon = http.lastIndex(of: ":"), let port = Int(http[http.index(after: colon)...]), (0...65535).contains(port) else {
-            throw FleetError("--http '\(http)' is not HOST:PORT", hint: "e.g. --http 127.0.0.1:8090")
+        guard let address = ListenAddress(http) else {
+            throw FleetError("--http '\(http)' is not HOST:PORT", hint: "e.g. --http 127.0.0.1:8090 or [::1]:8090")
         }
-        options.host = String(http[..<colon])
-        options.port = port
+        options.host = address.host
+        options.port = address.port
         if let httpPublicUrl {
             guard let url = URL(string: httpPublicUrl), url.scheme == "http" || url.scheme == "https", url.host != nil else {
                 throw FleetError("--http-public-url '\(httpPublicUrl)' is not an http(s) URL")

@@ -58,12 +58,10 @@ struct ConfigOptions: ParsableArguments {
 
     /// `127.0.0.1:8081`, `[::1]:8081`, `:8081` (every address).
     static func listenAddress(_ text: String) throws -> ServerConfiguration.Listen {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
+        guard let address = ListenAddress(text) else {
             throw ValidationError("--listen '\(text)' is not host:port (e.g. 127.0.0.1:8081 or [::1]:8081)")
         }
-        var host = String(text[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        return ServerConfiguration.Listen(host: host.isEmpty ? "0.0.0.0" : host, port: port)
+        return ServerConfiguration.Listen(host: address.host, port: address.port)
     }
 
     var overrides: ServerConfiguration.Overrides {

@@ -104,3 +104,18 @@ import Testing
         #expect(TOMLDocument.kebabCase("webhookSecretFile") == "webhook-secret-file")
     }
 }
+
+/// One HOST:PORT parser for every daemon option (`serve --http`, `--firmware-listen`,
+/// `payment-server --listen`).
+@Suite struct ListenAddressTests {
+    @Test func hostsPortsAndIPv6InBrackets() {
+        #expect(ListenAddress("127.0.0.1:8090") == ListenAddress(host: "127.0.0.1", port: 8090))
+        #expect(ListenAddress("[::1]:8090") == ListenAddress(host: "::1", port: 8090))
+        #expect(ListenAddress(":8090") == ListenAddress(host: "0.0.0.0", port: 8090))
+        #expect(ListenAddress("localhost:0")?.port == 0)
+        #expect(ListenAddress("[::1]:8090")?.description == "[::1]:8090")
+        for bad in ["8090", "host:", "host:65536", "host:-1", "::1:8090", "[::1:8090", "[]:80", "a:b"] {
+            #expect(ListenAddress(bad) == nil, "\(bad)")
+        }
+    }
+}

@@ -16,16 +16,6 @@ import TestSupport
 /// (ConsoleBrowserTests drives it in Chromium.)
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct ConsoleTests {
-    /// Does not follow redirects: the test looks at them.
-    final class NoRedirects: NSObject, URLSessionTaskDelegate, Sendable {
-        func urlSession(
-            _ session: URLSession, task: URLSessionTask, willPerformHTTPRedirection response: HTTPURLResponse, newRequest request: URLRequest,
-            completionHandler: @escaping (URLRequest?) -> Void
-        ) {
-            completionHandler(nil)
-        }
-    }
-
     struct Reply {
         var status: Int
         var headers: [String: String]

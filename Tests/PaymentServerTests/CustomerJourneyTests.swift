@@ -122,15 +122,6 @@ struct PayFleet {
     }
 }
 
-final class NoRedirects: NSObject, URLSessionTaskDelegate, Sendable {
-    func urlSession(
-        _ session: URLSession, task: URLSessionTask, willPerformHTTPRedirection response: HTTPURLResponse, newRequest request: URLRequest,
-        completionHandler: @escaping (URLRequest?) -> Void
-    ) {
-        completionHandler(nil)
-    }
-}
-
 /// Chromium takes both cores while it renders: beside the timing tests (pulse widths) it would
 /// make them fail for no fault of theirs. scripts/test.sh runs this suite on its own, in the
 /// release stage with the release binaries (`PULSEBRIDGE_BROWSER_TESTS=1`).
