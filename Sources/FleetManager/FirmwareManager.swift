@@ -213,7 +213,7 @@ public struct FirmwareManager: Sendable {
             for machine in units {
                 let update = FirmwareUpdate(
                     machineId: machine, version: release.version, url: release.url, sha256: release.sha256, size: release.size,
-                    issuedAt: Int(Date().timeIntervalSince1970 * 1000))
+                    issuedAt: Registry.now())
                 try await client.publish(
                     topic: topics.topic(.firmwareDesired, for: machine), payload: SignedEnvelope.sign(update, kid: kid, key: key).encoded(),
                     qos: .atLeastOnce, retain: true)

@@ -61,7 +61,7 @@ public final class FleetMonitor: Service, Sendable {
         paymentTrust = Locked(try TrustStore(entries: try home.trustEntries().filter { $0.purpose == .payment }))
     }
 
-    static func now() -> Int { Int(Date().timeIntervalSince1970 * 1000) }
+
 
     public func run() async throws {
         let client = try home.settings.manager.client(clientID: options.clientID, cleanStart: false, logger: logger)
@@ -125,7 +125,7 @@ public final class FleetMonitor: Service, Sendable {
             else { return }
             metrics.resultLatency.record(ContinuousClock.now - arrived)
         case .heartbeat(let heartbeat):
-            metrics.recordHeartbeat(sentAt: heartbeat.at, arrivedAt: Self.now())
+            metrics.recordHeartbeat(sentAt: heartbeat.at, arrivedAt: Registry.now())
         default:
             break
         }
@@ -222,7 +222,7 @@ public final class FleetMonitor: Service, Sendable {
         guard !events.isEmpty else { return }
         do {
             let started = ContinuousClock.now
-            let alerts = try home.registry.apply(events, now: Self.now(), skewLimitMs: options.skewLimitMs)
+            let alerts = try home.registry.apply(events, now: Registry.now(), skewLimitMs: options.skewLimitMs)
             metrics?.recordBatch(events: events.count, took: ContinuousClock.now - started)
             written(events.count, alerts)
         } catch let error as DatabaseError where Self.isPassing(error) {
@@ -238,7 +238,7 @@ public final class FleetMonitor: Service, Sendable {
         } catch {
             for event in events {
                 do {
-                    written(1, try home.registry.apply([event], now: Self.now(), skewLimitMs: options.skewLimitMs))
+                    written(1, try home.registry.apply([event], now: Registry.now(), skewLimitMs: options.skewLimitMs))
                 } catch {
                     logger.error("the registry refused an event, which is dropped: \(error); the event: \(event)")
                 }
@@ -277,7 +277,7 @@ public final class FleetMonitor: Service, Sendable {
         var pruned = 0
         while !Task.isCancelled {
             do { try await Task.sleep(for: .seconds(1)) } catch { return }
-            let now = Self.now()
+            let now = Registry.now()
             if now - pruned > 3_600_000 {
                 pruned = now
                 do {

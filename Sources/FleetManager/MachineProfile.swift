@@ -45,7 +45,7 @@ public struct MachineProfile: Codable, Sendable, Hashable {
             throw FleetError("currency '\(currency ?? fallback)' is not three upper-case letters")
         }
         let config = MachineConfig(
-            machineId: machine, version: version, issuedAt: Int(Date().timeIntervalSince1970 * 1000), currency: currency,
+            machineId: machine, version: version, issuedAt: Registry.now(), currency: currency,
             maxAmount: maxAmount, heartbeatS: heartbeatS, postVendDelayMs: postVendDelayMs, outputs: outputs, inhibit: inhibit,
             trust: trust)
         do {

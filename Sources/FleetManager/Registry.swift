@@ -211,6 +211,7 @@ public final class Registry: Sendable {
         return migrator
     }
 
+    /// Unix milliseconds: the one clock the fleet records with.
     public static func now() -> Int { Int(Date().timeIntervalSince1970 * 1000) }
 
     // MARK: Machines

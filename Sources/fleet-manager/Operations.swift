@@ -132,7 +132,7 @@ struct Devices: FleetCommand {
     @Flag(help: "Machine-readable output.") var json = false
 
     func run(home: FleetHome) async throws {
-        let units = try home.registry.overviews(now: Int(Date().timeIntervalSince1970 * 1000))
+        let units = try home.registry.overviews(now: Registry.now())
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -160,7 +160,7 @@ struct Device: FleetCommand {
     @Flag(help: "JSON instead of text.") var json = false
 
     func run(home: FleetHome) async throws {
-        guard let unit = try home.registry.overviews(now: Int(Date().timeIntervalSince1970 * 1000)).first(where: { $0.machineId == machineId }) else {
+        guard let unit = try home.registry.overviews(now: Registry.now()).first(where: { $0.machineId == machineId }) else {
             throw FleetError("no unit '\(machineId)' in the registry", hint: "`fleet-manager devices` lists the fleet")
         }
         if json {

@@ -160,7 +160,7 @@ struct Payments: AsyncParsableCommand {
             guard let machineId = MachineID(rawValue: machine), let paymentId = PaymentID(rawValue: payment) else {
                 throw FleetError("'\(machine)' / '\(payment)' is not a machine ID and payment ID", hint: "see `fleet-manager payments --open`")
             }
-            let now = Int(Date().timeIntervalSince1970 * 1000)
+            let now = Registry.now()
             guard try home.registry.settleByOperator(machine: machineId, payment: paymentId, settlement: action, operator: by, now: now) else {
                 throw FleetError(
                     "\(payment) on \(machine) is not held or unknown", hint: "only payments listed by `fleet-manager payments --open` can be settled by hand")
