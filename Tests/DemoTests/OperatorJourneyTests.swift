@@ -40,7 +40,7 @@ struct OperatorJourneyTests {
         // mosquitto, once it dropped to its user, must reach its files under here.
         chmod(scratch, 0o755)
         let steps = try Self.shellBlocks(root + "/docs/operations.md") + Self.shellBlocks(root + "/docs/firmware.md")
-            + Self.shellBlocks(root + "/docs/payment-server.md")
+            + Self.shellBlocks(root + "/docs/payment-server.md") + Self.shellBlocks(root + "/docs/console.md")
         #expect(steps.count >= 8)
         let script = scratch + "/journey.sh"
         var text = "set -euo pipefail\ncd \(root)\n"
@@ -49,7 +49,7 @@ struct OperatorJourneyTests {
         }
         try text.write(toFile: script, atomically: true, encoding: .utf8)
 
-        let ports = try (0..<4).map { _ in try LoopbackPort.free() }
+        let ports = try (0..<5).map { _ in try LoopbackPort.free() }
         var environment = ProcessInfo.processInfo.environment
         environment["PATH"] = releaseBin + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
         environment["PB_ETC"] = scratch + "/etc"
@@ -60,6 +60,7 @@ struct OperatorJourneyTests {
         environment["PB_PORT"] = String(ports[1])
         environment["PB_FIRMWARE_PORT"] = String(ports[2])
         environment["PB_PAY_PORT"] = String(ports[3])
+        environment["PB_CONSOLE_PORT"] = String(ports[4])
         environment["PB_BROKER_LOG"] = "file:\(scratch)/mosquitto/mosquitto.log"
         environment.removeValue(forKey: "PULSEBRIDGE_HOME")
         let log = scratch + "/journey.log"
@@ -78,6 +79,8 @@ struct OperatorJourneyTests {
         #expect(output.contains("installed 1, failed 0, untouched 0"))
         #expect(output.contains("\"action\":\"capture\""))
         #expect(output.contains("u-alice"))
+        #expect(output.contains("payment_id,machine_id,user_id,issued_at"), "the console's CSV, downloaded with a session")
+
         #expect(output.contains("payment-server.toml: ok (2 machines, provider simulated)"))
         #expect(output.contains("Washer 1") && output.contains(">Ready<"), "the payment page of laundry-01 is up and ready")
         #expect(try String(contentsOfFile: scratch + "/var/laundry-01.svg", encoding: .utf8).hasPrefix("<?xml"))
