@@ -11,7 +11,7 @@ swift build --build-tests
 PULSEBRIDGE_BROWSER_TESTS=1 PULSEBRIDGE_SCREENSHOTS="$scratch" swift test --skip-build --filter "CustomerJourneyTests|ConsoleBrowserTests"
 mkdir -p "$out"
 for shot in approve-machine approve-checkout approve-result approve-profile uncertain-result offline-refused \
-  console-login console-fleet console-fleet-offline console-alerts console-audit console-viewer-alerts console-payments console-revenue console-machine console-codes console-rollout; do
+  console-login console-fleet console-fleet-offline console-alerts console-audit console-viewer-alerts console-payments console-revenue console-machine console-codes console-rollout console-firmware console-provision; do
   cp "$scratch/$shot.png" "$out/$shot.png"
 done
 rm -rf "$scratch"

@@ -522,13 +522,13 @@ extension ConsoleServer {
     func settle(_ form: [String: String], _ session: OperatorSession, _ origin: String) throws -> Response {
         let action = form["action"] ?? ""
         let back = (form["back"] ?? "").hasPrefix("/payments") ? form["back"]! : "/payments"
-        guard action == "capture" || action == "void",
+        guard let settlement = Settlement(rawValue: action), settlement != .hold,
             let machine = form["machine"].flatMap(MachineID.init(rawValue:)), let payment = form["payment"].flatMap(PaymentID.init(rawValue:))
         else {
             return html(.badRequest, ConsolePages.message("Not settled", "The form needs a machine, a payment and capture or void.", session: session))
         }
         let detail = "\(machine) \(action) by \(session.account.name)"
-        guard try registry.settleByOperator(machine: machine, payment: payment, settlement: action, operator: session.account.name, now: Registry.now())
+        guard try registry.settleByOperator(machine: machine, payment: payment, settlement: settlement, operator: session.account.name, now: Registry.now())
         else {
             let error = FleetError("\(payment) on \(machine) is not held or unknown")
             audit(session, origin, "payments settle", target: payment.rawValue, detail: detail, error: error)

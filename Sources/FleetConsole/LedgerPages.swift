@@ -103,8 +103,8 @@ extension ConsolePages {
         let canSettle = session.account.role >= .operator
         let back = query.link("/payments", query.page > 1 ? ["page": String(query.page)] : [:])
         let rows: String = records.map { p -> String in
-            var settle = escape(p.settlement ?? "unknown") + (p.settledBy.map { " <span class=\"muted\">(\(escape($0)))</span>" } ?? "")
-            if canSettle, p.settlement == nil || p.settlement == "hold" {
+            var settle = escape(p.settlement?.rawValue ?? "unknown") + (p.settledBy.map { " <span class=\"muted\">(\(escape($0)))</span>" } ?? "")
+            if canSettle, p.settlement == nil || p.settlement == .hold {
                 settle += ["capture", "void"].map { action -> String in
                     """
                     <form method="post" action="/payments/settle" class="inline"><input type="hidden" name="csrf" value="\(session.csrf)">\
@@ -120,7 +120,7 @@ extension ConsolePages {
                 <td><a href="\(escape(query.link("/payments", ["machine": p.machineId])))">\(escape(p.machineId))</a></td>\
                 <td>\(p.userId.map { "<a href=\"\(escape(query.link("/payments", ["user": $0])))\">\(escape($0))</a>" } ?? "–")</td>\
                 <td>\(p.requestedAmount.map { money($0, currency) } ?? "–")</td><td>\(money(p.creditedAmount, currency))</td>\
-                <td>\(escape(p.status ?? "pending"))</td><td>\(escape(p.reason ?? "–"))</td><td>\(settle)</td></tr>
+                <td>\(escape(p.status?.rawValue ?? "pending"))</td><td>\(escape(p.reason ?? "–"))</td><td>\(settle)</td></tr>
                 """
         }.joined(separator: "\n")
         let pages = max(1, (count + LedgerQuery.pageSize - 1) / LedgerQuery.pageSize)

@@ -72,7 +72,7 @@ extension ConsolePages {
 
         let paymentRows = payments.map { p -> String in
             let currency = p.currency ?? ""
-            return "<tr><td>\(time(p.at))</td><td>\(escape(p.paymentId))</td><td>\(escape(p.userId ?? "–"))</td><td>\(p.requestedAmount.map { money($0, currency) } ?? "–")</td><td>\(money(p.creditedAmount, currency))</td><td>\(escape(p.status ?? "pending"))</td><td>\(escape(p.settlement ?? "unknown"))</td></tr>"
+            return "<tr><td>\(time(p.at))</td><td>\(escape(p.paymentId))</td><td>\(escape(p.userId ?? "–"))</td><td>\(p.requestedAmount.map { money($0, currency) } ?? "–")</td><td>\(money(p.creditedAmount, currency))</td><td>\(escape(p.status?.rawValue ?? "pending"))</td><td>\(escape(p.settlement?.rawValue ?? "unknown"))</td></tr>"
         }.joined()
         let revenue = totals.filter { !$0.currency.isEmpty }.map { money($0.revenue, $0.currency) }.joined(separator: ", ")
 

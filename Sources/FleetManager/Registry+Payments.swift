@@ -2,6 +2,11 @@ import Foundation
 import GRDB
 import MessageSchema
 
+/// What the payment server is told to do with a payment's authorisation.
+public enum Settlement: String, Sendable, Codable, Hashable, CaseIterable {
+    case capture, void, hold
+}
+
 /// A payment as the fleet recorded it.
 public struct PaymentRecord: Sendable, Codable, Hashable {
     public var paymentId: String
@@ -10,13 +15,14 @@ public struct PaymentRecord: Sendable, Codable, Hashable {
     public var requestedAmount: Int?
     public var currency: String?
     public var issuedAt: Int?
-    public var status: String?
+    /// The unit's first decision (`credited`, `rejected`, `uncertain`); nil while none came.
+    public var status: PaymentStatus?
     public var reason: String?
     public var creditedAmount: Int
     public var decidedAt: Int?
     public var duplicates: Int
-    /// capture | void | hold; nil while unknown (no result, no proof of no credit yet).
-    public var settlement: String?
+    /// Nil while unknown (no result, no proof of no credit yet).
+    public var settlement: Settlement?
     /// What settled it: `result`, `online_after_expiry`, or `operator:NAME`.
     public var settledBy: String?
     public var expiresAt: Int?
@@ -29,7 +35,7 @@ public struct PaymentRecord: Sendable, Codable, Hashable {
     /// credited and backed by a completion signed with a fleet payment key (a unit's own
     /// claim is no revenue).
     public var revenue: Int {
-        guard status == "credited", let requestedAmount else { return 0 }
+        guard status == .credited, let requestedAmount else { return 0 }
         return min(creditedAmount, requestedAmount)
     }
 }
@@ -155,9 +161,9 @@ extension Registry {
     static func paymentRecord(_ row: Row) -> PaymentRecord {
         PaymentRecord(
             paymentId: row["paymentId"], machineId: row["machineId"], userId: row["userId"], requestedAmount: row["requestedAmount"],
-            currency: row["currency"], issuedAt: row["issuedAt"], status: row["status"], reason: row["reason"],
-            creditedAmount: row["creditedAmount"], decidedAt: row["decidedAt"], duplicates: row["duplicates"],
-            settlement: row["settlement"], settledBy: row["settledBy"], expiresAt: row["expiresAt"])
+            currency: row["currency"], issuedAt: row["issuedAt"], status: (row["status"] as String?).flatMap(PaymentStatus.init(rawValue:)),
+            reason: row["reason"], creditedAmount: row["creditedAmount"], decidedAt: row["decidedAt"], duplicates: row["duplicates"],
+            settlement: (row["settlement"] as String?).flatMap(Settlement.init(rawValue:)), settledBy: row["settledBy"], expiresAt: row["expiresAt"])
     }
 
     /// The payments `filter` selects, oldest first; `limit` and `offset` page through them.
@@ -254,15 +260,15 @@ extension Registry {
     }
 
     /// An operator settles a held or unknown payment by hand (after review).
-    public func settleByOperator(machine: MachineID, payment: PaymentID, settlement: String, operator name: String, now: Int) throws -> Bool {
+    public func settleByOperator(machine: MachineID, payment: PaymentID, settlement: Settlement, operator name: String, now: Int) throws -> Bool {
         try database.write { db in
             try db.execute(
                 sql: """
                     UPDATE paymentRecord SET settlement = ?, settledBy = ?, updatedAt = ?
                     WHERE machineId = ? AND paymentId = ? AND (settlement IS NULL OR settlement = 'hold')
-                    """, arguments: [settlement, "operator:\(name)", now, machine.rawValue, payment.rawValue])
+                    """, arguments: [settlement.rawValue, "operator:\(name)", now, machine.rawValue, payment.rawValue])
             guard db.changesCount > 0 else { return false }
-            _ = try Self.resolve(machine, .uncertain, subject: payment.rawValue, resolution: "settled (\(settlement)) by operator:\(name)", now: now, db)
+            _ = try Self.resolve(machine, .uncertain, subject: payment.rawValue, resolution: "settled (\(settlement.rawValue)) by operator:\(name)", now: now, db)
             return true
         }
     }

@@ -26,7 +26,7 @@ public enum FleetReports {
             let currency = payment.currency ?? ""
             let key = user + "|" + currency
             var row = rows[key] ?? CustomerReportRow(userId: user, currency: currency, payments: 0, amount: 0, machines: [], firstSeen: at, lastSeen: at)
-            if payment.status == "credited", payment.requestedAmount != nil {
+            if payment.status == .credited, payment.requestedAmount != nil {
                 row.payments += 1
                 row.amount += payment.revenue
             }
@@ -65,7 +65,7 @@ public enum FleetReports {
         CSVRows.line([
             payment.paymentId, payment.machineId, payment.userId ?? "", payment.issuedAt.map(isoTime) ?? "", payment.decidedAt.map(isoTime) ?? "",
             payment.currency ?? "", payment.requestedAmount.map(String.init) ?? "", String(payment.creditedAmount), String(payment.revenue),
-            payment.status ?? "pending", payment.reason ?? "", payment.settlement ?? "unknown", payment.settledBy ?? "",
+            payment.status?.rawValue ?? "pending", payment.reason ?? "", payment.settlement?.rawValue ?? "unknown", payment.settledBy ?? "",
         ])
     }
 

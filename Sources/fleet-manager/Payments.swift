@@ -126,8 +126,8 @@ struct Payments: AsyncParsableCommand {
             case .table:
                 let rows = try home.registry.payments(matching: filter).map {
                     [
-                        $0.paymentId, $0.machineId, $0.userId ?? "-", $0.requestedAmount.map(String.init) ?? "-", $0.currency ?? "-", $0.status ?? "-",
-                        $0.reason ?? "-", $0.settlement ?? "unknown", $0.settledBy ?? "-",
+                        $0.paymentId, $0.machineId, $0.userId ?? "-", $0.requestedAmount.map(String.init) ?? "-", $0.currency ?? "-", $0.status?.rawValue ?? "-",
+                        $0.reason ?? "-", $0.settlement?.rawValue ?? "unknown", $0.settledBy ?? "-",
                     ]
                 }
                 print(
@@ -154,14 +154,14 @@ struct Payments: AsyncParsableCommand {
         var audit: AuditAction? { AuditAction(action: "payments settle", target: payment, detail: "\(machine) \(action) by \(by)") }
 
         func run(home: FleetHome) async throws {
-            guard action == "capture" || action == "void" else {
+            guard let settlement = Settlement(rawValue: action), settlement != .hold else {
                 throw FleetError("--action must be capture or void, not '\(action)'")
             }
             guard let machineId = MachineID(rawValue: machine), let paymentId = PaymentID(rawValue: payment) else {
                 throw FleetError("'\(machine)' / '\(payment)' is not a machine ID and payment ID", hint: "see `fleet-manager payments --open`")
             }
             let now = Registry.now()
-            guard try home.registry.settleByOperator(machine: machineId, payment: paymentId, settlement: action, operator: by, now: now) else {
+            guard try home.registry.settleByOperator(machine: machineId, payment: paymentId, settlement: settlement, operator: by, now: now) else {
                 throw FleetError(
                     "\(payment) on \(machine) is not held or unknown", hint: "only payments listed by `fleet-manager payments --open` can be settled by hand")
             }

@@ -93,7 +93,7 @@ struct AlertTests {
         }
         _ = try registry.apply([uncertain("p-1"), uncertain("p-2")], now: 1_000)
         #expect(try registry.alerts().map(\.subject).sorted() == ["p-1", "p-2"])
-        #expect(try registry.settleByOperator(machine: unit, payment: "p-1", settlement: "void", operator: "ana", now: 2_000))
+        #expect(try registry.settleByOperator(machine: unit, payment: "p-1", settlement: .void, operator: "ana", now: 2_000))
         let open = try registry.alerts()
         #expect(open.map(\.subject) == ["p-2"])
         #expect(try registry.alerts(openOnly: false).first { $0.subject == "p-1" }?.resolution == "settled (void) by operator:ana")

@@ -106,7 +106,7 @@ struct AttributionTests {
             #expect(agent.edges.filter(\.active).count == 5)
 
             try await OperationsTests.eventually("serve recorded B's result") {
-                try fleet.home.registry.payments().contains { $0.machineId == "unit-b" && $0.paymentId == "p-attack-1" && $0.status == "credited" }
+                try fleet.home.registry.payments().contains { $0.machineId == "unit-b" && $0.paymentId == "p-attack-1" && $0.status == .credited }
             }
             try await OperationsTests.eventually("serve counted the forgeries") {
                 try fleet.home.registry.ignoredMessages().reduce(0) { $0 + $1.count } >= 3
@@ -114,7 +114,7 @@ struct AttributionTests {
             let records = try fleet.home.registry.payments()
             let bRecord = try #require(records.first { $0.machineId == "unit-b" && $0.paymentId == "p-attack-1" })
             #expect(bRecord.creditedAmount == 500)
-            #expect(bRecord.settlement == "capture")
+            #expect(bRecord.settlement == .capture)
             #expect(bRecord.userId == "victim")
             // A's claim about a payment it was never sent is no revenue.
             let machines = try fleet.home.registry.machineDays()
@@ -223,7 +223,7 @@ struct AttributionTests {
             #expect(voided.result == nil || voided.result?.status == .rejected)
             #expect(voided.action == .void)
             try await OperationsTests.eventually("serve voided it") {
-                try fleet.home.registry.payments().contains { $0.userId == "u-gone" && $0.settlement == "void" }
+                try fleet.home.registry.payments().contains { $0.userId == "u-gone" && $0.settlement == .void }
             }
             #expect(restarted.edges.filter(\.active).count == 3)
 

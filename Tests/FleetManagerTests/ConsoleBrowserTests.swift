@@ -30,7 +30,7 @@ struct ConsoleBrowserTests {
                 let child = try ChildProcess.spawn(binary, arguments + ["--home", fleet.home.path], outputPath: directory + "/cli-\(UUID().uuidString).out")
                 #expect(await child.waitForExit(timeout: .seconds(60)) == .exited(0), "\(arguments): \(child.output())")
             }
-            for (name, role) in [("ana", "operator"), ("vic", "viewer")] {
+            for (name, role) in [("ana", "operator"), ("vic", "viewer"), ("root", "admin")] {
                 let file = directory + "/\(name).password"
                 _ = FileManager.default.createFile(atPath: file, contents: Data("correct horse \(name)".utf8), attributes: [.posixPermissions: 0o600])
                 try await cli(["operators", "add", name, "--role", role, "--password-file", file])
@@ -75,7 +75,8 @@ struct ConsoleBrowserTests {
                 "/usr/bin/env",
                 [
                     "python3", script, "--url", "http://127.0.0.1:\(port)", "--operator", "ana:correct horse ana", "--viewer",
-                    "vic:correct horse vic", "--unit", "laundry-02", "--live-unit", "laundry-01", "--shots", shots,
+                    "vic:correct horse vic", "--admin", "root:correct horse root", "--unit", "laundry-02", "--live-unit", "laundry-01",
+                    "--new-unit", "vend-01", "--shots", shots,
                 ],
                 outputPath: directory + "/browser.out")
             try await AlertTests.waitFor("the fleet page in the browser", timeout: .seconds(120)) {
@@ -133,11 +134,16 @@ struct ConsoleBrowserTests {
             #expect(seen["rolloutLive"] as? Bool == true, "progress shown without a reload")
             #expect(["completed", "aborted"].contains(seen["rolloutState"] as? String ?? ""), "\(seen["rolloutState"] ?? "-")")
             #expect((seen["rolloutUnit"] as? String)?.hasPrefix("failed") == true, "\(seen["rolloutUnit"] ?? "-")")
+            #expect((seen["provisioned"] as? String)?.hasPrefix("vend-01: provisioned") == true, "\(seen["provisioned"] ?? "-")")
+            #expect((seen["bundleFirst"] as? [Any])?.first as? Int == 200 && (seen["bundleFirst"] as? [Any])?.last as? String == "vend-01")
+            #expect((seen["bundleSecond"] as? [Any])?.first as? Int == 410, "the bundle downloads once")
+            #expect(try fleet.home.registry.machine("vend-01")?.state == .provisioned)
+            #expect(try fleet.home.registry.auditTrail().contains { $0.action == "bundle download" && $0.actor == "root" && $0.target == "vend-01" })
             let rollout = try #require(try fleet.home.registry.rollouts().first)
             #expect(rollout.startedBy == "ana" && rollout.via == "web")
             let bars = seen["revenueBars"] as? [String: Int] ?? [:]
             #expect(bars["days-JPY"] == 1600 && bars["machines-JPY"] == 1600, "\(bars)")
-            for name in ["login", "fleet", "fleet-offline", "alerts", "audit", "viewer-alerts", "payments", "revenue", "machine", "codes", "rollout"] {
+            for name in ["login", "fleet", "fleet-offline", "alerts", "audit", "viewer-alerts", "payments", "revenue", "machine", "codes", "rollout", "firmware", "provision"] {
                 #expect(FileManager.default.fileExists(atPath: shots + "/console-\(name).png"), "screenshot \(name)")
             }
         }

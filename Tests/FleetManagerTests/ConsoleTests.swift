@@ -276,7 +276,7 @@ struct ConsoleTests {
             let done = try await ana.send("POST", "/payments/settle", form: settle.merging(["csrf": try await ana.csrf()]) { $1 }, origin: browser.base)
             #expect(done.status == 303 && done.headers["location"] == "/payments?open=1")
             let p4 = try #require(try registry.payments(matching: PaymentFilter(userId: "carol")).first)
-            #expect(p4.settlement == "void" && p4.settledBy == "operator:ana")
+            #expect(p4.settlement == .void && p4.settledBy == "operator:ana")
             let again = try await ana.send("POST", "/payments/settle", form: settle.merging(["csrf": try await ana.csrf()]) { $1 })
             #expect(again.status == 409 && again.body.contains("not held or unknown"))
             let offsite = try await ana.send(

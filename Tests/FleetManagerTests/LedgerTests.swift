@@ -29,12 +29,13 @@ import Testing
                 PaymentRecord(
                     paymentId: "p-\(i)", machineId: machines.randomElement(using: &generator)!, userId: signed ? users.randomElement(using: &generator)! : nil,
                     requestedAmount: signed ? requested : nil, currency: signed ? ["JPY", "EUR", "KWD"].randomElement(using: &generator)! : nil,
-                    issuedAt: signed ? at : nil, status: signed ? status : (status ?? "credited"),
+                    issuedAt: signed ? at : nil, status: (signed ? status : (status ?? "credited")).flatMap(PaymentStatus.init(rawValue:)),
                     reason: status == "rejected" ? ["expired", "inhibited"].randomElement(using: &generator)! : nil,
                     // Sometimes more than was paid (the revenue caps it), sometimes less (a cut train).
                     creditedAmount: status == "credited" || !signed ? requested + [-100, 0, 0, 100].randomElement(using: &generator)! : 0,
                     decidedAt: status == nil ? nil : at + 500, duplicates: 0,
-                    settlement: status == "credited" ? "capture" : status == "rejected" ? "void" : status == "uncertain" ? ["hold", "capture"].randomElement(using: &generator)! : nil,
+                    settlement: (status == "credited" ? "capture" : status == "rejected" ? "void" : status == "uncertain" ? ["hold", "capture"].randomElement(using: &generator)! : nil)
+                        .flatMap(Settlement.init(rawValue:)),
                     settledBy: status == nil ? nil : "result", expiresAt: signed ? at + 60_000 : nil))
         }
         return out
@@ -53,8 +54,8 @@ import Testing
                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                         """,
                     arguments: [
-                        p.paymentId, p.machineId, p.userId, p.requestedAmount, p.currency, p.issuedAt, p.expiresAt, p.status, p.reason, p.creditedAmount,
-                        p.decidedAt, p.duplicates, (p.issuedAt ?? p.decidedAt ?? start), p.settlement, p.settledBy,
+                        p.paymentId, p.machineId, p.userId, p.requestedAmount, p.currency, p.issuedAt, p.expiresAt, p.status?.rawValue, p.reason, p.creditedAmount,
+                        p.decidedAt, p.duplicates, (p.issuedAt ?? p.decidedAt ?? start), p.settlement?.rawValue, p.settledBy,
                     ])
             }
         }
@@ -66,10 +67,10 @@ import Testing
         let at = p.issuedAt ?? p.decidedAt ?? start
         if let m = f.machineId, p.machineId != m { return false }
         if let u = f.userId, p.userId != u { return false }
-        if let s = f.status, (p.status ?? "pending") != s.rawValue { return false }
+        if let s = f.status, (p.status?.rawValue ?? "pending") != s.rawValue { return false }
         if let r = f.reason, p.reason != r { return false }
-        if let s = f.settlement, (p.settlement ?? "unknown") != s.rawValue { return false }
-        if f.open, !(p.settlement == nil || p.settlement == "hold") { return false }
+        if let s = f.settlement, (p.settlement?.rawValue ?? "unknown") != s.rawValue { return false }
+        if f.open, !(p.settlement == nil || p.settlement == .hold) { return false }
         if let from = f.from, at < from { return false }
         if let to = f.to, at >= to { return false }
         return true
@@ -120,11 +121,11 @@ import Testing
             for total in totals {
                 let mine = byCurrency[total.currency] ?? []
                 let revenue = mine.reduce(0) { sum, p in
-                    sum + (p.status == "credited" && p.requestedAmount != nil ? min(p.creditedAmount, p.requestedAmount!) : 0)
+                    sum + (p.status == .credited && p.requestedAmount != nil ? min(p.creditedAmount, p.requestedAmount!) : 0)
                 }
                 #expect(total.payments == mine.count)
                 #expect(total.revenue == revenue, "\(total.currency) \(filter)")
-                #expect(total.credited == mine.filter { $0.status == "credited" }.count)
+                #expect(total.credited == mine.filter { $0.status == .credited }.count)
                 #expect(total.pending == mine.filter { $0.status == nil }.count)
                 #expect(total.requested == mine.reduce(0) { $0 + ($1.requestedAmount ?? 0) })
                 // A unit's own claim is never revenue.

@@ -99,7 +99,7 @@ struct MetricsTests {
             let records = try fleet.home.registry.payments()
             #expect(Self.sample(text, #"pulsebridge_units{state="online"}"#) == 2)
             #expect(Self.sample(text, #"pulsebridge_units{state="revoked"}"#) == 1)
-            #expect(Self.sample(text, #"pulsebridge_payments{status="credited",settlement="capture"}"#) == Double(records.filter { $0.status == "credited" }.count))
+            #expect(Self.sample(text, #"pulsebridge_payments{status="credited",settlement="capture"}"#) == Double(records.filter { $0.status == .credited }.count))
             #expect(Self.sample(text, #"pulsebridge_payments{status="rejected",settlement="void"}"#) == 1)
             #expect(Self.sample(text, #"pulsebridge_credited_amount{currency="JPY"}"#) == Double(records.map(\.creditedAmount).reduce(0, +)))
             #expect(Self.sample(text, #"pulsebridge_credited_amount{currency="JPY"}"#) == 500)

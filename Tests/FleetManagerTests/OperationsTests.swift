@@ -156,7 +156,7 @@ struct OperationsTests {
             await payments.close()
             #expect(outcome.result?.status == .credited)
             try await Self.eventually("payment recorded with its user") {
-                try fleet.home.registry.payments().contains { $0.userId == "late-user" && $0.status == "credited" }
+                try fleet.home.registry.payments().contains { $0.userId == "late-user" && $0.status == .credited }
             }
             serve.cancel()
             _ = await serve.result

@@ -53,7 +53,7 @@ struct RegistryFaultTests {
             monitor.flush()
             #expect(monitor.buffered == 0)
             let records = try registry.payments()
-            #expect(Set(records.map { "\($0.paymentId) \($0.status ?? "-") \($0.creditedAmount) \($0.settlement ?? "-")" }) == ["p-1 credited 300 capture", "p-2 credited 200 capture"])
+            #expect(Set(records.map { "\($0.paymentId) \($0.status?.rawValue ?? "-") \($0.creditedAmount) \($0.settlement?.rawValue ?? "-")" }) == ["p-1 credited 300 capture", "p-2 credited 200 capture"])
         }
     }
 

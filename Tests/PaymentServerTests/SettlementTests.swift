@@ -86,7 +86,7 @@ struct SettlementTests {
             #expect(fleet.completions.withLock { $0[id] } == 1, "one completion, not re-sent")
             // The machine credited it (fleet-manager payments has the result): capture.
             try await fleet.waitUntil("serve recorded the result") {
-                try fleet.home.registry.payments().contains { $0.paymentId == id && $0.status == "credited" }
+                try fleet.home.registry.payments().contains { $0.paymentId == id && $0.status == .credited }
             }
             let settle = try ChildProcess.spawn(
                 PaymentServerFleet.binary("payment-server"), ["settle", id, "--action", "capture", "--config", fleet.configPath],

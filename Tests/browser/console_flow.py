@@ -36,7 +36,7 @@ def sign_in(driver, url, credentials):
 
 def main():
     parser = argparse.ArgumentParser()
-    for option in ("--url", "--operator", "--viewer", "--unit", "--live-unit", "--shots"):
+    for option in ("--url", "--operator", "--viewer", "--admin", "--unit", "--live-unit", "--new-unit", "--shots"):
         parser.add_argument(option, required=True)
     args = parser.parse_args()
     os.makedirs(args.shots, exist_ok=True)
@@ -123,6 +123,8 @@ def main():
         out["rolloutUnit"] = driver.find_element(By.CSS_SELECTOR, "tr[data-unit='wash-01'] [data-field='state']").text
         out["rolloutLive"] = driver.execute_script("return window.__notReloaded") == 43
         shot(driver, "rollout")
+        driver.get(args.url + "/firmware")
+        shot(driver, "firmware")
         driver.find_element(By.ID, "logout").click()
         WebDriverWait(driver, 20).until(lambda d: d.current_url.endswith("/login"))
 
@@ -137,6 +139,26 @@ def main():
                                       body: 'csrf=' + encodeURIComponent(csrf)}).then(function(r){ done(r.status); });
         """ % alert_id)
         shot(driver, "viewer-alerts")
+        driver.find_element(By.ID, "logout").click()
+        WebDriverWait(driver, 20).until(lambda d: d.current_url.endswith("/login"))
+
+        # An admin provisions a unit; its bundle downloads once.
+        sign_in(driver, args.url, args.admin)
+        driver.get(args.url + "/provision")
+        driver.find_element(By.ID, "machine").send_keys(args.new_unit)
+        provision = driver.find_element(By.ID, "provision")
+        provision.click()
+        WebDriverWait(driver, 30).until(expected_conditions.staleness_of(provision))
+        out["provisioned"] = driver.find_element(By.ID, "provisioned").text
+        shot(driver, "provision")
+        fetch = """
+            var done = arguments[arguments.length - 1];
+            fetch(document.getElementById('bundle').getAttribute('href')).then(function(r){
+              if (r.status !== 200) { done([r.status, null]); return; }
+              r.json().then(function(j){ done([r.status, j.machineId]); });
+            });"""
+        out["bundleFirst"] = driver.execute_async_script(fetch)
+        out["bundleSecond"] = driver.execute_async_script(fetch)
     finally:
         driver.quit()
     print(json.dumps(out), flush=True)
