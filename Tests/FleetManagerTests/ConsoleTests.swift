@@ -95,19 +95,28 @@ struct ConsoleTests {
     }
 
     @Test func everyRouteRefusesWithoutASession() async throws {
-        try await Self.withConsole { _, browser in
-            for route in ConsoleServer.routes {
+        try await Self.withConsole { registry, browser in
+            let routes = ConsoleServer(registry: registry, metrics: FleetMetrics(), options: ConsoleServer.Options()).routes()
+            #expect(routes.count >= 25, "\(routes)")
+            #expect(routes.contains { $0 == ("GET", "/machines/1/code.svg") } && routes.contains { $0 == ("POST", "/firmware/rollouts/1/abort") })
+            for route in routes {
                 let reply = try await browser.send(route.method, route.path, form: route.method == "POST" ? ["csrf": "x"] : nil)
-                switch (route.method, route.path) {
-                case ("GET", "/"), ("GET", "/alerts"), ("GET", "/audit"), ("GET", "/payments"), ("GET", "/revenue"), ("GET", "/machines/laundry-01"),
-                    ("GET", "/provision"), ("GET", "/codes"), ("GET", "/firmware"), ("GET", "/firmware/rollouts/1"):
-                    #expect(reply.status == 303 && reply.headers["location"] == "/login", "\(route)")
-                case ("GET", _):
-                    #expect(reply.status == 401, "\(route): \(reply.status)")
+                switch route.method {
+                case "GET":
+                    // A page sends the browser to sign in; anything else is refused outright.
+                    let page = reply.status == 303 && reply.headers["location"] == "/login"
+                    #expect(page || reply.status == 401, "\(route): \(reply.status)")
                 default:
                     #expect(reply.status == 403, "\(route): \(reply.status)")
                 }
-                #expect(!reply.body.contains("<table"), "\(route)")
+                #expect(!reply.body.contains("<table") && !reply.body.contains("csrf"), "\(route)")
+            }
+            // The pages redirect (a browser lands on the sign-in); the rest answer 401.
+            for page in ["/", "/alerts", "/audit", "/payments", "/revenue", "/machines/1", "/provision", "/codes", "/firmware", "/firmware/rollouts/1"] {
+                #expect(try await browser.send("GET", page).status == 303, "\(page)")
+            }
+            for api in ["/events", "/console.js", "/payments.csv", "/metrics", "/machines/1/code.svg", "/bundles/1", "/firmware/rollouts/1/progress"] {
+                #expect(try await browser.send("GET", api).status == 401, "\(api)")
             }
             // A forged cookie opens nothing either.
             var forged = browser
