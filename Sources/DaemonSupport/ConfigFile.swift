@@ -241,6 +241,35 @@ extension AsyncParsableCommand {
             arguments = []
             Foundation.exit(2)
         }
-        await main(arguments)
+        // A usage error (an unknown option, a value not among an enum's): ArgumentParser's own
+        // exit keeps its message alive at exit(), which LeakSanitizer builds report as a leak
+        // (and exit 23, not 64). Parsed here, the message is printed and released first.
+        var usage: (text: String, code: Int32)?
+        var parsed: (any ParsableCommand)?
+        do {
+            parsed = try parseAsRoot(arguments)
+        } catch {
+            usage = (fullMessage(for: error), exitCode(for: error).rawValue)
+        }
+        if let message = usage {
+            if !message.text.isEmpty {
+                (message.code == 0 ? FileHandle.standardOutput : FileHandle.standardError).write(Data((message.text + "\n").utf8))
+            }
+            let code = message.code
+            usage = nil
+            arguments = []
+            Foundation.exit(code)
+        }
+        guard var command = parsed else { return }
+        parsed = nil
+        do {
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
     }
 }
