@@ -107,10 +107,18 @@ let package = Package(
             ],
             swiftSettings: strict),
         // serve's HTTP side (--http): /metrics now, the operator console next (Hummingbird).
+        // HTML escaping, form bodies and security headers, for both web servers.
+        .target(
+            name: "WebSupport",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
+            swiftSettings: strict),
         .target(
             name: "FleetConsole",
             dependencies: [
-                "FleetManager", "MessageSchema", "Locking",
+                "FleetManager", "MessageSchema", "Locking", "WebSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -127,7 +135,7 @@ let package = Package(
         .target(
             name: "PaymentServer",
             dependencies: [
-                "PaymentSDK", "MessageSchema", "Locking", "DaemonSupport",
+                "PaymentSDK", "MessageSchema", "Locking", "DaemonSupport", "WebSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "GRDB", package: "GRDB.swift"),

@@ -1,24 +1,11 @@
 import FleetManager
 import Foundation
+import WebSupport
 
 /// The console's pages: server-rendered HTML, one stylesheet inline, the one script
 /// (`/console.js`, live updates) served to signed-in browsers only.
 enum ConsolePages {
-    static func escape(_ text: String) -> String {
-        var out = ""
-        out.reserveCapacity(text.utf8.count)
-        for c in text {
-            switch c {
-            case "&": out += "&amp;"
-            case "<": out += "&lt;"
-            case ">": out += "&gt;"
-            case "\"": out += "&quot;"
-            case "'": out += "&#39;"
-            default: out.append(c)
-            }
-        }
-        return out
-    }
+    static func escape(_ text: String) -> String { HTML.escape(text) }
 
     static func time(_ ms: Int?) -> String {
         guard let ms else { return "–" }

@@ -2,6 +2,7 @@ import FleetManager
 import Foundation
 import HTTPTypes
 import Hummingbird
+import WebSupport
 import Locking
 import Logging
 import MessageSchema
@@ -93,7 +94,12 @@ public struct ConsoleServer: Sendable {
 
     public func router() -> Router<ConsoleContext> {
         let router = Router(context: ConsoleContext.self)
-        router.add(middleware: ConsoleHeaders())
+        // No framing, no sniffing, no caching of operator pages; scripts only from the console.
+        router.add(
+            middleware: SecurityHeaders(
+                contentSecurityPolicy:
+                    "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+                noStore: true))
         router.get("/metrics") { request, _ in try scrape(request) }
         router.get("/login") { request, _ in
             if try session(request) != nil { return redirect("/") }
@@ -400,20 +406,12 @@ public struct ConsoleServer: Sendable {
         return parsed.port.map { "\(scheme)://\(host):\($0)" } ?? "\(scheme)://\(host)"
     }
 
-    /// An `application/x-www-form-urlencoded` body: at most 8 KiB, each field once.
+    /// An `application/x-www-form-urlencoded` body: at most 8 KiB, each field once, at most 16.
+    /// One that does not read as such is empty, so it fails its CSRF check (403).
     static func form(_ request: Request) async throws -> [String: String] {
         var request = request
         let body = try await request.collectBody(upTo: 8192)
-        var fields: [String: String] = [:]
-        for pair in String(buffer: body).split(separator: "&") {
-            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            guard let name = parts[0].replacingOccurrences(of: "+", with: " ").removingPercentEncoding,
-                let value = (parts.count > 1 ? String(parts[1]) : "").replacingOccurrences(of: "+", with: " ").removingPercentEncoding,
-                fields[name] == nil, fields.count < 16
-            else { continue }
-            fields[name] = value
-        }
-        return fields
+        return URLEncodedForm.parse(String(buffer: body), maxFields: 16) ?? [:]
     }
 
     /// The server as a `Service` for serve's service group; `onRunning` gets the bound port.
@@ -442,19 +440,6 @@ public struct ConsoleContext: RequestContext, RemoteAddressRequestContext {
     }
 }
 
-/// No framing, no sniffing, no caching of operator pages; scripts only from the console.
-struct ConsoleHeaders<Context: RequestContext>: RouterMiddleware {
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        var response = try await next(request, context)
-        response.headers[.contentSecurityPolicy] =
-            "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-        response.headers[HTTPField.Name("X-Content-Type-Options")!] = "nosniff"
-        // same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on forms.
-        response.headers[HTTPField.Name("Referrer-Policy")!] = "same-origin"
-        if response.headers[.cacheControl] == nil { response.headers[.cacheControl] = "no-store" }
-        return response
-    }
-}
 
 // MARK: Payments ledger and revenue
 

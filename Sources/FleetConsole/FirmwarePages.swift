@@ -25,7 +25,7 @@ extension ConsoleServer {
                 guard let id = context.parameters.get("id").flatMap(Int.init), let rollout = try registry.rollout(id) else {
                     return ConsolePages.message("No such rollout", "There is no rollout \(context.parameters.get("id") ?? "").", session: session)
                 }
-                return ConsolePages.rollout(rollout, reports: try reports(), canAbort: rollouts.withLock { $0[id] != nil }, session: session)
+                return ConsolePages.rollout(rollout, reports: try reports(id), canAbort: rollouts.withLock { $0[id] != nil }, session: session)
             }
         }
         router.get("/firmware/rollouts/:id/progress") { request, context in
@@ -33,7 +33,7 @@ extension ConsoleServer {
             guard let id = context.parameters.get("id").flatMap(Int.init), let rollout = try registry.rollout(id) else {
                 return text(.notFound, "no such rollout\n")
             }
-            return try json(ConsolePages.rolloutProgress(rollout, reports: try reports()))
+            return try json(ConsolePages.rolloutProgress(rollout, reports: try reports(id)))
         }
         router.post("/firmware/rollouts/:id/abort") { request, context in
             try await signedInForm(request, context, role: .operator) { session, origin, _ in
@@ -47,9 +47,9 @@ extension ConsoleServer {
         }
     }
 
-    /// Each unit's last firmware report, by machine ID.
-    func reports() throws -> [String: FirmwareStatusRow] {
-        Dictionary(try registry.firmwareStatus().map { ($0.machineId, $0) }, uniquingKeysWith: { $1 })
+    /// The last firmware report of each unit in `rollout`, by machine ID.
+    func reports(_ rollout: Int) throws -> [String: FirmwareStatusRow] {
+        Dictionary(try registry.firmwareStatus(rollout: rollout).map { ($0.machineId, $0) }, uniquingKeysWith: { $1 })
     }
 
     func startRollout(_ form: [String: String], _ session: OperatorSession, _ origin: String) throws -> Response {

@@ -62,15 +62,17 @@ extension Registry {
         }
     }
 
-    public func firmwareStatus() throws -> [FirmwareStatusRow] {
+    /// Every provisioned unit's firmware, or only the units in `rollout`.
+    public func firmwareStatus(rollout: Int? = nil) throws -> [FirmwareStatusRow] {
         try database.read { db in
             try Row.fetchAll(
                 db,
                 sql: """
                     SELECT m.id, u.firmware, f.version, f.state, f.reason FROM machine m
                     LEFT JOIN unitState u ON u.id = m.id LEFT JOIN firmwareState f ON f.id = m.id
-                    WHERE m.state = 'provisioned' ORDER BY m.id
-                    """
+                    WHERE m.state = 'provisioned' \(rollout == nil ? "" : "AND m.id IN (SELECT machineId FROM rolloutUnit WHERE rolloutId = ?)")
+                    ORDER BY m.id
+                    """, arguments: StatementArguments(rollout.map { [$0] } ?? [])
             ).map { FirmwareStatusRow(machineId: $0["id"], running: $0["firmware"], reportedVersion: $0["version"], state: $0["state"], reason: $0["reason"]) }
         }
     }

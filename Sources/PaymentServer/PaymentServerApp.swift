@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import WebSupport
 import Logging
 import MessageSchema
 import PaymentSDK
@@ -85,7 +86,11 @@ public struct PaymentServerApp: Sendable {
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
         router.add(middleware: PageErrorMiddleware(logger: logger))
-        router.add(middleware: SecurityHeadersMiddleware())
+        router.add(
+            middleware: SecurityHeaders(
+                contentSecurityPolicy:
+                    "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+                noStore: false))
         router.get("/healthz") { _, _ in "ok\n" }
         router.get("/") { _, _ in
             html(Pages.error(title: "PulseBridge pay", message: "Scan the payment code on a machine to pay it."))
@@ -373,16 +378,8 @@ struct Form {
     }
 
     static func parse(_ text: String) throws -> Form {
-        var fields: [String: String] = [:]
-        for pair in text.split(separator: "&", omittingEmptySubsequences: true) {
-            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            guard let name = parts[0].replacingOccurrences(of: "+", with: " ").removingPercentEncoding,
-                let value = (parts.count > 1 ? String(parts[1]) : "").replacingOccurrences(of: "+", with: " ").removingPercentEncoding,
-                fields[name] == nil, fields.count < 20
-            else {
-                throw CustomerRefusal(status: 400, title: "Malformed form", message: "The form could not be read. Reload the page and try again.")
-            }
-            fields[name] = value
+        guard let fields = URLEncodedForm.parse(text, maxFields: 20) else {
+            throw CustomerRefusal(status: 400, title: "Malformed form", message: "The form could not be read. Reload the page and try again.")
         }
         return Form(fields: fields)
     }
@@ -418,13 +415,3 @@ struct PageErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
-struct SecurityHeadersMiddleware<Context: RequestContext>: RouterMiddleware {
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        var response = try await next(request, context)
-        response.headers[.contentSecurityPolicy] =
-            "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-        response.headers[HTTPField.Name("X-Content-Type-Options")!] = "nosniff"
-        response.headers[HTTPField.Name("Referrer-Policy")!] = "same-origin"
-        return response
-    }
-}

@@ -36,12 +36,7 @@ struct ConsoleScale: AsyncParsableCommand {
         var load: Task<Void, any Error>?
         var publishers: [MQTTClient] = []
         do {
-            let identity = BrokerIdentity(host: broker.host, port: broker.port, username: "fleet-manager", password: "x")
-            let home = try FleetHome.create(
-                at: dir,
-                settings: FleetSettings(
-                    topicRoot: "fleet", deviceBrokerUrl: "mqtt://127.0.0.1:\(broker.port)", deviceCAFile: nil, manager: identity,
-                    paymentServer: identity, paymentUrlTemplate: "https://pay.example.com/m/{machineId}", currency: "JPY"))
+            let home = try ServeIngest.simulatedFleetHome(at: dir, broker: broker)
             let machines = (0..<count).map { MachineID(unchecked: String(format: "sim-%05d", $0)) }
             for machine in machines { try home.registry.upsertMachine(machine) }
             try home.registry.addOperator("bench", role: .viewer, password: "bench-password-123")

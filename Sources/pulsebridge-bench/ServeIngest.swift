@@ -26,12 +26,7 @@ struct ServeIngest: AsyncParsableCommand {
         let dir = NSTemporaryDirectory() + "bench-serve-\(UUID().uuidString)"
         var serve: ChildProcess?
         do {
-            let identity = BrokerIdentity(host: broker.host, port: broker.port, username: "fleet-manager", password: "x")
-            let home = try FleetHome.create(
-                at: dir,
-                settings: FleetSettings(
-                    topicRoot: "fleet", deviceBrokerUrl: "mqtt://127.0.0.1:\(broker.port)", deviceCAFile: nil, manager: identity,
-                    paymentServer: identity, paymentUrlTemplate: "https://pay.example.com/m/{machineId}", currency: "JPY"))
+            let home = try simulatedFleetHome(at: dir, broker: broker)
             let machines = (0..<count).map { MachineID(unchecked: "sim-\($0)") }
             for machine in machines { try home.registry.upsertMachine(machine) }
             serve = try ChildProcess.spawn(productsDirectory() + "/fleet-manager", ["serve", "--home", dir], outputPath: dir + "/serve.log")
@@ -90,6 +85,16 @@ struct ServeIngest: AsyncParsableCommand {
             await broker.stop()
             throw error
         }
+    }
+
+    /// A fleet home for simulated units on `broker` (anonymous: no dynamic security).
+    static func simulatedFleetHome(at dir: String, broker: LocalMosquitto) throws -> FleetHome {
+        let identity = BrokerIdentity(host: broker.host, port: broker.port, username: "fleet-manager", password: "x")
+        return try FleetHome.create(
+            at: dir,
+            settings: FleetSettings(
+                topicRoot: "fleet", deviceBrokerUrl: "mqtt://127.0.0.1:\(broker.port)", deviceCAFile: nil, manager: identity,
+                paymentServer: identity, paymentUrlTemplate: "https://pay.example.com/m/{machineId}", currency: "JPY"))
     }
 
     static func publish(_ machines: ArraySlice<MachineID>, round: Int, marker: Int, _ publishers: [MQTTClient]) async throws {
