@@ -10,9 +10,18 @@ extension FleetHome {
         try await settings.manager.withClient(clientID: "fleet-manager-\(purpose)-\(UUID().uuidString.prefix(8).lowercased())", body)
     }
 
-    /// A `Provisioner` with its two connections (dynamic security and the manager's client).
+    /// The broker's identity administration the settings name: dynamic security (connected
+    /// as the manager) or the password and ACL files.
+    public func provisioningBackend() async throws -> any ProvisioningBackend {
+        switch settings.brokerAdmin?.kind ?? .dynamicSecurity {
+        case .dynamicSecurity: return try await DynamicSecurityBackend.connect(settings.manager)
+        case .passwordFile: return try PasswordFileBackend(settings.brokerAdmin!, manager: settings.manager)
+        }
+    }
+
+    /// A `Provisioner` with its two connections (broker administration and the manager's client).
     public func withProvisioner<T>(purpose: String, _ body: (Provisioner) async throws -> T) async throws -> T {
-        let backend = try await DynamicSecurityBackend.connect(settings.manager)
+        let backend = try await provisioningBackend()
         do {
             let result = try await withManagerClient(purpose: purpose) { publisher in
                 try await body(Provisioner(home: self, backend: backend, publisher: publisher))

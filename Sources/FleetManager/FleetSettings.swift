@@ -22,6 +22,8 @@ public struct FleetSettings: Codable, Sendable, Hashable {
     /// Where units download firmware: `firmware publish` makes `URL/<version>/edge-agent`
     /// (e.g. `http://manager.example:8080`, served by `serve --firmware-listen`).
     public var firmwareUrlBase: String?
+    /// How the broker's identities are administered; nil is mosquitto's dynamic security.
+    public var brokerAdmin: BrokerAdministration?
 
     public init(
         topicRoot: String, deviceBrokerUrl: String, deviceCAFile: String?, manager: BrokerIdentity,

@@ -22,6 +22,13 @@ public enum FleetSetup {
         public var currency: String
         /// How long to wait for a broker that does not accept connections yet (starting).
         public var waitForBroker: Duration = .seconds(10)
+        /// How the broker's identities are administered; nil: dynamic security, set up with
+        /// the admin credentials above.
+        public var administration: BrokerAdministration?
+        /// The port payment servers use, when it is not the manager's: with the password-file
+        /// administration, the manager has a loopback listener of its own and payment servers
+        /// use one where their client ID is their username.
+        public var servicePort: Int?
 
         public init(
             home: String, brokerHost: String, brokerPort: Int, brokerCAFile: String? = nil, adminUser: String = "admin",
@@ -78,28 +85,39 @@ public enum FleetSetup {
             host: options.brokerHost, port: options.brokerPort, caFile: brokerCA, username: "fleet-manager",
             password: Provisioner.newPassword())
         let paymentServer = BrokerIdentity(
-            host: options.brokerHost, port: options.brokerPort, caFile: brokerCA, username: "payment-server",
+            host: options.brokerHost, port: options.servicePort ?? options.brokerPort, caFile: brokerCA, username: "payment-server",
             password: Provisioner.newPassword())
-        let admin = BrokerIdentity(
-            host: options.brokerHost, port: options.brokerPort, caFile: options.brokerCAFile, username: options.adminUser,
-            password: options.adminPassword)
-        let backend = try await DynamicSecurityBackend.connect(admin, waitingUpTo: options.waitForBroker, logger: logger)
-        do {
-            if let existing = try await backend.existingFleetIdentity() {
-                throw FleetError(
-                    "this broker already holds a PulseBridge fleet (its dynamic security has the client '\(existing)')",
-                    hint: "use that fleet's home; one broker serves one fleet, and init never replaces one")
+        switch options.administration?.kind ?? .dynamicSecurity {
+        case .dynamicSecurity:
+            let admin = BrokerIdentity(
+                host: options.brokerHost, port: options.brokerPort, caFile: options.brokerCAFile, username: options.adminUser,
+                password: options.adminPassword)
+            let backend = try await DynamicSecurityBackend.connect(admin, waitingUpTo: options.waitForBroker, logger: logger)
+            do {
+                if let existing = try await backend.existingFleetIdentity() {
+                    throw FleetError(
+                        "this broker already holds a PulseBridge fleet (its dynamic security has the client '\(existing)')",
+                        hint: "use that fleet's home; one broker serves one fleet, and init never replaces one")
+                }
+                try await backend.bootstrap(topics: topics, manager: manager, paymentServer: paymentServer)
+                await backend.close()
+            } catch {
+                await backend.close()
+                throw error
             }
+        case .passwordFile:
+            // The manager's identity is the broker's CA-verified loopback client; the files are
+            // written with it as the probe endpoint.
+            var probe = manager
+            probe.caFile = options.brokerCAFile
+            let backend = try PasswordFileBackend(options.administration!, manager: probe)
             try await backend.bootstrap(topics: topics, manager: manager, paymentServer: paymentServer)
-            await backend.close()
-        } catch {
-            await backend.close()
-            throw error
         }
-        let settings = FleetSettings(
+        var settings = FleetSettings(
             topicRoot: options.topicRoot, deviceBrokerUrl: options.deviceBrokerUrl, deviceCAFile: deviceCA,
             manager: manager, paymentServer: paymentServer, paymentUrlTemplate: options.paymentUrlTemplate,
             currency: options.currency)
+        settings.brokerAdmin = options.administration
         let created = try FleetHome.create(at: home, settings: settings)
         for (source, copy) in [(options.deviceCAFile, deviceCA), (options.brokerCAFile, brokerCA)] {
             guard let source, let copy else { continue }

@@ -24,6 +24,11 @@ public final class LocalMosquitto: Sendable {
     public let template: String
     /// With the `dynsec` template: the password of the dynamic-security admin `admin`.
     public let adminPassword: String?
+    /// With the `files` template: the loopback port of the manager's own listener (client IDs
+    /// are not replaced by usernames there). `port` is the units' and payment servers'.
+    public let adminPort: Int?
+    /// With the `files` template: the broker's pid file (`pid_file`).
+    public var pidPath: String { directory + "/mosquitto.pid" }
 
     private let process: Locked<ChildProcess?>
     private let logger: Logger
@@ -33,8 +38,9 @@ public final class LocalMosquitto: Sendable {
     /// The broker's log.
     public var logPath: String { directory + "/mosquitto.log" }
 
-    private init(port: Int, directory: String, extraConfiguration: String, template: String, adminPassword: String?, logger: Logger) {
+    private init(port: Int, adminPort: Int?, directory: String, extraConfiguration: String, template: String, adminPassword: String?, logger: Logger) {
         self.port = port
+        self.adminPort = adminPort
         self.directory = directory
         self.extraConfiguration = extraConfiguration
         self.template = template
@@ -63,7 +69,7 @@ public final class LocalMosquitto: Sendable {
             let directory = try makeTemporaryDirectory()
             let adminPassword = template == "dynsec" ? UUID().uuidString : nil
             let broker = LocalMosquitto(
-                port: try LoopbackPort.free(), directory: directory, extraConfiguration: extraConfiguration,
+                port: try LoopbackPort.free(), adminPort: template == "files" ? try LoopbackPort.free() : nil, directory: directory, extraConfiguration: extraConfiguration,
                 template: template, adminPassword: adminPassword, logger: logger)
             do {
                 if let adminPassword {
@@ -71,6 +77,11 @@ public final class LocalMosquitto: Sendable {
                     let status = await (try ChildProcess.spawn("bash", [script, directory, adminPassword])).waitForExit()
                     guard status == .exited(0) else {
                         throw LocalMosquittoError(description: "bootstrap-dynsec.sh \(status)")
+                    }
+                }
+                if template == "files" {
+                    for file in ["passwd", "acl"] {
+                        _ = FileManager.default.createFile(atPath: directory + "/" + file, contents: Data(), attributes: [.posixPermissions: 0o600])
                     }
                 }
                 try broker.writeConfiguration()
@@ -113,6 +124,7 @@ public final class LocalMosquitto: Sendable {
         let text = String(decoding: template, as: UTF8.self)
             .replacingOccurrences(of: "{{EXTRA}}", with: extraConfiguration)
             .replacingOccurrences(of: "{{PORT}}", with: String(port))
+            .replacingOccurrences(of: "{{ADMIN_PORT}}", with: adminPort.map(String.init) ?? "")
             .replacingOccurrences(of: "{{DATA_DIR}}", with: directory)
         try text.write(toFile: configPath, atomically: true, encoding: .utf8)
     }
@@ -129,7 +141,7 @@ public final class LocalMosquitto: Sendable {
                 throw LocalMosquittoError(
                     description: "mosquitto \(status) on port \(port):\n\(tail(of: logPath))")
             }
-            if LoopbackPort.accepts(port) {
+            if LoopbackPort.accepts(port), adminPort.map(LoopbackPort.accepts) ?? true {
                 logger.debug("mosquitto ready", metadata: ["broker.port": "\(port)", "broker.pid": "\(child.pid)"])
                 return
             }

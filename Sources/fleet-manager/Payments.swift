@@ -34,7 +34,7 @@ struct PaymentServers: AsyncParsableCommand {
             guard !FileManager.default.fileExists(atPath: path) else {
                 throw FleetError("\(path) exists", hint: "remove the payment server first, or pick another name")
             }
-            let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
+            let backend = try await home.provisioningBackend()
             do {
                 try await backend.createPaymentServer(identity)
                 await backend.close()
@@ -58,7 +58,7 @@ struct PaymentServers: AsyncParsableCommand {
         var audit: AuditAction? { AuditAction(action: "payment-servers remove", target: "payment-server-\(name)") }
 
         func run(home: FleetHome) async throws {
-            let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
+            let backend = try await home.provisioningBackend()
             do {
                 try await backend.deletePaymentServer(username: "payment-server-\(name)")
                 await backend.close()

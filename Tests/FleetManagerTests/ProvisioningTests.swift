@@ -15,15 +15,20 @@ let productionTLSVersionLine: String = {
     return text.split(separator: "\n").first { $0.hasPrefix("tls_version") }.map(String.init) ?? ""
 }()
 
-/// A fleet on a real mosquitto with dynamic security, set up as `fleet-manager init` does.
+/// A fleet on a real mosquitto, set up as `fleet-manager init` does: with dynamic security (the
+/// default) or with the password-file administration (`files` broker template).
 struct DynsecFleet {
     let broker: LocalMosquitto
     let home: FleetHome
-    let backend: DynamicSecurityBackend
+    let backend: any ProvisioningBackend
     let publisher: MQTTClient
     var provisioner: Provisioner { Provisioner(home: home, backend: backend, publisher: publisher) }
+    var administration: BrokerAdministration.Kind { home.settings.brokerAdmin?.kind ?? .dynamicSecurity }
 
-    static func with(tlsPort: Int? = nil, caDirectory: String? = nil, _ body: (DynsecFleet) async throws -> Void) async throws {
+    static func with(
+        _ administration: BrokerAdministration.Kind = .dynamicSecurity, tlsPort: Int? = nil, caDirectory: String? = nil,
+        _ body: (DynsecFleet) async throws -> Void
+    ) async throws {
         var extra = ""
         if let tlsPort, let caDirectory {
             extra = """
@@ -33,15 +38,21 @@ struct DynsecFleet {
                 keyfile \(caDirectory)/server.key
                 \(productionTLSVersionLine)
                 """
+            if administration == .passwordFile { extra += "\nuse_username_as_clientid true" }
         }
-        try await LocalMosquitto.with(extraConfiguration: extra, template: "dynsec") { broker in
+        let template = administration == .passwordFile ? "files" : "dynsec"
+        try await LocalMosquitto.with(extraConfiguration: extra, template: template) { broker in
             let homePath = NSTemporaryDirectory() + "pb-home-\(UUID().uuidString)"
             let deviceURL = tlsPort.map { "mqtts://localhost:\($0)" } ?? "mqtt://127.0.0.1:\(broker.port)"
-            let home = try await FleetSetup.initialize(
-                FleetSetup.Options(
-                    home: homePath, brokerHost: broker.host, brokerPort: broker.port, adminPassword: broker.adminPassword!,
-                    deviceBrokerUrl: deviceURL, deviceCAFile: caDirectory.map { "\($0)/ca.crt" }))
-            let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
+            var options = FleetSetup.Options(
+                home: homePath, brokerHost: broker.host, brokerPort: broker.adminPort ?? broker.port,
+                adminPassword: broker.adminPassword ?? "", deviceBrokerUrl: deviceURL, deviceCAFile: caDirectory.map { "\($0)/ca.crt" })
+            if administration == .passwordFile {
+                options.administration = BrokerAdministration(kind: .passwordFile, directory: broker.directory, pidFile: broker.pidPath)
+                options.servicePort = broker.port
+            }
+            let home = try await FleetSetup.initialize(options)
+            let backend = try await home.provisioningBackend()
             let publisher = try await home.settings.manager.connect(clientID: "test-manager")
             let fleet = DynsecFleet(broker: broker, home: home, backend: backend, publisher: publisher)
             do {
@@ -73,8 +84,9 @@ struct DynsecFleet {
 
 @Suite(.serialized, .timeLimit(.minutes(6)))
 struct ProvisioningTests {
-    @Test func isolationMatrix() async throws {
-        try await DynsecFleet.with { fleet in
+    @Test(arguments: BrokerAdministration.Kind.allCases)
+    func isolationMatrix(_ administration: BrokerAdministration.Kind) async throws {
+        try await DynsecFleet.with(administration) { fleet in
             let a: MachineID = "unit-a"
             let b: MachineID = "unit-b"
             _ = try await fleet.provisioner.provision(a)
@@ -86,12 +98,22 @@ struct ProvisioningTests {
             let watched = Inbox(watcher)
             try await watcher.subscribe("fleet/#")
 
-            let device = try fleet.deviceClient(a)
+            // Reading what is not yours: dynamic security refuses the subscription; mosquitto's
+            // acl_file grants every SUBACK and checks each delivery instead. Both are attacked by
+            // delivery below: nothing of another's may arrive.
+            func mayNotRead(_ client: MQTTClient, _ filter: String, _ what: String) async {
+                switch administration {
+                case .dynamicSecurity: await #expect(throws: MQTTError.self, "\(what) subscribing to \(filter)") { try await client.subscribe(filter) }
+                case .passwordFile: _ = try? await client.subscribe(filter)
+                }
+            }
+            var device = try fleet.deviceClient(a)
+            var deviceInbox = Inbox(device)
             try await device.connect()
             // Device A: nothing of B's, in either direction.
             for kind in TopicKind.allCases {
                 let topic = topics.topic(kind, for: b)
-                await #expect(throws: MQTTError.self, "A subscribing to \(topic)") { try await device.subscribe(topic) }
+                await mayNotRead(device, topic, "A")
                 await #expect(throws: MQTTError.self, "A publishing to \(topic)") {
                     try await device.publish(topic: topic, payload: Data("x".utf8))
                 }
@@ -104,7 +126,7 @@ struct ProvisioningTests {
             }
             // No wildcards beyond its own topics.
             for filter in ["fleet/#", "fleet/+/status", "#", "fleet/unit-a/#"] {
-                await #expect(throws: MQTTError.self, "A subscribing to \(filter)") { try await device.subscribe(filter) }
+                await mayNotRead(device, filter, "A")
             }
             // What it may do.
             for kind in [TopicKind.paymentCompleted, .configDesired, .firmwareDesired, .status] {
@@ -113,20 +135,82 @@ struct ProvisioningTests {
             for kind in [TopicKind.paymentResult, .status, .heartbeat, .configReported, .firmwareReported] {
                 try await device.publish(topic: topics.topic(kind, for: a), payload: Data("{}".utf8), retain: kind.retained)
             }
-            // A unit's identity is bound to its client ID.
+            // A unit's identity is bound to its client ID: dynamic security refuses A's
+            // credentials under B's client ID; the password-file broker makes A's client ID its
+            // username, so B's session is never taken over.
+            let victim = try fleet.deviceClient(b)
+            try await victim.connect()
+            let victimStates = victim.connectionStates()
             let impostor = try fleet.deviceClient(a, clientID: "unit-b")
-            await #expect(throws: MQTTError.self) { try await impostor.connect() }
+            switch administration {
+            case .dynamicSecurity:
+                await #expect(throws: MQTTError.self) { try await impostor.connect() }
+            case .passwordFile:
+                try await impostor.connect()
+                // It is A (its own rights only), and it displaced A's own session, not B's.
+                let impostorInbox = Inbox(impostor)
+                await mayNotRead(impostor, topics.topic(.configDesired, for: b), "A as unit-b")
+                try await impostor.subscribe(topics.topic(.configDesired, for: a))
+                try await watcher.publish(topic: topics.topic(.configDesired, for: b), payload: Data("for-b".utf8))
+                try await watcher.publish(topic: topics.topic(.configDesired, for: a), payload: Data("for-a".utf8))
+                _ = try await impostorInbox.next("A's own") { $0.payload == Data("for-a".utf8) }
+                let read = await impostorInbox.pending.filter { !$0.topic.hasPrefix("fleet/unit-a/") }
+                #expect(read.isEmpty, "A as unit-b read \(read.map(\.topic))")
+                try await victim.publish(topic: topics.topic(.heartbeat, for: b), payload: Data("{}".utf8))
+            }
             await impostor.close()
+            #expect(victim.connectionState.isConnected)
+            for await state in victimStates {
+                #expect(state.isConnected, "B was knocked off")
+                break
+            }
+            await victim.close()
+            if administration == .passwordFile {
+                // The impostor took A's own session (same credentials); reconnect A.
+                await device.close()
+                device = try fleet.deviceClient(a)
+                deviceInbox = Inbox(device)
+                try await device.connect()
+                for filter in ["fleet/#", "#"] + TopicKind.allCases.map({ topics.topic($0, for: b) }) { await mayNotRead(device, filter, "A") }
+                try await device.subscribe(topics.topic(.configDesired, for: a))
+            }
 
             // The payment server: completions for any unit, results and status; nothing else.
-            let payment = try await fleet.home.settings.paymentServer.connect(clientID: fleet.home.settings.paymentServer.username)
+            let payment = try fleet.home.settings.paymentServer.client(clientID: fleet.home.settings.paymentServer.username)
+            let paymentInbox = Inbox(payment)
+            try await payment.connect()
             try await payment.publish(topic: topics.topic(.paymentCompleted, for: b), payload: Data("{}".utf8))
             try await payment.subscribe(topics.filter(.paymentResult))
             try await payment.subscribe(topics.filter(.status))
             await #expect(throws: MQTTError.self) { try await payment.publish(topic: topics.topic(.configDesired, for: b), payload: Data("x".utf8), retain: true) }
-            await #expect(throws: MQTTError.self) { try await payment.subscribe(topics.filter(.heartbeat)) }
-            await #expect(throws: MQTTError.self) { try await payment.subscribe(topics.filter(.paymentCompleted)) }
-            await #expect(throws: MQTTError.self) { try await payment.subscribe("fleet/#") }
+            await mayNotRead(payment, topics.filter(.heartbeat), "the payment server")
+            await mayNotRead(payment, topics.filter(.paymentCompleted), "the payment server")
+            await mayNotRead(payment, "fleet/#", "the payment server")
+
+            // Deliveries: B's topics all carry a secret (retained where the protocol retains),
+            // heartbeats and completions carry one too; then a marker each may read. Nothing
+            // of B's reaches A, and the payment server gets results and status only.
+            let secret = Data("secret".utf8)
+            let unitB = try fleet.deviceClient(b)
+            try await unitB.connect()
+            for kind in [TopicKind.paymentResult, .status, .heartbeat, .configReported, .firmwareReported] {
+                try await unitB.publish(topic: topics.topic(kind, for: b), payload: secret, retain: kind.retained)
+            }
+            await unitB.close()
+            for kind in [TopicKind.configDesired, .firmwareDesired] {
+                try await watcher.publish(topic: topics.topic(kind, for: b), payload: secret, retain: true)
+            }
+            try await payment.publish(topic: topics.topic(.paymentCompleted, for: b), payload: secret)
+            try await watcher.publish(topic: topics.topic(.configDesired, for: a), payload: Data("marker-a".utf8))
+            try await device.publish(topic: topics.topic(.status, for: a), payload: Data("marker-p".utf8))
+            _ = try await deviceInbox.next("A's marker") { $0.payload == Data("marker-a".utf8) }
+            let toA = await deviceInbox.pending.filter { !$0.topic.hasPrefix("fleet/unit-a/") }
+            #expect(toA.isEmpty, "A read \(toA.map(\.topic))")
+            _ = try await paymentInbox.next("the payment server's marker") { $0.payload == Data("marker-p".utf8) }
+            let toPayment = await paymentInbox.pending.filter { message in
+                ![TopicKind.paymentResult, .status].contains { topics.topic($0, for: b) == message.topic || topics.topic($0, for: a) == message.topic }
+            }
+            #expect(toPayment.isEmpty, "the payment server read \(toPayment.map(\.topic))")
 
             // Nothing refused reached the broker's subscribers: the last legitimate publish (a
             // marker) arrives, and no forged payload came before it.
@@ -143,8 +227,9 @@ struct ProvisioningTests {
 
     /// Finding 5 of the integrity review: a payment server's credentials connecting with a
     /// unit's client ID took over the unit's session. Now refused; the unit stays connected.
-    @Test func serviceCredentialsCannotTakeAUnitsClientID() async throws {
-        try await DynsecFleet.with { fleet in
+    @Test(arguments: BrokerAdministration.Kind.allCases)
+    func serviceCredentialsCannotTakeAUnitsClientID(_ administration: BrokerAdministration.Kind) async throws {
+        try await DynsecFleet.with(administration) { fleet in
             let unit: MachineID = "unit-t"
             _ = try await fleet.provisioner.provision(unit)
             let device = try fleet.deviceClient(unit)
@@ -152,21 +237,29 @@ struct ProvisioningTests {
             let states = device.connectionStates()
 
             let payment = fleet.home.settings.paymentServer
-            let error = await #expect(throws: PaymentSDKError.self) {
-                let impostor = try await payment.connect(clientID: unit.rawValue)
-                await impostor.close()
+            // Dynamic security refuses the unit's client ID; the password-file broker replaces
+            // it with the payment server's username. Either way the unit keeps its session.
+            func attempt(_ identity: BrokerIdentity) async throws {
+                switch administration {
+                case .dynamicSecurity:
+                    let error = await #expect(throws: PaymentSDKError.self) {
+                        let impostor = try await identity.connect(clientID: unit.rawValue)
+                        await impostor.close()
+                    }
+                    #expect(error?.description.contains("Not authorized") == true)
+                case .passwordFile:
+                    let impostor = try await identity.connect(clientID: unit.rawValue)
+                    await impostor.close()
+                }
             }
-            #expect(error?.description.contains("Not authorized") == true)
+            try await attempt(payment)
             // A second payment server has its own identity, pinned to its own client ID.
             let backend = fleet.provisioner.backend
             var second = payment
             second.username = "payment-server-kiosk"
             second.password = "kiosk-password"
             try await backend.createPaymentServer(second)
-            await #expect(throws: PaymentSDKError.self) {
-                let impostor = try await second.connect(clientID: unit.rawValue)
-                await impostor.close()
-            }
+            try await attempt(second)
             let own = try await second.connect(clientID: second.username)
             await own.close()
             // The unit was never knocked off: its first state is its only connected state.
@@ -184,8 +277,9 @@ struct ProvisioningTests {
     /// Finding 6: `provision payment-server` reset the payment server's password and wrote it
     /// into a bundle. Reserved names are refused everywhere, and provisioning never takes over
     /// an identity that is not that unit's.
-    @Test func reservedNamesAndForeignIdentitiesAreNeverProvisioned() async throws {
-        try await DynsecFleet.with { fleet in
+    @Test(arguments: BrokerAdministration.Kind.allCases)
+    func reservedNamesAndForeignIdentitiesAreNeverProvisioned(_ administration: BrokerAdministration.Kind) async throws {
+        try await DynsecFleet.with(administration) { fleet in
             for name in ["payment-server", "fleet-manager", "admin", "payment-server-kiosk", "fleet-manager-serve"] {
                 let error = await #expect(throws: FleetError.self) { _ = try await fleet.provisioner.provision(MachineID(unchecked: name)) }
                 #expect(error?.description.contains("reserved") == true, "\(name)")
@@ -211,8 +305,9 @@ struct ProvisioningTests {
         }
     }
 
-    @Test func revokedUnitCannotConnectAndRotatedCredentialsReplaceTheOld() async throws {
-        try await DynsecFleet.with { fleet in
+    @Test(arguments: BrokerAdministration.Kind.allCases)
+    func revokedUnitCannotConnectAndRotatedCredentialsReplaceTheOld(_ administration: BrokerAdministration.Kind) async throws {
+        try await DynsecFleet.with(administration) { fleet in
             let machine: MachineID = "unit-r"
             _ = try await fleet.provisioner.provision(machine)
             let oldPassword = try fleet.bundle(machine).password
@@ -289,8 +384,9 @@ struct ProvisioningTests {
         }
     }
 
-    @Test func bulkProvisioningFromCSV() async throws {
-        try await DynsecFleet.with { fleet in
+    @Test(arguments: BrokerAdministration.Kind.allCases)
+    func bulkProvisioningFromCSV(_ administration: BrokerAdministration.Kind) async throws {
+        try await DynsecFleet.with(administration) { fleet in
             let dir = NSTemporaryDirectory() + "pb-csv-\(UUID().uuidString)"
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             let wash = MachineProfile(maxAmount: 5000, heartbeatS: 30, postVendDelayMs: 1000, outputs: [
