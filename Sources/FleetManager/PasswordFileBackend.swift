@@ -3,6 +3,7 @@ import Logging
 import MQTT
 import MessageSchema
 import PaymentSDK
+import Locking
 
 #if canImport(Glibc)
     import Glibc
@@ -76,6 +77,9 @@ public final class PasswordFileBackend: ProvisioningBackend {
     }
 
     public func close() async {}
+
+    /// Changes made together cost one write and one reload: many units in flight.
+    public var bulkConcurrency: Int { 256 }
 
     /// The name of a PulseBridge service identity already in the files, or nil.
     public func existingFleetIdentity() throws -> String? {
@@ -236,9 +240,15 @@ actor IdentityStore {
 
     var statePath: String { directory + "/identities.json" }
 
+    /// The last table read or written, and the file it came from: unchanged files are not
+    /// decoded again (another manager process replacing it changes its inode).
+    private let cache = Locked<(stamp: FileStamp, table: IdentityTable)?>(nil)
+
     /// The table as written (an absent file is an empty table).
     nonisolated func read() throws -> IdentityTable {
         let path = directory + "/identities.json"
+        let stamp = FileStamp(path)
+        if let stamp, let cached = cache.withLock({ $0 }), cached.stamp == stamp { return cached.table }
         guard let data = FileManager.default.contents(atPath: path) else {
             if FileManager.default.fileExists(atPath: path) {
                 throw FleetError("cannot read \(path)", hint: "the fleet manager needs read and write access to \(directory)")
@@ -246,7 +256,9 @@ actor IdentityStore {
             return IdentityTable()
         }
         do {
-            return try JSONDecoder().decode(IdentityTable.self, from: data)
+            let table = try JSONDecoder().decode(IdentityTable.self, from: data)
+            if let stamp { cache.withLock { $0 = (stamp, table) } }
+            return table
         } catch {
             throw FleetError("\(path) is damaged: \(error)", hint: "restore it from a backup; passwd and acl are made from it")
         }
@@ -300,6 +312,7 @@ actor IdentityStore {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         try DurableFile.write(try encoder.encode(table), to: statePath, mode: 0o600)
+        if let stamp = FileStamp(statePath) { cache.withLock { $0 = (stamp, table) } }
         try DurableFile.write(Data(table.passwordFile().utf8), to: directory + "/passwd", mode: 0o640)
         try DurableFile.write(Data(try table.aclFile().utf8), to: directory + "/acl", mode: 0o644)
     }
@@ -341,6 +354,23 @@ actor IdentityStore {
                 pause = min(pause * 2, .milliseconds(50))
             }
         }
+    }
+}
+
+/// Which file a path names and when it last changed: inode, size and modification time.
+struct FileStamp: Equatable, Sendable {
+    var inode: UInt64
+    var size: Int64
+    var seconds: Int
+    var nanoseconds: Int
+
+    init?(_ path: String) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        inode = UInt64(info.st_ino)
+        size = Int64(info.st_size)
+        seconds = info.st_mtim.tv_sec
+        nanoseconds = info.st_mtim.tv_nsec
     }
 }
 

@@ -123,7 +123,7 @@ public final class Provisioner: Sendable {
     /// `#` comments, optional header). A bad row does not stop the rest; units already provisioned are skipped, so a
     /// re-run is safe. `progress` is called after each row.
     public func provisionAll(
-        csv path: String, concurrency: Int = 16, progress: @escaping @Sendable (Int, Int) -> Void = { _, _ in }
+        csv path: String, concurrency: Int? = nil, progress: @escaping @Sendable (Int, Int) -> Void = { _, _ in }
     ) async throws -> BulkReport {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw FleetError("cannot read \(path)", hint: "check the path of the CSV file")
@@ -188,7 +188,7 @@ public final class Provisioner: Sendable {
                     }
                 }
             }
-            for _ in 0..<min(concurrency, jobs.count) { start() }
+            for _ in 0..<min(concurrency ?? backend.bulkConcurrency, jobs.count) { start() }
             while let (line, machine, failure) = await group.next() {
                 if let failure {
                     report.failed.append((line, machine.rawValue, failure))

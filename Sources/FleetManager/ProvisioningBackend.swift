@@ -25,6 +25,13 @@ public protocol ProvisioningBackend: Sendable {
     /// Deletes the unit's client and role; a connected unit is disconnected.
     func deleteDevice(_ machine: MachineID) async throws
     func close() async
+    /// How many units a bulk run provisions at once: a backend that writes concurrent changes
+    /// together wants many in flight.
+    var bulkConcurrency: Int { get }
+}
+
+extension ProvisioningBackend {
+    public var bulkConcurrency: Int { 16 }
 }
 
 /// The broker refused an administration command; `kind` is what callers act on, the

@@ -19,16 +19,40 @@ struct Init: AsyncParsableCommand {
     @Option(help: "Payment page URL for payment codes; {machineId} is replaced (default: a payment-server on this host with its default port).") var paymentUrl = "http://localhost:8081/m/{machineId}"
     @Option(help: "Currency (ISO 4217) of new configurations.") var currency = "JPY"
     @Option(help: "Seconds to wait for a broker that is still starting.") var waitForBroker = 10
+    @Option(help: "How the broker's identities are administered: dynamic-security, or password-file for fleets of thousands (docs/scale.md).")
+    var brokerAdmin: BrokerAdministration.Kind = .dynamicSecurity
+    @Option(help: "password-file: the folder of the broker's passwd and acl (its password_file and acl_file).") var brokerFiles: String?
+    @Option(help: "password-file: the broker's pid_file, signalled to reload.") var brokerPidFile: String?
+    @Option(help: "password-file: the port payment servers use (a listener with use_username_as_clientid); default: --broker-port.") var servicePort: Int?
 
     func run() async throws {
         options.bootstrapLogging()
         try await operatorErrors {
-            let password = try readSecret(file: adminPasswordFile, value: adminPassword, name: "admin-password")
+            var password = ""
+            switch brokerAdmin {
+            case .dynamicSecurity:
+                password = try readSecret(file: adminPasswordFile, value: adminPassword, name: "admin-password")
+            case .passwordFile:
+                guard let brokerFiles, let brokerPidFile else {
+                    throw FleetError(
+                        "--broker-admin password-file needs --broker-files DIR and --broker-pid-file FILE",
+                        hint: "the folder holding the broker's passwd and acl, and its pid_file (broker-config/mosquitto-files.conf)")
+                }
+                guard FileManager.default.isWritableFile(atPath: brokerFiles) else {
+                    throw FleetError("cannot write to \(brokerFiles)", hint: "create it, writable by this user and readable by mosquitto")
+                }
+                _ = brokerPidFile
+            }
             var setup = FleetSetup.Options(
                 home: options.home, brokerHost: brokerHost, brokerPort: brokerPort, brokerCAFile: brokerCaFile,
                 adminUser: adminUser, adminPassword: password, deviceBrokerUrl: deviceBrokerUrl, deviceCAFile: deviceCaFile,
                 topicRoot: topicRoot, paymentUrlTemplate: paymentUrl, currency: currency)
             setup.waitForBroker = .seconds(max(0, waitForBroker))
+            if brokerAdmin == .passwordFile {
+                let folder = URL(fileURLWithPath: brokerFiles!).standardizedFileURL.path
+                setup.administration = BrokerAdministration(kind: .passwordFile, directory: folder, pidFile: brokerPidFile)
+                setup.servicePort = servicePort
+            }
             let home = try await FleetSetup.initialize(setup)
             let (actor, origin) = AuditRecord.cliActor()
             try home.registry.recordAudit(
@@ -40,8 +64,15 @@ struct Init: AsyncParsableCommand {
             for key in keys {
                 print("  \(key.purpose.rawValue) key \(key.kid): private key \(home.privateKeyPath(key.kid)) (0600)")
             }
-            print("  broker roles fleet-manager, payment-server created; credentials in \(home.settingsPath) (0600)")
+            switch brokerAdmin {
+            case .dynamicSecurity:
+                print("  broker roles fleet-manager, payment-server created; credentials in \(home.settingsPath) (0600)")
+            case .passwordFile:
+                print("  broker identities fleet-manager, payment-server written to \(brokerFiles!)/passwd and acl; credentials in \(home.settingsPath) (0600)")
+            }
             print("next: fleet-manager provision MACHINE-ID")
         }
     }
 }
+
+extension BrokerAdministration.Kind: ExpressibleByArgument {}
