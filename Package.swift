@@ -156,6 +156,16 @@ let package = Package(
             swiftSettings: strict),
 
         // Test helpers shared by the test targets and the benchmark.
+        // Thousands of simulated units in one process (MQTT 3.1.1 over NIO, the agent's
+        // DecisionCore): for benchmarks and scale tests, never a production dependency.
+        .target(
+            name: "UnitSimulator",
+            dependencies: [
+                "EdgeAgent", "MessageSchema", "RelayOutput", "Locking",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
         .target(
             name: "TestSupport",
             dependencies: ["MQTT", "LocalServices", "MessageSchema", "RelayOutput", "EdgeAgent", "Locking", "FleetManager", "PaymentSDK"],
@@ -192,6 +202,7 @@ let package = Package(
             name: "pulsebridge-bench",
             dependencies: [
                 "MQTT", "MessageSchema", "RelayOutput", "LocalServices", "EdgeAgent", "FleetManager", "TestSupport", "PaymentSDK", "Locking",
+                "UnitSimulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -236,7 +247,7 @@ let package = Package(
             name: "FleetManagerTests",
             dependencies: [
                 "FleetManager", "FleetConsole", "EdgeAgent", "MQTT", "MessageSchema", "LocalServices", "TestSupport", "PulseBridgeVersion",
-                "PaymentSDK", .product(name: "GRDB", package: "GRDB.swift"),
+                "PaymentSDK", "UnitSimulator", .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: strict),
         .testTarget(
