@@ -112,7 +112,9 @@ public final class PaymentClient: Sendable {
         clientID: String? = nil, logger: Logger = Logger(label: "pulsebridge.payments")
     ) async throws -> PaymentClient {
         // A payment server's client ID is its username: the broker pins it (payment-servers add).
-        let client = try await identity.connect(clientID: clientID ?? identity.username, logger: logger)
+        // Its session outlives a disconnection (a broker restart, a network blip): results
+        // published meanwhile are queued for it, not lost (a lost result is a charge on hold).
+        let client = try await identity.connect(clientID: clientID ?? identity.username, cleanStart: false, logger: logger)
         let payments = PaymentClient(client: client, topics: topics, kid: kid, key: key, logger: logger)
         do {
             try await client.subscribe([MQTTSubscription(topics.filter(.paymentResult)), MQTTSubscription(topics.filter(.status))])
@@ -236,9 +238,7 @@ public final class PaymentClient: Sendable {
             }
             let deadlineTask = Task {
                 do {
-                    try await client.publish(
-                        topic: topics.topic(.paymentCompleted, for: payment.machineId), payload: envelope, qos: .atLeastOnce,
-                        messageExpirySeconds: messageExpiry ? payment.messageExpirySeconds(now: Int(Date().timeIntervalSince1970 * 1000)) : nil)
+                    try await publishUntilAcknowledged(payment, envelope: envelope, messageExpiry: messageExpiry, until: resultDeadline)
                     try await Task.sleep(until: resultDeadline, clock: .continuous)
                     // No result in time: from now on `online` after expiry settles it too; the
                     // status seen last may already be such a one.
@@ -264,6 +264,31 @@ public final class PaymentClient: Sendable {
         case .result(let result): return PaymentOutcome(payment: payment, result: result)
         case .onlineAfterExpiry(let status): return PaymentOutcome(payment: payment, result: nil, onlineAfterExpiry: status)
         case .noResult: return PaymentOutcome(payment: payment, result: nil)
+        }
+    }
+
+    /// Publishes the completion until the broker acknowledges it. A connection lost before the
+    /// acknowledgement sends the same bytes again once the client is back (the agent answers
+    /// a repeated payment ID with its first decision), until `deadline`; a broker that refuses
+    /// the publish, or a closed client, ends it.
+    private func publishUntilAcknowledged(_ payment: PaymentCompleted, envelope: Data, messageExpiry: Bool, until deadline: ContinuousClock.Instant) async throws {
+        var pause = Duration.milliseconds(50)
+        while true {
+            do {
+                try await client.publish(
+                    topic: topics.topic(.paymentCompleted, for: payment.machineId), payload: envelope, qos: .atLeastOnce,
+                    messageExpirySeconds: messageExpiry ? payment.messageExpirySeconds(now: Int(Date().timeIntervalSince1970 * 1000)) : nil)
+                return
+            } catch let error as MQTTError {
+                switch error {
+                case .closed, .publishRefused: throw error
+                default: break
+                }
+                guard ContinuousClock.now + pause < deadline else { throw error }
+                logger.info("completion not acknowledged (\(error)); sending it again", metadata: ["payment.id": "\(payment.paymentId)"])
+                try await Task.sleep(for: pause)
+                pause = min(pause * 2, .seconds(2))
+            }
         }
     }
 

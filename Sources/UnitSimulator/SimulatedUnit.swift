@@ -33,6 +33,9 @@ final class SimulatedUnit: @unchecked Sendable {
     var decided: [PaymentID: OriginalDecision] = [:]
     var counters = PaymentCounters()
     var timers: [RepeatedTask] = []
+    /// QoS 1 publishes the broker has not acknowledged, by packet ID: sent again after a
+    /// reconnection, as the agent's outbox does (results are never dropped).
+    var unacknowledged: [UInt16: (topic: String, payload: [UInt8], retain: Bool)] = [:]
 
     init(bundle: AgentBundle, loop: any EventLoop, fleet: UnitFleet) throws {
         self.bundle = bundle
@@ -136,7 +139,9 @@ final class SimulatedUnit: @unchecked Sendable {
             }
             attempts = 0
             connected = true
+            resendUnacknowledged()
             fleet.count(\.connected)
+            fleet.count(\.connacks)
             fleet.firstConnect(machine)
             subscribe()
         case .suback(_, let codes):
@@ -152,7 +157,9 @@ final class SimulatedUnit: @unchecked Sendable {
             if qos > 0, let packetID { write { MQTTEncoder.puback(into: &$0, packetID: packetID) } }
             let bytes = Data(payload.readBytes(length: payload.readableBytes) ?? [])
             route(topic, bytes)
-        case .puback, .pingresp, .other:
+        case .puback(let packetID):
+            unacknowledged[packetID] = nil
+        case .pingresp, .other:
             break
         }
     }
@@ -274,7 +281,20 @@ final class SimulatedUnit: @unchecked Sendable {
         let payload = WireCoding.encode(message)
         let id: UInt16? = qos > 0 ? nextPacketID() : nil
         let topic = topics.topic(kind, for: machine)
+        // A result is kept until acknowledged; a status or report is sent again on the next
+        // connection anyway.
+        if let id, kind == .paymentResult { unacknowledged[id] = (topic, Array(payload), retain) }
         write { MQTTEncoder.publish(into: &$0, topic: topic, payload: Array(payload), qos: qos, retain: retain, packetID: id) }
+    }
+
+    private func resendUnacknowledged() {
+        let pending = unacknowledged.sorted { $0.key < $1.key }.map(\.value)
+        unacknowledged = [:]
+        for message in pending {
+            let id = nextPacketID()
+            unacknowledged[id] = message
+            write { MQTTEncoder.publish(into: &$0, topic: message.topic, payload: message.payload, qos: 1, retain: message.retain, packetID: id) }
+        }
     }
 
     private func write(_ encode: (inout ByteBuffer) -> Void) {

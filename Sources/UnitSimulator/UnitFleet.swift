@@ -38,13 +38,15 @@ public final class UnitFleet: Sendable {
     }
 
     /// What the fleet has done so far.
-    public struct Stats: Sendable, Hashable {
+    public struct Stats: Sendable, Hashable, Codable {
         /// Sessions connected now (CONNACK accepted).
         public var connected = 0
         /// Sessions subscribed and `online` now.
         public var online = 0
         /// Units that have connected at least once.
         public var everConnected = 0
+        /// Connections accepted so far (CONNACK 0), reconnections included.
+        public var connacks = 0
         public var failedConnects = 0
         public var refusedConnects = 0
         public var refusedSubscriptions = 0

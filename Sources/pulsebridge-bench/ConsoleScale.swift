@@ -77,7 +77,7 @@ struct ConsoleScale: AsyncParsableCommand {
                 }
             }
             try await Task.sleep(for: .seconds(2))
-            let cpuStart = cpuTicks(serve!.pid)
+            let cpuStart = AgentLatency.cpuTicks(serve!.pid)
             let wallStart = ContinuousClock.now
             let cookie = "Cookie: pb_console=\(session)"
 
@@ -125,7 +125,7 @@ struct ConsoleScale: AsyncParsableCommand {
                 }
             }
             for stream in streams { stream.close() }
-            let cpu = Double(cpuTicks(serve!.pid) - cpuStart) / Double(sysconf(Int32(_SC_CLK_TCK)))
+            let cpu = Double(AgentLatency.cpuTicks(serve!.pid) - cpuStart) / Double(sysconf(Int32(_SC_CLK_TCK)))
             let wall = milliseconds(ContinuousClock.now - wallStart) / 1000
             let rss = AgentLatency.rssKiB(serve!.pid)
             load?.cancel()
@@ -180,17 +180,6 @@ struct ConsoleScale: AsyncParsableCommand {
             throw ValidationError("curl \(arguments.last ?? ""): \(String(decoding: data, as: UTF8.self))")
         }
         return (first, all)
-    }
-
-    /// User and system CPU time of a process, in clock ticks.
-    static func cpuTicks(_ pid: pid_t) -> Int {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = text.lastIndex(of: ")")
-        else { return 0 }
-        // Fields after "(comm)": state is field 3; utime and stime are fields 14 and 15.
-        let fields = text[text.index(after: close)...].split(separator: " ")
-        guard fields.count > 13 else { return 0 }
-        return (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)
     }
 }
 

@@ -74,10 +74,34 @@ struct UnitSimulatorTests {
             let before = units.current.online
             #expect(before == count)
             try await fleet.broker.restart()
-            try await units.waitUntil("every unit back online", timeout: .seconds(90)) { $0.online == count && $0.connected == count }
+            try await units.waitUntil("every unit back online", timeout: .seconds(90)) {
+                $0.connacks >= 2 * count && $0.online == count && $0.connected == count
+            }
+            #expect(units.current.everConnected == count)
             let back = try await PaymentClient.connect(fleet.home.settings.paymentServer, topics: fleet.home.topics, kid: kid, key: key)
             let after = try await back.pay("sim-299", amount: 200, currency: currency, userId: "user-after")
             #expect(after.result?.status == .credited)
+
+            // The broker dies (kill -9) while completions wait for their PUBACK: the SDK sends
+            // each again when it is back (the units' sessions were saved by the restart above),
+            // and every one is settled by the units' own answers, none left unknown.
+            let frozen = try #require(fleet.broker.processForTesting)
+            frozen.send(SIGSTOP)
+            let inFlight = Task {
+                try await withThrowingTaskGroup(of: PaymentOutcome.self) { group in
+                    for i in 0..<30 {
+                        group.addTask { try await back.pay(MachineID(unchecked: "sim-\(i * 7)"), amount: 100, currency: currency, userId: "user-crash") }
+                    }
+                    return try await group.reduce(into: []) { $0.append($1) }
+                }
+            }
+            // Killed at once: each publish is on its way to the frozen broker, or starts once it
+            // is gone; either way it is lost with the connection.
+            await fleet.broker.kill()
+            try await fleet.broker.restart()
+            let settled = try await inFlight.value
+            #expect(settled.count == 30)
+            #expect(settled.allSatisfy { $0.action == .capture }, "\(settled.map { "\($0.result?.status.rawValue ?? "none")" })")
             await back.close()
             await watcher.close()
             await units.stop()
