@@ -407,10 +407,17 @@ struct FileLock {
 /// Writes a file so that after a crash it holds either the old or the new bytes, and the new
 /// ones once this returns: temporary file, fsync, rename, fsync of the folder.
 enum DurableFile {
+    /// The new file keeps the old one's owner and group (mosquitto, dropping to its own user,
+    /// reads `passwd` and `acl` through their group: prepare them with `install -m 640 -g
+    /// mosquitto`).
     static func write(_ data: Data, to path: String, mode: mode_t) throws {
         let temporary = path + ".tmp-\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         guard fd >= 0 else { throw failure("create \(temporary)") }
+        var existing = stat()
+        if stat(path, &existing) == 0, existing.st_uid != getuid() || existing.st_gid != getgid() {
+            _ = fchown(fd, existing.st_uid, existing.st_gid)
+        }
         var ok = true
         data.withUnsafeBytes { buffer in
             var offset = 0

@@ -285,7 +285,9 @@ public final class PaymentClient: Sendable {
                 default: break
                 }
                 guard ContinuousClock.now + pause < deadline else { throw error }
-                logger.info("completion not acknowledged (\(error)); sending it again", metadata: ["payment.id": "\(payment.paymentId)"])
+                logger.log(
+                    level: pause == .milliseconds(50) ? .info : .debug, "completion not acknowledged (\(error)); sending it again",
+                    metadata: ["payment.id": "\(payment.paymentId)"])
                 try await Task.sleep(for: pause)
                 pause = min(pause * 2, .seconds(2))
             }
