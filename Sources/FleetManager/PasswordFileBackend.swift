@@ -320,23 +320,32 @@ actor IdentityStore {
     /// SIGHUP to the broker, then connects as the probe until its new password is accepted: the
     /// broker has read the files written just before.
     private func reload(probePassword: String) async throws {
-        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
-            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0
-        else {
-            throw FleetError(
-                "cannot read the broker's pid from \(pidFile)",
-                hint: "is mosquitto running with `pid_file \(pidFile)`? The identities are written; they take effect when it starts")
-        }
-        guard kill(pid, SIGHUP) == 0 else {
-            throw FleetError(
-                "cannot signal the broker (pid \(pid) from \(pidFile)) to reload: \(String(cString: strerror(errno)))",
-                hint: "is mosquitto running, and does the fleet manager run as its user or root?")
+        let deadline = ContinuousClock.now + .seconds(15)
+        var pause = Duration.milliseconds(1)
+        // A broker that is starting has no pid file yet: wait for it, within the deadline.
+        while true {
+            if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+                let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0
+            {
+                guard kill(pid, SIGHUP) == 0 else {
+                    throw FleetError(
+                        "cannot signal the broker (pid \(pid) from \(pidFile)) to reload: \(String(cString: strerror(errno)))",
+                        hint: "is mosquitto running, and does the fleet manager run as its user or root?")
+                }
+                break
+            }
+            guard ContinuousClock.now < deadline else {
+                throw FleetError(
+                    "cannot read the broker's pid from \(pidFile)",
+                    hint: "is mosquitto running with `pid_file \(pidFile)`? The identities are written; they take effect when it starts")
+            }
+            try await Task.sleep(for: pause)
+            pause = min(pause * 2, .milliseconds(100))
         }
         var identity = probe
         identity.username = IdentityTable.probeUsername
         identity.password = probePassword
-        let deadline = ContinuousClock.now + .seconds(15)
-        var pause = Duration.milliseconds(1)
+        pause = .milliseconds(1)
         while true {
             let client = try identity.client(clientID: "\(IdentityTable.probeUsername)-\(UUID().uuidString.prefix(8).lowercased())", logger: logger)
             do {

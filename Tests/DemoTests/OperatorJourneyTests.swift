@@ -112,6 +112,63 @@ struct OperatorJourneyTests {
         await Self.stopEverything(scratch)
     }
 
+    /// docs/scale.md's large fleet: a broker from broker-config/mosquitto-files.conf (dropping
+    /// to its user), `init --broker-admin password-file`, 2,000 units from a CSV (twice: the
+    /// second run provisions nothing), a real agent online, a payment, a revocation.
+    @Test(.enabled(if: releaseBin != nil, "needs PULSEBRIDGE_RELEASE_BIN (scripts/test.sh builds the release binaries)"))
+    func theLargeFleetJourneyWithTheReleaseBinaries() async throws {
+        let root = LocalMosquitto.brokerConfigDirectory + "/.."
+        let releaseBin = URL(fileURLWithPath: Self.releaseBin!, relativeTo: URL(fileURLWithPath: root)).standardizedFileURL.path
+        let scratch = "/tmp/pb-scale-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        chmod(scratch, 0o755)
+        let steps = try Self.shellBlocks(root + "/docs/scale.md")
+        #expect(steps.count >= 5)
+        let script = scratch + "/journey.sh"
+        var text = "set -euo pipefail\ncd \(root)\n"
+        for (index, step) in steps.enumerated() {
+            text += "echo \"== step \(index + 1)\"\n\(step)\n"
+        }
+        try text.write(toFile: script, atomically: true, encoding: .utf8)
+
+        let ports = try (0..<3).map { _ in try LoopbackPort.free() }
+        var environment = ProcessInfo.processInfo.environment
+        environment["PATH"] = releaseBin + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
+        environment["PB_ETC"] = scratch + "/etc"
+        environment["PB_VAR"] = scratch + "/var"
+        environment["PB_BROKER_DATA"] = scratch + "/mosquitto"
+        environment["PB_IDENTITIES"] = scratch + "/identities"
+        environment["PB_PID_FILE"] = scratch + "/run/mosquitto.pid"
+        environment["PB_TLS_PORT"] = String(ports[0])
+        environment["PB_TLS_BIND"] = "127.0.0.1"
+        environment["PB_PORT"] = String(ports[1])
+        environment["PB_MANAGER_PORT"] = String(ports[2])
+        environment["PB_BROKER_LOG"] = "file:\(scratch)/mosquitto/mosquitto.log"
+        environment.removeValue(forKey: "PULSEBRIDGE_HOME")
+        let journey = try ChildProcess.spawn("/bin/bash", [script], environment: environment, outputPath: scratch + "/journey.log")
+        let status = await journey.waitForExit()
+        let output = journey.output()
+        #expect(status == .exited(0), "the documented steps failed:\n\(output.suffix(6000))")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        guard status == .exited(0) else {
+            await Self.stopEverything(scratch)
+            return
+        }
+        #expect(output.contains("provisioned: 2000, already provisioned (skipped): 0, failed: 0"), "\(output.suffix(3000))")
+        #expect(output.contains("provisioned: 0, already provisioned (skipped): 2000, failed: 0"))
+        #expect(output.contains(": credited; amount 300 JPY"))
+        // 2,000 provisioned, one revoked: its password line is gone.
+        #expect(output.hasSuffix("1999\n") || output.contains("\n1999\n"), "\(output.suffix(500))")
+        let brokerUser = try await Self.run(
+            "/bin/sh", ["-c", "ps -o user= -p \"$(pgrep -d, -f '^mosquitto -c \(scratch)/etc/mosquitto.conf')\" | sort -u"])
+        #expect(brokerUser.contains("mosquitto") && !brokerUser.contains("root"), "\(brokerUser)")
+        // The manager kept the files readable by the broker's group.
+        let passwd = try FileManager.default.attributesOfItem(atPath: scratch + "/identities/passwd")
+        #expect(passwd[.groupOwnerAccountName] as? String == "mosquitto")
+        #expect((passwd[.posixPermissions] as? NSNumber)?.intValue == 0o640)
+        await Self.stopEverything(scratch)
+    }
+
     struct FirmwareLayoutProbe {
         var directory: String
         var current: String? {
