@@ -54,6 +54,10 @@ let package = Package(
             providers: [.apt(["libqrencode-dev"])]),
         // glibc's posix_spawn_file_actions_addclosefrom_np (declared only under _GNU_SOURCE).
         .systemLibrary(name: "CSpawn"),
+        // bcrypt (libxcrypt) for nats-server's users file.
+        .systemLibrary(
+            name: "CCrypt",
+            providers: [.apt(["libcrypt-dev"])]),
         // Ed25519 verification on the payment path (the fastest measured here).
         .systemLibrary(
             name: "CSodium", pkgConfig: "libsodium",
@@ -99,7 +103,7 @@ let package = Package(
         .target(
             name: "FleetManager",
             dependencies: [
-                "MQTT", "MessageSchema", "CQREncode", "PulseBridgeVersion", "Locking", "PaymentSDK", "ChildProcesses", "CSodium",
+                "MQTT", "MessageSchema", "CQREncode", "PulseBridgeVersion", "Locking", "PaymentSDK", "ChildProcesses", "CSodium", "CCrypt",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "GRDB", package: "GRDB.swift"),

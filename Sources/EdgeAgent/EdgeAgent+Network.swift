@@ -21,11 +21,16 @@ extension EdgeAgent {
             logger.info("connected to the broker", metadata: ["mqtt.session": "\(session)"])
             if !link.withLock({ $0.subscribed }) {
                 do {
+                    // Over MQTT 3.1.1 (a NATS cluster) the retained-only topics are QoS 0: each
+                    // re-subscription after a reconnect sends the retained message again (the
+                    // handlers are idempotent), and a clustered broker sets up no replicated
+                    // consumer for them. Payments are always QoS 1.
+                    let retainedQoS: MQTTQoS = client.protocolVersion == .v311 ? .atMostOnce : .atLeastOnce
                     try await client.subscribe([
                         MQTTSubscription(topics.topic(.paymentCompleted, for: machine), qos: .atLeastOnce),
-                        MQTTSubscription(topics.topic(.configDesired, for: machine), qos: .atLeastOnce),
-                        MQTTSubscription(topics.topic(.firmwareDesired, for: machine), qos: .atLeastOnce),
-                        MQTTSubscription(topics.topic(.status, for: machine), qos: .atLeastOnce),
+                        MQTTSubscription(topics.topic(.configDesired, for: machine), qos: retainedQoS),
+                        MQTTSubscription(topics.topic(.firmwareDesired, for: machine), qos: retainedQoS),
+                        MQTTSubscription(topics.topic(.status, for: machine), qos: retainedQoS),
                     ])
                     link.withLock { $0.subscribed = true }
                 } catch {

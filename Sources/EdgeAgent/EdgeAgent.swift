@@ -250,6 +250,7 @@ public final class EdgeAgent: Service, Sendable {
     func makeClient() throws -> MQTTClient {
         let endpoint = try options.bundle.endpoint()
         var configuration = MQTTConfiguration(host: endpoint.host, port: endpoint.port, clientID: machine.rawValue)
+        configuration.alternateEndpoints = try options.bundle.alternateEndpoints().map { MQTTEndpoint(host: $0.host, port: $0.port) }
         configuration.username = options.bundle.username ?? machine.rawValue
         configuration.password = options.bundle.password
         configuration.keepAliveSeconds = 30

@@ -16,6 +16,7 @@ extension FleetHome {
         switch settings.brokerAdmin?.kind ?? .dynamicSecurity {
         case .dynamicSecurity: return try await DynamicSecurityBackend.connect(settings.manager)
         case .passwordFile: return try PasswordFileBackend(settings.brokerAdmin!, manager: settings.manager)
+        case .natsUsers: return try NATSUsersBackend(settings.brokerAdmin!, manager: settings.manager)
         }
     }
 

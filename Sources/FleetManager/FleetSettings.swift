@@ -9,6 +9,8 @@ public struct FleetSettings: Codable, Sendable, Hashable {
     public var topicRoot: String
     /// What units connect to (goes into bundles): `mqtts://host:8883` in production.
     public var deviceBrokerUrl: String
+    /// A clustered broker's other nodes as units reach them (same scheme), into bundles.
+    public var deviceBrokerAlternates: [String]?
     /// PEM file of the CA units trust for the broker (copied into bundles), for `mqtts://`.
     public var deviceCAFile: String?
     /// The manager's own broker identity (roles `fleet-manager` and `fleet-admin`).

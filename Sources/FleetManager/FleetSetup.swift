@@ -29,6 +29,10 @@ public enum FleetSetup {
         /// administration, the manager has a loopback listener of its own and payment servers
         /// use one where their client ID is their username.
         public var servicePort: Int?
+        /// A clustered broker's other nodes ("host:port"), for the manager and payment servers.
+        public var brokerAlternates: [String]?
+        /// A clustered broker's other nodes as units reach them (URLs like the device broker URL).
+        public var deviceBrokerAlternates: [String]?
 
         public init(
             home: String, brokerHost: String, brokerPort: Int, brokerCAFile: String? = nil, adminUser: String = "admin",
@@ -83,10 +87,10 @@ public enum FleetSetup {
 
         let manager = BrokerIdentity(
             host: options.brokerHost, port: options.brokerPort, caFile: brokerCA, username: "fleet-manager",
-            password: Provisioner.newPassword())
+            password: Provisioner.newPassword(), alternates: options.brokerAlternates)
         let paymentServer = BrokerIdentity(
             host: options.brokerHost, port: options.servicePort ?? options.brokerPort, caFile: brokerCA, username: "payment-server",
-            password: Provisioner.newPassword())
+            password: Provisioner.newPassword(), alternates: options.brokerAlternates)
         switch options.administration?.kind ?? .dynamicSecurity {
         case .dynamicSecurity:
             let admin = BrokerIdentity(
@@ -105,12 +109,13 @@ public enum FleetSetup {
                 await backend.close()
                 throw error
             }
-        case .passwordFile:
-            // The manager's identity is the broker's CA-verified loopback client; the files are
-            // written with it as the probe endpoint.
+        case .passwordFile, .natsUsers:
+            // The files are written with the manager's endpoints as the probe's.
             var probe = manager
             probe.caFile = options.brokerCAFile
-            let backend = try PasswordFileBackend(options.administration!, manager: probe)
+            let backend: any FileIdentityBackend = options.administration!.kind == .passwordFile
+                ? try PasswordFileBackend(options.administration!, manager: probe)
+                : try NATSUsersBackend(options.administration!, manager: probe)
             try await backend.bootstrap(topics: topics, manager: manager, paymentServer: paymentServer)
         }
         var settings = FleetSettings(
@@ -118,6 +123,7 @@ public enum FleetSetup {
             manager: manager, paymentServer: paymentServer, paymentUrlTemplate: options.paymentUrlTemplate,
             currency: options.currency)
         settings.brokerAdmin = options.administration
+        settings.deviceBrokerAlternates = options.deviceBrokerAlternates
         let created = try FleetHome.create(at: home, settings: settings)
         for (source, copy) in [(options.deviceCAFile, deviceCA), (options.brokerCAFile, brokerCA)] {
             guard let source, let copy else { continue }

@@ -17,6 +17,9 @@ public struct BrokerAdministration: Codable, Sendable, Hashable {
         /// mosquitto's `password_file` and `acl_file`, written by the manager, which signals
         /// the broker to reload them: for fleets of thousands of units.
         case passwordFile = "password-file"
+        /// A nats-server cluster's users file (JetStream MQTT), written by the manager, which
+        /// signals every node to reload it: the deployment that survives a node.
+        case natsUsers = "nats-users"
     }
     public var kind: Kind
     /// `password-file`: the folder of `passwd`, `acl` and `identities.json` (the broker's
@@ -24,11 +27,15 @@ public struct BrokerAdministration: Codable, Sendable, Hashable {
     public var directory: String?
     /// `password-file`: the broker's `pid_file`; the manager sends SIGHUP to that process.
     public var pidFile: String?
+    /// `nats-users`: every node's `pid_file` (the manager signals each to reload `auth.conf`
+    /// in `directory`).
+    public var pidFiles: [String]?
 
-    public init(kind: Kind, directory: String? = nil, pidFile: String? = nil) {
+    public init(kind: Kind, directory: String? = nil, pidFile: String? = nil, pidFiles: [String]? = nil) {
         self.kind = kind
         self.directory = directory
         self.pidFile = pidFile
+        self.pidFiles = pidFiles
     }
 }
 
@@ -53,17 +60,16 @@ public struct BrokerAdministration: Codable, Sendable, Hashable {
 /// (fsynced), sends SIGHUP and waits until the broker accepts a probe identity whose password
 /// is new in this write: so two manager processes (serve and the CLI) never lose each other's
 /// changes, and a change is reported done only once the broker enforces it.
-public final class PasswordFileBackend: ProvisioningBackend {
+public final class PasswordFileBackend: FileIdentityBackend {
     public let directory: String
-    public let pidFile: String
-    let store: IdentityStore
+    public let store: IdentityStore
 
     /// `probe`: where the manager reaches the broker (host, port, TLS); the probe identity's
     /// username and password replace the manager's.
     public init(directory: String, pidFile: String, probe: BrokerIdentity, logger: Logger = Logger(label: "pulsebridge.broker-files")) {
         self.directory = directory
-        self.pidFile = pidFile
-        self.store = IdentityStore(directory: directory, pidFile: pidFile, probe: probe, logger: logger)
+        self.store = IdentityStore(
+            directory: directory, files: MosquittoFiles(directory: directory, pidFile: pidFile, probe: probe, logger: logger))
     }
 
     /// From the fleet settings.
@@ -76,6 +82,25 @@ public final class PasswordFileBackend: ProvisioningBackend {
         self.init(directory: directory, pidFile: pidFile, probe: manager)
     }
 
+    /// mosquitto's `$7$` format: PBKDF2-HMAC-SHA512, 101 iterations (mosquitto_passwd's
+    /// default), 12-byte salt, base64.
+    static func mosquittoHash(_ password: String, iterations: Int = 101) -> String {
+        var salt = [UInt8](repeating: 0, count: 12)
+        for i in salt.indices { salt[i] = UInt8.random(in: 0...255) }
+        let key = PBKDF2.sha512(password: Array(password.utf8), salt: salt, iterations: iterations)
+        return "$7$\(iterations)$\(Data(salt).base64EncodedString())$\(Data(key).base64EncodedString())"
+    }
+}
+
+/// The administrations that keep identities in files the manager writes (`identities.json`,
+/// rendered for the broker) and make the broker reload: mosquitto's password and ACL files, a
+/// NATS cluster's users file.
+public protocol FileIdentityBackend: ProvisioningBackend {
+    var directory: String { get }
+    var store: IdentityStore { get }
+}
+
+extension FileIdentityBackend {
     public func close() async {}
 
     /// Changes made together cost one write and one reload: many units in flight.
@@ -88,21 +113,23 @@ public final class PasswordFileBackend: ProvisioningBackend {
     }
 
     public func bootstrap(topics: TopicScheme, manager: BrokerIdentity, paymentServer: BrokerIdentity) async throws {
+        let managerHash = store.files.hash(manager.password)
+        let paymentHash = store.files.hash(paymentServer.password)
+        let directory = self.directory
         try await store.change { table in
             if let existing = table.identities.values.first(where: { $0.kind == .manager || $0.kind == .paymentServer }) {
                 throw FleetError(
-                    "the broker's identities (\(self.directory)/identities.json) already hold a PulseBridge fleet (\(existing.username))",
+                    "the broker's identities (\(directory)/identities.json) already hold a PulseBridge fleet (\(existing.username))",
                     hint: "use that fleet's home; one broker serves one fleet, and init never replaces one")
             }
             table.topicRoot = topics.root
-            table.identities[manager.username] = .init(username: manager.username, kind: .manager, hash: Self.hash(manager.password))
-            table.identities[paymentServer.username] = .init(
-                username: paymentServer.username, kind: .paymentServer, hash: Self.hash(paymentServer.password))
+            table.identities[manager.username] = .init(username: manager.username, kind: .manager, hash: managerHash)
+            table.identities[paymentServer.username] = .init(username: paymentServer.username, kind: .paymentServer, hash: paymentHash)
         }
     }
 
     public func createDevice(_ machine: MachineID, password: String, topics: TopicScheme) async throws {
-        let hash = Self.hash(password)
+        let hash = store.files.hash(password)
         try await store.change { table in
             guard table.identities[machine.rawValue] == nil else {
                 throw BrokerAdminError(command: "createDevice", message: "Client already exists")
@@ -120,7 +147,7 @@ public final class PasswordFileBackend: ProvisioningBackend {
     }
 
     public func createPaymentServer(_ identity: BrokerIdentity) async throws {
-        let hash = Self.hash(identity.password)
+        let hash = store.files.hash(identity.password)
         try await store.change { table in
             guard table.identities[identity.username] == nil else {
                 throw BrokerAdminError(command: "createPaymentServer", message: "Client already exists")
@@ -139,7 +166,7 @@ public final class PasswordFileBackend: ProvisioningBackend {
     }
 
     public func setDevicePassword(_ machine: MachineID, password: String) async throws {
-        let hash = Self.hash(password)
+        let hash = store.files.hash(password)
         try await store.change { table in
             guard table.identities[machine.rawValue]?.kind == .device else {
                 throw BrokerAdminError(command: "setDevicePassword", message: "Client not found")
@@ -154,18 +181,10 @@ public final class PasswordFileBackend: ProvisioningBackend {
         }
     }
 
-    /// mosquitto's `$7$` format: PBKDF2-HMAC-SHA512, 101 iterations (mosquitto_passwd's
-    /// default), 12-byte salt, base64.
-    static func hash(_ password: String, iterations: Int = 101) -> String {
-        var salt = [UInt8](repeating: 0, count: 12)
-        for i in salt.indices { salt[i] = UInt8.random(in: 0...255) }
-        let key = PBKDF2.sha512(password: Array(password.utf8), salt: salt, iterations: iterations)
-        return "$7$\(iterations)$\(Data(salt).base64EncodedString())$\(Data(key).base64EncodedString())"
-    }
 }
 
 /// The broker's identities as the manager keeps them (`identities.json`).
-struct IdentityTable: Codable, Sendable, Equatable {
+public struct IdentityTable: Codable, Sendable, Equatable {
     enum Kind: String, Codable, Sendable { case manager, paymentServer = "payment-server", device, probe }
     struct Identity: Codable, Sendable, Equatable {
         var username: String
@@ -221,21 +240,29 @@ struct IdentityTable: Codable, Sendable, Equatable {
     }
 }
 
+/// What differs between the file-based administrations: the hash format, what the broker
+/// reads, and how it is made to read it again.
+public protocol IdentityFiles: Sendable {
+    /// The password's hash in the broker's format.
+    func hash(_ password: String) -> String
+    /// The broker's files made from `table`: path, bytes, mode.
+    func render(_ table: IdentityTable) throws -> [(path: String, data: Data, mode: mode_t)]
+    /// Makes the broker read the files again, and returns once it enforces them: once it
+    /// accepts the probe identity with `probePassword`, new in this write.
+    func reload(probePassword: String) async throws
+}
+
 /// Serialises changes to the identity files: changes that arrive while a write is under way
 /// are written together by the next one.
-actor IdentityStore {
+public actor IdentityStore {
     let directory: String
-    let pidFile: String
-    let probe: BrokerIdentity
-    let logger: Logger
+    nonisolated let files: any IdentityFiles
     private var pending: [(change: @Sendable (inout IdentityTable) throws -> Void, done: CheckedContinuation<Void, any Error>)] = []
     private var writing = false
 
-    init(directory: String, pidFile: String, probe: BrokerIdentity, logger: Logger) {
+    init(directory: String, files: any IdentityFiles) {
         self.directory = directory
-        self.pidFile = pidFile
-        self.probe = probe
-        self.logger = logger
+        self.files = files
     }
 
     var statePath: String { directory + "/identities.json" }
@@ -260,7 +287,7 @@ actor IdentityStore {
             if let stamp { cache.withLock { $0 = (stamp, table) } }
             return table
         } catch {
-            throw FleetError("\(path) is damaged: \(error)", hint: "restore it from a backup; passwd and acl are made from it")
+            throw FleetError("\(path) is damaged: \(error)", hint: "restore it from a backup; the broker's files are made from it")
         }
     }
 
@@ -297,9 +324,13 @@ actor IdentityStore {
                 }
                 let probePassword = Provisioner.newPassword()
                 table.identities[IdentityTable.probeUsername] = .init(
-                    username: IdentityTable.probeUsername, kind: .probe, hash: PasswordFileBackend.hash(probePassword))
-                try write(table)
-                try await reload(probePassword: probePassword)
+                    username: IdentityTable.probeUsername, kind: .probe, hash: files.hash(probePassword))
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                try DurableFile.write(try encoder.encode(table), to: statePath, mode: 0o600)
+                if let stamp = FileStamp(statePath) { cache.withLock { $0 = (stamp, table) } }
+                for file in try files.render(table) { try DurableFile.write(file.data, to: file.path, mode: file.mode) }
+                try await files.reload(probePassword: probePassword)
             } catch {
                 outcomes = batch.map { _ in .failure(error) }
             }
@@ -307,62 +338,73 @@ actor IdentityStore {
         }
         writing = false
     }
+}
 
-    private func write(_ table: IdentityTable) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        try DurableFile.write(try encoder.encode(table), to: statePath, mode: 0o600)
-        if let stamp = FileStamp(statePath) { cache.withLock { $0 = (stamp, table) } }
-        try DurableFile.write(Data(table.passwordFile().utf8), to: directory + "/passwd", mode: 0o640)
-        try DurableFile.write(Data(try table.aclFile().utf8), to: directory + "/acl", mode: 0o644)
-    }
-
-    /// SIGHUP to the broker, then connects as the probe until its new password is accepted: the
-    /// broker has read the files written just before.
-    private func reload(probePassword: String) async throws {
-        let deadline = ContinuousClock.now + .seconds(15)
-        var pause = Duration.milliseconds(1)
-        // A broker that is starting has no pid file yet: wait for it, within the deadline.
-        while true {
-            if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
-                let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0
-            {
-                guard kill(pid, SIGHUP) == 0 else {
-                    throw FleetError(
-                        "cannot signal the broker (pid \(pid) from \(pidFile)) to reload: \(String(cString: strerror(errno)))",
-                        hint: "is mosquitto running, and does the fleet manager run as its user or root?")
-                }
-                break
-            }
+/// Connects as the probe identity until the broker accepts its new password, within `deadline`.
+func probeUntilAccepted(_ endpoint: BrokerIdentity, password: String, deadline: ContinuousClock.Instant, logger: Logger, what: String) async throws {
+    var identity = endpoint
+    identity.username = IdentityTable.probeUsername
+    identity.password = password
+    var pause = Duration.milliseconds(1)
+    while true {
+        let client = try identity.client(clientID: "\(IdentityTable.probeUsername)-\(UUID().uuidString.prefix(8).lowercased())", logger: logger)
+        do {
+            try await client.connect()
+            await client.close()
+            return
+        } catch let error as MQTTError {
+            await client.close()
             guard ContinuousClock.now < deadline else {
-                throw FleetError(
-                    "cannot read the broker's pid from \(pidFile)",
-                    hint: "is mosquitto running with `pid_file \(pidFile)`? The identities are written; they take effect when it starts")
+                throw FleetError("\(what) did not take the new identities within 15 s (\(error))", hint: "check its configuration and its log")
             }
             try await Task.sleep(for: pause)
-            pause = min(pause * 2, .milliseconds(100))
+            pause = min(pause * 2, .milliseconds(50))
         }
-        var identity = probe
-        identity.username = IdentityTable.probeUsername
-        identity.password = probePassword
-        pause = .milliseconds(1)
-        while true {
-            let client = try identity.client(clientID: "\(IdentityTable.probeUsername)-\(UUID().uuidString.prefix(8).lowercased())", logger: logger)
-            do {
-                try await client.connect()
-                await client.close()
-                return
-            } catch let error as MQTTError {
-                await client.close()
-                guard ContinuousClock.now < deadline else {
-                    throw FleetError(
-                        "the broker did not take the new identities within 15 s (\(error))",
-                        hint: "check that its password_file is \(directory)/passwd and acl_file \(directory)/acl, and its log")
-                }
-                try await Task.sleep(for: pause)
-                pause = min(pause * 2, .milliseconds(50))
+    }
+}
+
+/// Sends SIGHUP to the process in `pidFile`, waiting (until `deadline`) for a starting
+/// broker's pid file to appear.
+func signalReload(pidFile: String, deadline: ContinuousClock.Instant) async throws {
+    var pause = Duration.milliseconds(1)
+    while true {
+        if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0
+        {
+            guard kill(pid, SIGHUP) == 0 else {
+                throw FleetError(
+                    "cannot signal the broker (pid \(pid) from \(pidFile)) to reload: \(String(cString: strerror(errno)))",
+                    hint: "is it running, and does the fleet manager run as its user or root?")
             }
+            return
         }
+        guard ContinuousClock.now < deadline else {
+            throw FleetError(
+                "cannot read the broker's pid from \(pidFile)",
+                hint: "is it running with that pid file? The identities are written; they take effect when it starts")
+        }
+        try await Task.sleep(for: pause)
+        pause = min(pause * 2, .milliseconds(100))
+    }
+}
+
+/// mosquitto: `passwd` (`$7$` hashes) and `acl`, SIGHUP to its pid.
+struct MosquittoFiles: IdentityFiles {
+    let directory: String
+    let pidFile: String
+    let probe: BrokerIdentity
+    let logger: Logger
+
+    func hash(_ password: String) -> String { PasswordFileBackend.mosquittoHash(password) }
+
+    func render(_ table: IdentityTable) throws -> [(path: String, data: Data, mode: mode_t)] {
+        [(directory + "/passwd", Data(table.passwordFile().utf8), 0o640), (directory + "/acl", Data(try table.aclFile().utf8), 0o644)]
+    }
+
+    func reload(probePassword: String) async throws {
+        let deadline = ContinuousClock.now + .seconds(15)
+        try await signalReload(pidFile: pidFile, deadline: deadline)
+        try await probeUntilAccepted(probe, password: probePassword, deadline: deadline, logger: logger, what: "the broker")
     }
 }
 

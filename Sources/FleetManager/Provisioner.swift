@@ -110,10 +110,11 @@ public final class Provisioner: Sendable {
             }
             ca = pem
         }
-        let bundle = AgentBundle(
+        var bundle = AgentBundle(
             machineId: machine, brokerUrl: home.settings.deviceBrokerUrl, caCertificate: ca, username: machine.rawValue,
             password: password, topicRoot: home.settings.topicRoot, trust: try home.trustEntries(),
             initialConfig: initialConfig.map { String(decoding: $0, as: UTF8.self) })
+        bundle.alternateBrokerUrls = home.settings.deviceBrokerAlternates
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         try FleetHome.writePrivate(encoder.encode(bundle), to: path)

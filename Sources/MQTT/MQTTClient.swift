@@ -49,6 +49,8 @@ public final class MQTTClient: Sendable {
 
     /// The connection's state now.
     public var connectionState: MQTTConnectionState { connection.currentState }
+    /// The protocol level spoken now: MQTT 5, or 3.1.1 if asked for or fallen back to.
+    public var protocolVersion: MQTTProtocolVersion { connection.version }
 
     /// The current state, then every change, until the client closes.
     public func connectionStates() -> AsyncStream<MQTTConnectionState> {

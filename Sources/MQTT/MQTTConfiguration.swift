@@ -62,6 +62,17 @@ public struct MQTTReconnectPolicy: Sendable, Hashable {
     }
 }
 
+/// One broker address.
+public struct MQTTEndpoint: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+    public var description: String { "\(host):\(port)" }
+}
+
 /// Everything a client needs to reach its broker. Defaults suit a loopback development broker.
 public struct MQTTConfiguration: Sendable {
     /// Broker host name or address.
@@ -72,6 +83,13 @@ public struct MQTTConfiguration: Sendable {
     public var clientID: String
     /// Protocol level; MQTT 5 unless 3.1.1 is asked for.
     public var protocolVersion: MQTTProtocolVersion = .v5
+    /// With MQTT 5: fall back to 3.1.1 when a broker refuses 5 ("unsupported protocol
+    /// version", as nats-server does) or twice closes the connection before its CONNACK (as
+    /// rabbitmq does). The client then stays on 3.1.1.
+    public var protocolFallback = true
+    /// Further brokers of the same cluster, tried in turn after `host:port` when a connection
+    /// cannot be made or is lost.
+    public var alternateEndpoints: [MQTTEndpoint] = []
     public var username: String?
     public var password: String?
     /// TLS, or `nil` for plain TCP.
@@ -105,6 +123,9 @@ public struct MQTTConfiguration: Sendable {
 
     /// "host:port", as errors name the broker.
     public var endpoint: String { "\(host):\(port)" }
+
+    /// Every broker address, the first one first.
+    public var endpoints: [MQTTEndpoint] { [MQTTEndpoint(host: host, port: port)] + alternateEndpoints }
 }
 
 extension Duration {

@@ -6,8 +6,17 @@ import Locking
 // libmosquitto's callbacks, on the network thread: connection, acknowledgements, messages, log.
 extension MosquittoConnection {
     func didConnect(rc: Int32, sessionPresent: Bool) {
+        let speaking = version
+        state.withLock { $0.gotConnack = true }
         guard rc == 0 else {
-            let reason = configuration.protocolVersion == .v5
+            // MQTT 5 "unsupported protocol version" (0x84), or a 3.1.1-style "unacceptable
+            // protocol version" (1) in answer to a version 5 CONNECT.
+            if speaking == .v5, configuration.protocolFallback, rc == 0x84 || rc == 1 {
+                state.withLock { $0.fallBack = true }
+                logger.notice("the broker does not speak MQTT 5; connecting with MQTT 3.1.1")
+                return
+            }
+            let reason = speaking == .v5
                 ? String(cString: mosquitto_reason_string(rc)) : String(cString: mosquitto_connack_string(rc))
             state.withLock { $0.connectError = .refused(endpoint: configuration.endpoint, reasonCode: rc, reason: reason) }
             logger.warning("MQTT broker refused the connection", metadata: ["mqtt.reason": "\(reason)"])
@@ -29,7 +38,7 @@ extension MosquittoConnection {
     /// Sends the client's subscriptions again after a reconnect. With MQTT 5 retained
     /// messages come again only where the broker had lost the subscription.
     func resubscribe(_ subscriptions: [MQTTSubscription]) {
-        let options = configuration.protocolVersion == .v5 ? Int32(MQTT_SUB_OPT_SEND_RETAIN_NEW.rawValue) : 0
+        let options = version == .v5 ? Int32(MQTT_SUB_OPT_SEND_RETAIN_NEW.rawValue) : 0
         for subscription in subscriptions {
             var mid: Int32 = 0
             let rc = mosquitto_subscribe_v5(handle, &mid, subscription.filter, subscription.qos.rawValue, options, nil)

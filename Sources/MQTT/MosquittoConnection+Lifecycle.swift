@@ -101,8 +101,10 @@ extension MosquittoConnection {
                 return s.session
             }
             setWill(session: session)
+            state.withLock { $0.gotConnack = false }
             var rc = connectOnce()
             let connectErrno = errno
+            let tcpConnected = rc == MOSQ_ERR_SUCCESS.rawValue
             if rc == MOSQ_ERR_SUCCESS.rawValue {
                 var stopIterations = 0
                 while true {
@@ -115,6 +117,7 @@ extension MosquittoConnection {
                     }
                 }
             }
+            if switchProtocolOrEndpoint(tcpConnected: tcpConnected) { continue }
             let failure = describeEnd(rc: rc, errno: connectErrno)
             let retry: Duration? = state.withLock { s in
                 switch s.phase {
@@ -152,12 +155,52 @@ extension MosquittoConnection {
     func connectOnce() -> Int32 {
         var properties: OpaquePointer? = nil
         defer { mosquitto_property_free_all(&properties) }
-        if configuration.protocolVersion == .v5 {
+        let (speaking, endpoint) = state.withLock { s in
+            (s.version, configuration.endpoints[s.endpointIndex % configuration.endpoints.count])
+        }
+        if speaking == .v5 {
             mosquitto_property_add_int32(
                 &properties, Int32(MQTT_PROP_SESSION_EXPIRY_INTERVAL.rawValue), configuration.sessionExpirySeconds)
         }
-        return mosquitto_connect_bind_v5(
-            handle, configuration.host, Int32(configuration.port), configuration.keepAliveSeconds, nil, properties)
+        return mosquitto_connect_bind_v5(handle, endpoint.host, Int32(endpoint.port), configuration.keepAliveSeconds, nil, properties)
+    }
+
+    /// After an attempt or a connection ended: falls back to MQTT 3.1.1 if the broker refused
+    /// 5, and moves to the next endpoint of a cluster if there is one. True when the next
+    /// attempt should start at once (a fallback, or an untried endpoint while `connect()`
+    /// waits for its first connection).
+    func switchProtocolOrEndpoint(tcpConnected: Bool) -> Bool {
+        var downgrade = false
+        let again: Bool = state.withLock { s in
+            if s.stopRequested { return false }
+            if s.version == .v5, configuration.protocolFallback {
+                if s.fallBack {
+                    downgrade = true
+                } else if tcpConnected, !s.gotConnack {
+                    s.closedBeforeConnack += 1
+                    downgrade = s.closedBeforeConnack >= 2
+                }
+            }
+            if downgrade {
+                s.version = .v311
+                s.fallBack = false
+                s.connectError = nil
+                return true
+            }
+            if s.gotConnack { s.closedBeforeConnack = 0 }
+            // Refused credentials are the cluster's answer, not one node's.
+            guard configuration.endpoints.count > 1, s.connectError == nil else { return false }
+            s.endpointIndex = (s.endpointIndex + 1) % configuration.endpoints.count
+            if s.connectWaiter != nil {
+                s.firstRoundTried += 1
+                return s.firstRoundTried < configuration.endpoints.count
+            }
+            return false
+        }
+        if downgrade {
+            mosquitto_int_option(handle, MOSQ_OPT_PROTOCOL_VERSION, Int32(MQTT_PROTOCOL_V311))
+        }
+        return again
     }
 
     func setWill(session: UInt64) {

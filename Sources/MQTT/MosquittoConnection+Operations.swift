@@ -7,7 +7,7 @@ import Locking
 // broker's acknowledgement.
 extension MosquittoConnection {
     func makeProperties(expiry: UInt32?, contentType: String?) -> OpaquePointer? {
-        guard configuration.protocolVersion == .v5 else { return nil }
+        guard version == .v5 else { return nil }
         var properties: OpaquePointer? = nil
         if let expiry {
             mosquitto_property_add_int32(&properties, Int32(MQTT_PROP_MESSAGE_EXPIRY_INTERVAL.rawValue), expiry)

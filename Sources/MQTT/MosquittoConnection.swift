@@ -50,7 +50,22 @@ final class MosquittoConnection: @unchecked Sendable {
         var observers: [Int: AsyncStream<MQTTConnectionState>.Continuation] = [:]
         var nextObserver = 0
         var exitWaiters: [CheckedContinuation<Void, Never>] = []
+        /// The protocol level spoken now (MQTT 5 may have fallen back to 3.1.1).
+        var version: MQTTProtocolVersion = .v5
+        /// Set when the broker refused MQTT 5: the next attempt speaks 3.1.1.
+        var fallBack = false
+        /// MQTT 5 attempts in a row that ended before any CONNACK.
+        var closedBeforeConnack = 0
+        /// Whether the current attempt got a CONNACK (accepted or not).
+        var gotConnack = false
+        /// Which of `configuration.endpoints` the next attempt uses.
+        var endpointIndex = 0
+        /// Endpoints tried while `connect()` waits for its first connection.
+        var firstRoundTried = 0
     }
+
+    /// The protocol level spoken now.
+    var version: MQTTProtocolVersion { state.withLock { $0.version } }
 
     init(
         configuration: MQTTConfiguration, messages: AsyncStream<MQTTMessage>.Continuation, logger: Logger
@@ -67,6 +82,7 @@ final class MosquittoConnection: @unchecked Sendable {
                 operation: "mosquitto_new", code: Int32(errno), message: String(cString: strerror(errno)))
         }
         self.handle = handle
+        state.withLock { $0.version = configuration.protocolVersion }
         // The C object holds its owner unretained: `close` destroys it before `self` can go.
         mosquitto_user_data_set(handle, Unmanaged.passUnretained(self).toOpaque())
         do {

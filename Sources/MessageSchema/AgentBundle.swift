@@ -15,6 +15,9 @@ public struct AgentBundle: Codable, Sendable, Hashable {
     public var machineId: MachineID
     /// `mqtt://host:port` or `mqtts://host:port` (TLS).
     public var brokerUrl: String
+    /// A clustered broker's other nodes, same scheme: tried in turn when the one in use cannot
+    /// be reached or is lost.
+    public var alternateBrokerUrls: [String]?
     /// PEM of the CA that signed the broker's certificate, for `mqtts://`.
     public var caCertificate: String?
     public var username: String?
@@ -49,8 +52,26 @@ public struct AgentBundle: Codable, Sendable, Hashable {
     }
 
     public func endpoint() throws(BundleError) -> Endpoint {
+        try Self.endpoint(brokerUrl, field: "brokerUrl")
+    }
+
+    /// The alternate nodes' endpoints (`alternateBrokerUrls`), each with the scheme of `brokerUrl`.
+    public func alternateEndpoints() throws(BundleError) -> [Endpoint] {
+        let primary = try endpoint()
+        var endpoints: [Endpoint] = []
+        for url in alternateBrokerUrls ?? [] {
+            let endpoint = try Self.endpoint(url, field: "alternateBrokerUrls")
+            guard endpoint.tls == primary.tls else {
+                throw BundleError(path: "", problem: "alternateBrokerUrls '\(url)' does not use the scheme of brokerUrl")
+            }
+            endpoints.append(endpoint)
+        }
+        return endpoints
+    }
+
+    static func endpoint(_ brokerUrl: String, field: String) throws(BundleError) -> Endpoint {
         guard let url = URLComponents(string: brokerUrl), let scheme = url.scheme, let host = url.host, !host.isEmpty else {
-            throw BundleError(path: "", problem: "brokerUrl '\(brokerUrl)' is not mqtt://host:port or mqtts://host:port")
+            throw BundleError(path: "", problem: "\(field) '\(brokerUrl)' is not mqtt://host:port or mqtts://host:port")
         }
         switch scheme {
         case "mqtt": return Endpoint(host: host, port: url.port ?? 1883, tls: false)
@@ -80,6 +101,7 @@ public struct AgentBundle: Codable, Sendable, Hashable {
         }
         do {
             _ = try bundle.endpoint()
+            _ = try bundle.alternateEndpoints()
         } catch {
             throw BundleError(path: path, problem: error.problem)
         }

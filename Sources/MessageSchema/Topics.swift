@@ -26,12 +26,16 @@ public struct TopicScheme: Sendable, Hashable {
 
     /// A root of one or more non-empty levels without wildcards, e.g. `fleet` or `acme/fleet`.
     public init(root: String = "fleet") throws(ProtocolError) {
+        // Letters, digits, '-' and '_' per level: a root that works on mosquitto and on a NATS
+        // cluster alike (there '/' becomes '.', a '.' or a space closes the connection, and
+        // '*' and '>' are wildcards).
         let levels = root.split(separator: "/", omittingEmptySubsequences: false)
-        guard !root.isEmpty, root.utf8.count <= 128,
-            levels.allSatisfy({ !$0.isEmpty && !$0.contains("+") && !$0.contains("#") }),
-            !root.hasPrefix("$"), !root.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
-        else {
-            throw .malformed(field: "root", problem: "'\(root)' is not a topic root: levels must be non-empty, without + # or control characters")
+        let allowed = { (c: Unicode.Scalar) in
+            (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9") || c == "-" || c == "_"
+        }
+        guard !root.isEmpty, root.utf8.count <= 128, levels.allSatisfy({ !$0.isEmpty && $0.unicodeScalars.allSatisfy(allowed) }) else {
+            throw .malformed(
+                field: "root", problem: "'\(root)' is not a topic root: each level must be non-empty letters, digits, '-' or '_'")
         }
         self.root = root
     }

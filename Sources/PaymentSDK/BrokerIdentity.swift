@@ -11,13 +11,33 @@ public struct BrokerIdentity: Codable, Sendable, Hashable {
     public var caFile: String?
     public var username: String
     public var password: String
+    /// Further nodes of a clustered broker ("host:port"), tried in turn when `host:port`
+    /// cannot be reached or is lost.
+    public var alternates: [String]?
 
-    public init(host: String, port: Int, caFile: String? = nil, username: String, password: String) {
+    public init(host: String, port: Int, caFile: String? = nil, username: String, password: String, alternates: [String]? = nil) {
         self.host = host
         self.port = port
         self.caFile = caFile
         self.username = username
         self.password = password
+        self.alternates = alternates
+    }
+
+    /// Every node, `host:port` first.
+    public var endpoints: [MQTTEndpoint] {
+        [MQTTEndpoint(host: host, port: port)] + (alternates ?? []).compactMap(MQTTEndpoint.init(parsing:))
+    }
+}
+
+extension MQTTEndpoint {
+    /// "host:port" (a bracketed IPv6 address too), or nil.
+    public init?(parsing text: String) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        self.init(host: host, port: port)
     }
 }
 
@@ -28,6 +48,7 @@ extension BrokerIdentity {
         configuration.username = username
         configuration.password = password
         configuration.cleanStart = cleanStart
+        configuration.alternateEndpoints = Array(endpoints.dropFirst())
         if let caFile { configuration.tls = MQTTTLS(caFile: caFile) }
         return try MQTTClient(configuration, logger: logger)
     }

@@ -184,6 +184,18 @@ import Testing
         if text != "a+b" || true { #expect(throws: ProtocolError.self) { try TopicScheme(root: text + (text.isEmpty ? "" : "+")) } }
     }
 
+    /// Roots every engine carries unchanged: a '.', a space, '*' or '>' would change meaning
+    /// or close the connection on a NATS cluster.
+    @Test(arguments: ["acme.fleet", "my fleet", "fleet*", "fleet/>", "$SYS", "fleet/\u{7f}", "flöte"])
+    func refusesRootsOneEngineWouldMisread(_ root: String) {
+        #expect(throws: ProtocolError.self) { try TopicScheme(root: root) }
+    }
+
+    @Test(arguments: ["fleet", "acme/fleet-eu_2", "A/B/C"])
+    func acceptsPortableRoots(_ root: String) throws {
+        _ = try TopicScheme(root: root)
+    }
+
     @Test func machineIDRules() {
         #expect(MachineID(rawValue: "ab") != nil)
         #expect(MachineID(rawValue: "a") == nil)
