@@ -82,7 +82,11 @@ struct NATSFiles: IdentityFiles {
         func block(_ rules: [(AccessRules.Right, String)]) -> String {
             let publish = rules.filter { $0.0 == .publish }.map { quoted(subject($0.1)) }
             // QoS 1 subscriptions are delivered through JetStream on $MQTT.sub.
-            let subscribe = rules.filter { $0.0 == .subscribe }.map { quoted(subject($0.1)) } + [quoted("$MQTT.sub.>")]
+            // An MQTT filter `a/#` also matches `a` itself: NATS subscribes to both subjects.
+            let filters = rules.filter { $0.0 == .subscribe }.flatMap { rule in
+                rule.1.hasSuffix("/#") ? [String(rule.1.dropLast(2)), rule.1] : [rule.1]
+            }
+            let subscribe = filters.map { quoted(subject($0)) } + [quoted("$MQTT.sub.>")]
             return "permissions: { publish: { allow: [\(publish.joined(separator: ", "))] }, subscribe: { allow: [\(subscribe.joined(separator: ", "))] } }"
         }
         var lines = ["# Written by fleet-manager from identities.json; edits here are overwritten.", "authorization {", "  users: ["]

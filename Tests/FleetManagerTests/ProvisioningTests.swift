@@ -15,20 +15,40 @@ let productionTLSVersionLine: String = {
     return text.split(separator: "\n").first { $0.hasPrefix("tls_version") }.map(String.init) ?? ""
 }()
 
-/// A fleet on a real mosquitto, set up as `fleet-manager init` does: with dynamic security (the
-/// default) or with the password-file administration (`files` broker template).
+/// A fleet set up as `fleet-manager init` does: on a real mosquitto with dynamic security (the
+/// default) or the password-file administration (`files` broker template), or on a 3-node
+/// nats-server cluster (`nats-users`, broker-config/nats-cluster.sh).
 struct DynsecFleet {
-    let broker: LocalMosquitto
+    /// The mosquitto (dynamic security, password file).
+    let broker: LocalMosquitto?
+    /// The NATS cluster (nats-users).
+    let cluster: LocalNATSCluster?
     let home: FleetHome
     let backend: any ProvisioningBackend
     let publisher: MQTTClient
     var provisioner: Provisioner { Provisioner(home: home, backend: backend, publisher: publisher) }
     var administration: BrokerAdministration.Kind { home.settings.brokerAdmin?.kind ?? .dynamicSecurity }
 
+    /// The administrations on one mosquitto.
+    static let mosquitto: [BrokerAdministration.Kind] = [.dynamicSecurity, .passwordFile]
+
     static func with(
         _ administration: BrokerAdministration.Kind = .dynamicSecurity, tlsPort: Int? = nil, caDirectory: String? = nil,
         _ body: (DynsecFleet) async throws -> Void
     ) async throws {
+        if administration == .natsUsers {
+            try await LocalNATSCluster.with { cluster in
+                let ports = cluster.mqttPorts
+                var options = FleetSetup.Options(
+                    home: NSTemporaryDirectory() + "pb-home-\(UUID().uuidString)", brokerHost: cluster.host, brokerPort: ports[0],
+                    adminPassword: "", deviceBrokerUrl: "mqtt://127.0.0.1:\(ports[0])")
+                options.administration = BrokerAdministration(kind: .natsUsers, directory: cluster.directory, pidFiles: cluster.pidFiles)
+                options.brokerAlternates = ports.dropFirst().map { "127.0.0.1:\($0)" }
+                options.deviceBrokerAlternates = ports.dropFirst().map { "mqtt://127.0.0.1:\($0)" }
+                try await run(options, broker: nil, cluster: cluster, body)
+            }
+            return
+        }
         var extra = ""
         if let tlsPort, let caDirectory {
             extra = """
@@ -51,20 +71,26 @@ struct DynsecFleet {
                 options.administration = BrokerAdministration(kind: .passwordFile, directory: broker.directory, pidFile: broker.pidPath)
                 options.servicePort = broker.port
             }
-            let home = try await FleetSetup.initialize(options)
-            let backend = try await home.provisioningBackend()
-            let publisher = try await home.settings.manager.connect(clientID: "test-manager")
-            let fleet = DynsecFleet(broker: broker, home: home, backend: backend, publisher: publisher)
-            do {
-                try await body(fleet)
-            } catch {
-                await publisher.close()
-                await backend.close()
-                throw error
-            }
+            try await run(options, broker: broker, cluster: nil, body)
+        }
+    }
+
+    private static func run(
+        _ options: FleetSetup.Options, broker: LocalMosquitto?, cluster: LocalNATSCluster?, _ body: (DynsecFleet) async throws -> Void
+    ) async throws {
+        let home = try await FleetSetup.initialize(options)
+        let backend = try await home.provisioningBackend()
+        let publisher = try await home.settings.manager.connect(clientID: "test-manager")
+        let fleet = DynsecFleet(broker: broker, cluster: cluster, home: home, backend: backend, publisher: publisher)
+        do {
+            try await body(fleet)
+        } catch {
             await publisher.close()
             await backend.close()
+            throw error
         }
+        await publisher.close()
+        await backend.close()
     }
 
     func bundle(_ machine: MachineID) throws -> AgentBundle {
@@ -74,7 +100,8 @@ struct DynsecFleet {
     /// A client connected as the unit, with the bundle's credentials.
     func deviceClient(_ machine: MachineID, clientID: String? = nil, password: String? = nil) throws -> MQTTClient {
         let bundle = try bundle(machine)
-        var configuration = MQTTConfiguration(host: broker.host, port: broker.port, clientID: clientID ?? machine.rawValue)
+        let endpoint = try bundle.endpoint()
+        var configuration = MQTTConfiguration(host: endpoint.host, port: endpoint.port, clientID: clientID ?? machine.rawValue)
         configuration.username = machine.rawValue
         configuration.password = password ?? bundle.password
         configuration.cleanStart = true
@@ -103,8 +130,20 @@ struct ProvisioningTests {
             // delivery below: nothing of another's may arrive.
             func mayNotRead(_ client: MQTTClient, _ filter: String, _ what: String) async {
                 switch administration {
-                case .dynamicSecurity: await #expect(throws: MQTTError.self, "\(what) subscribing to \(filter)") { try await client.subscribe(filter) }
+                case .dynamicSecurity, .natsUsers:
+                    await #expect(throws: MQTTError.self, "\(what) subscribing to \(filter)") { try await client.subscribe(filter) }
                 case .passwordFile: _ = try? await client.subscribe(filter)
+                }
+            }
+            // Writing what is not yours: refused with a reason code on mosquitto; a NATS node
+            // acknowledges a denied publish and drops it (checked by delivery below).
+            func mayNotWrite(_ client: MQTTClient, _ topic: String, _ payload: String, _ what: String) async {
+                switch administration {
+                case .dynamicSecurity, .passwordFile:
+                    await #expect(throws: MQTTError.self, "\(what) publishing to \(topic)") {
+                        try await client.publish(topic: topic, payload: Data(payload.utf8))
+                    }
+                case .natsUsers: _ = try? await client.publish(topic: topic, payload: Data(payload.utf8))
                 }
             }
             var device = try fleet.deviceClient(a)
@@ -114,18 +153,15 @@ struct ProvisioningTests {
             for kind in TopicKind.allCases {
                 let topic = topics.topic(kind, for: b)
                 await mayNotRead(device, topic, "A")
-                await #expect(throws: MQTTError.self, "A publishing to \(topic)") {
-                    try await device.publish(topic: topic, payload: Data("x".utf8))
-                }
+                await mayNotWrite(device, topic, "x", "A")
             }
             // Not even its own payment/completed or config/desired.
             for kind in [TopicKind.paymentCompleted, .configDesired, .firmwareDesired] {
-                await #expect(throws: MQTTError.self, "A publishing its own \(kind)") {
-                    try await device.publish(topic: topics.topic(kind, for: a), payload: Data("forged".utf8))
-                }
+                await mayNotWrite(device, topics.topic(kind, for: a), "forged", "A (its own \(kind))")
             }
             // No wildcards beyond its own topics.
-            for filter in ["fleet/#", "fleet/+/status", "#", "fleet/unit-a/#"] {
+            // Nor the broker's own topics: on NATS, QoS 1 deliveries travel on $MQTT.sub.
+            for filter in ["fleet/#", "fleet/+/status", "#", "fleet/unit-a/#", "$MQTT/sub/#", "$SYS/#"] {
                 await mayNotRead(device, filter, "A")
             }
             // What it may do.
@@ -137,7 +173,9 @@ struct ProvisioningTests {
             }
             // A unit's identity is bound to its client ID: dynamic security refuses A's
             // credentials under B's client ID; the password-file broker makes A's client ID its
-            // username, so B's session is never taken over.
+            // username, so B's session is never taken over. A NATS node lets any identity take
+            // a client ID (a residual risk, docs/scale.md): B is knocked off, but A under B's
+            // client ID still reads nothing of B's.
             let victim = try fleet.deviceClient(b)
             try await victim.connect()
             let victimStates = victim.connectionStates()
@@ -145,9 +183,9 @@ struct ProvisioningTests {
             switch administration {
             case .dynamicSecurity:
                 await #expect(throws: MQTTError.self) { try await impostor.connect() }
-            case .passwordFile:
+            case .passwordFile, .natsUsers:
                 try await impostor.connect()
-                // It is A (its own rights only), and it displaced A's own session, not B's.
+                // It is A (its own rights only): nothing of B's reaches it.
                 let impostorInbox = Inbox(impostor)
                 await mayNotRead(impostor, topics.topic(.configDesired, for: b), "A as unit-b")
                 try await impostor.subscribe(topics.topic(.configDesired, for: a))
@@ -156,16 +194,20 @@ struct ProvisioningTests {
                 _ = try await impostorInbox.next("A's own") { $0.payload == Data("for-a".utf8) }
                 let read = await impostorInbox.pending.filter { !$0.topic.hasPrefix("fleet/unit-a/") }
                 #expect(read.isEmpty, "A as unit-b read \(read.map(\.topic))")
-                try await victim.publish(topic: topics.topic(.heartbeat, for: b), payload: Data("{}".utf8))
+                if administration == .passwordFile {
+                    try await victim.publish(topic: topics.topic(.heartbeat, for: b), payload: Data("{}".utf8))
+                }
             }
             await impostor.close()
-            #expect(victim.connectionState.isConnected)
-            for await state in victimStates {
-                #expect(state.isConnected, "B was knocked off")
-                break
+            if administration != .natsUsers {
+                #expect(victim.connectionState.isConnected)
+                for await state in victimStates {
+                    #expect(state.isConnected, "B was knocked off")
+                    break
+                }
             }
             await victim.close()
-            if administration == .passwordFile {
+            if administration != .dynamicSecurity {
                 // The impostor took A's own session (same credentials); reconnect A.
                 await device.close()
                 device = try fleet.deviceClient(a)
@@ -182,7 +224,7 @@ struct ProvisioningTests {
             try await payment.publish(topic: topics.topic(.paymentCompleted, for: b), payload: Data("{}".utf8))
             try await payment.subscribe(topics.filter(.paymentResult))
             try await payment.subscribe(topics.filter(.status))
-            await #expect(throws: MQTTError.self) { try await payment.publish(topic: topics.topic(.configDesired, for: b), payload: Data("x".utf8), retain: true) }
+            await mayNotWrite(payment, topics.topic(.configDesired, for: b), "x", "the payment server")
             await mayNotRead(payment, topics.filter(.heartbeat), "the payment server")
             await mayNotRead(payment, topics.filter(.paymentCompleted), "the payment server")
             await mayNotRead(payment, "fleet/#", "the payment server")
@@ -227,7 +269,7 @@ struct ProvisioningTests {
 
     /// Finding 5 of the integrity review: a payment server's credentials connecting with a
     /// unit's client ID took over the unit's session. Now refused; the unit stays connected.
-    @Test(arguments: BrokerAdministration.Kind.allCases)
+    @Test(arguments: DynsecFleet.mosquitto)
     func serviceCredentialsCannotTakeAUnitsClientID(_ administration: BrokerAdministration.Kind) async throws {
         try await DynsecFleet.with(administration) { fleet in
             let unit: MachineID = "unit-t"
@@ -247,7 +289,7 @@ struct ProvisioningTests {
                         await impostor.close()
                     }
                     #expect(error?.description.contains("Not authorized") == true)
-                case .passwordFile:
+                case .passwordFile, .natsUsers:
                     let impostor = try await identity.connect(clientID: unit.rawValue)
                     await impostor.close()
                 }
@@ -277,7 +319,7 @@ struct ProvisioningTests {
     /// Finding 6: `provision payment-server` reset the payment server's password and wrote it
     /// into a bundle. Reserved names are refused everywhere, and provisioning never takes over
     /// an identity that is not that unit's.
-    @Test(arguments: BrokerAdministration.Kind.allCases)
+    @Test(arguments: DynsecFleet.mosquitto)
     func reservedNamesAndForeignIdentitiesAreNeverProvisioned(_ administration: BrokerAdministration.Kind) async throws {
         try await DynsecFleet.with(administration) { fleet in
             for name in ["payment-server", "fleet-manager", "admin", "payment-server-kiosk", "fleet-manager-serve"] {
@@ -384,7 +426,7 @@ struct ProvisioningTests {
         }
     }
 
-    @Test(arguments: BrokerAdministration.Kind.allCases)
+    @Test(arguments: DynsecFleet.mosquitto)
     func bulkProvisioningFromCSV(_ administration: BrokerAdministration.Kind) async throws {
         try await DynsecFleet.with(administration) { fleet in
             let dir = NSTemporaryDirectory() + "pb-csv-\(UUID().uuidString)"

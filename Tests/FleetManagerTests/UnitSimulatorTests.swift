@@ -27,7 +27,7 @@ struct UnitSimulatorTests {
             let statuses = Inbox(watcher)
             try await watcher.subscribe(fleet.home.topics.filter(.status))
 
-            var options = UnitFleet.Options(host: fleet.broker.host, port: fleet.broker.port)
+            var options = UnitFleet.Options(host: fleet.broker!.host, port: fleet.broker!.port)
             options.heartbeatSeconds = 1
             let units = UnitFleet(options: options)
             try await units.start(bundles)
@@ -73,7 +73,7 @@ struct UnitSimulatorTests {
             // The broker restarts: every unit reconnects with its own session.
             let before = units.current.online
             #expect(before == count)
-            try await fleet.broker.restart()
+            try await fleet.broker!.restart()
             try await units.waitUntil("every unit back online", timeout: .seconds(90)) {
                 $0.connacks >= 2 * count && $0.online == count && $0.connected == count
             }
@@ -85,7 +85,7 @@ struct UnitSimulatorTests {
             // The broker dies (kill -9) while completions wait for their PUBACK: the SDK sends
             // each again when it is back (the units' sessions were saved by the restart above),
             // and every one is settled by the units' own answers, none left unknown.
-            let frozen = try #require(fleet.broker.processForTesting)
+            let frozen = try #require(fleet.broker!.processForTesting)
             frozen.send(SIGSTOP)
             let inFlight = Task {
                 try await withThrowingTaskGroup(of: PaymentOutcome.self) { group in
@@ -97,8 +97,8 @@ struct UnitSimulatorTests {
             }
             // Killed at once: each publish is on its way to the frozen broker, or starts once it
             // is gone; either way it is lost with the connection.
-            await fleet.broker.kill()
-            try await fleet.broker.restart()
+            await fleet.broker!.kill()
+            try await fleet.broker!.restart()
             let settled = try await inFlight.value
             #expect(settled.count == 30)
             #expect(settled.allSatisfy { $0.action == .capture }, "\(settled.map { "\($0.result?.status.rawValue ?? "none")" })")
