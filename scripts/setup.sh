@@ -2,7 +2,7 @@
 # Installs what PulseBridge needs on Debian 12 (run as root, or with sudo available):
 # mosquitto and its clients, the C libraries the Swift package links (and libcurl, which the
 # static Swift runtime's URLSession links), the tools the tests
-# use (openssl, zbar, stress-ng, Chromium, promtool), the Debian packaging tools (dpkg-deb, fakeroot,
+# use (openssl, zbar, stress-ng, Chromium, promtool, nats-server), the Debian packaging tools (dpkg-deb, fakeroot,
 # lintian, man for the generated pages), Python's `cryptography` for the interoperability tests
 # and `selenium` for the browser tests.
 set -euo pipefail
@@ -12,7 +12,7 @@ as_root apt-get update
 as_root apt-get install -y --no-install-recommends \
   mosquitto mosquitto-clients libmosquitto-dev \
   libgpiod-dev gpiod \
-  libssl-dev openssl libsodium-dev \
+  libssl-dev openssl libsodium-dev libcrypt-dev \
   libqrencode-dev zbar-tools librsvg2-bin libsqlite3-dev \
   libcurl4-openssl-dev \
   stress-ng pkg-config python3 python3-pip procps \
@@ -39,6 +39,16 @@ if ! command -v promtool >/dev/null; then
   (cd "$tools" && as_root apt-get download prometheus 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
   dpkg-deb --fsys-tarfile "$tools"/prometheus_*.deb | tar -x -C "$tools" ./usr/bin/promtool
   as_root install -m 755 "$tools/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$tools"
+fi
+# nats-server for the clustered-broker tests (broker-config/nats-cluster.sh starts its own nodes):
+# only the binary is taken from Debian's package, whose service would start a server.
+if ! command -v nats-server >/dev/null; then
+  tools=$(mktemp -d)
+  chmod 755 "$tools"
+  (cd "$tools" && as_root apt-get download nats-server 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+  dpkg-deb --fsys-tarfile "$tools"/nats-server_*.deb | tar -x -C "$tools" ./usr/sbin/nats-server
+  as_root install -m 755 "$tools/usr/sbin/nats-server" /usr/local/bin/nats-server
   rm -rf "$tools"
 fi
 # mosquitto's Debian service is not needed: tests and the demo start their own brokers.
