@@ -11,6 +11,7 @@
 #
 # Each node: DIR/nN.conf, DIR/nN.pid, DIR/nN.log, JetStream data in DIR/data/nN. `start` waits
 # until every node answers /healthz ok (JetStream ready), at most 30 s.
+# PB_NATS_CONSUMER_REPLICAS (default 3) sets mqtt.consumer_replicas, for the benchmark.
 set -euo pipefail
 command -v nats-server >/dev/null || { echo "nats-cluster: nats-server is not installed (apt-get install nats-server)" >&2; exit 1; }
 action=${1:?"usage: $0 start DIR BASE | kill DIR N | restart DIR N | stop DIR"}
@@ -73,7 +74,7 @@ mqtt {
   # Each QoS 1 subscription is a JetStream consumer, replicated like the streams (3): set up
   # in ~1.9 s per unit instead of ~14 ms with one replica, but a consumer with one replica
   # dies with its node, and what it had not delivered is lost (a result, a completion).
-  consumer_replicas: 3
+  consumer_replicas: ${PB_NATS_CONSUMER_REPLICAS:-3}
   ack_wait: "10s"
   max_ack_pending: 1024
 }

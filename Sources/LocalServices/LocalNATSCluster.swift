@@ -30,14 +30,14 @@ public final class LocalNATSCluster: Sendable {
     }
 
     /// Starts the three nodes on 12 free loopback ports and waits until each is healthy.
-    public static func start() async throws -> LocalNATSCluster {
+    public static func start(consumerReplicas: Int = 3) async throws -> LocalNATSCluster {
         var lastError: (any Error)?
         for _ in 0..<5 {
             let directory = NSTemporaryDirectory() + "pulsebridge-nats-\(UUID().uuidString.prefix(8))"
             let base = try freeBase()
             let cluster = LocalNATSCluster(directory: directory, basePort: base)
             do {
-                try await cluster.run(["start", directory, String(base)])
+                try await cluster.run(["start", directory, String(base)], environment: ["PB_NATS_CONSUMER_REPLICAS": String(consumerReplicas)])
                 return cluster
             } catch {
                 lastError = error
@@ -91,10 +91,12 @@ public final class LocalNATSCluster: Sendable {
         (1...3).map { "== n\($0)\n" + tail(of: directory + "/n\($0).log", lines: lines) }.joined(separator: "\n")
     }
 
-    private func run(_ arguments: [String]) async throws {
+    private func run(_ arguments: [String], environment extra: [String: String] = [:]) async throws {
         let log = NSTemporaryDirectory() + "nats-cluster-\(UUID().uuidString).log"
         defer { try? FileManager.default.removeItem(atPath: log) }
-        let child = try ChildProcess.spawn("bash", [Self.script] + arguments, outputPath: log)
+        var environment = ProcessInfo.processInfo.environment
+        for (key, value) in extra { environment[key] = value }
+        let child = try ChildProcess.spawn("bash", [Self.script] + arguments, environment: environment, outputPath: log)
         let status = await child.waitForExit()
         guard status == .exited(0) else {
             throw LocalMosquittoError(description: "nats-cluster.sh \(arguments.joined(separator: " ")): \(status)\n\(child.output())")

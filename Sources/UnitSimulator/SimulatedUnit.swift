@@ -33,6 +33,8 @@ final class SimulatedUnit: @unchecked Sendable {
     var decided: [PaymentID: OriginalDecision] = [:]
     var counters = PaymentCounters()
     var timers: [RepeatedTask] = []
+    /// Which of the fleet's ports the next connection uses.
+    var endpointIndex = 0
     /// QoS 1 publishes the broker has not acknowledged, by packet ID: sent again after a
     /// reconnection, as the agent's outbox does (results are never dropped).
     var unacknowledged: [UInt16: (topic: String, payload: [UInt8], retain: Bool)] = [:]
@@ -64,7 +66,7 @@ final class SimulatedUnit: @unchecked Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(UnitHandler(unit: self)) }
             }
-            .connect(host: options.host, port: options.port)
+            .connect(host: options.host, port: ([options.port] + options.alternatePorts)[endpointIndex % (1 + options.alternatePorts.count)])
             .whenComplete { result in
                 switch result {
                 case .success(let channel):
@@ -72,6 +74,7 @@ final class SimulatedUnit: @unchecked Sendable {
                     self.sendConnect(channel)
                 case .failure:
                     self.fleet.count(\.failedConnects)
+                    self.endpointIndex += 1
                     self.reconnectLater()
                 }
             }
@@ -101,6 +104,7 @@ final class SimulatedUnit: @unchecked Sendable {
         channel = nil
         for timer in timers { timer.cancel() }
         timers = []
+        endpointIndex += 1
         reconnectLater()
     }
 
@@ -166,8 +170,10 @@ final class SimulatedUnit: @unchecked Sendable {
 
     private func subscribe() {
         let filters: [(String, UInt8)] = [
-            (topics.topic(.paymentCompleted, for: machine), 1), (topics.topic(.configDesired, for: machine), 1),
-            (topics.topic(.firmwareDesired, for: machine), 1),
+            // As the agent over MQTT 3.1.1: payments QoS 1, the retained-only topics QoS 0 (a
+            // re-subscription sends the retained message again).
+            (topics.topic(.paymentCompleted, for: machine), 1), (topics.topic(.configDesired, for: machine), 0),
+            (topics.topic(.firmwareDesired, for: machine), 0),
         ]
         write { MQTTEncoder.subscribe(into: &$0, packetID: self.nextPacketID(), filters) }
     }

@@ -18,6 +18,9 @@ public final class UnitFleet: Sendable {
     public struct Options: Sendable {
         public var host: String
         public var port: Int
+        /// A cluster's other nodes on the same host: a unit moves to the next one when a
+        /// connection cannot be made or is lost.
+        public var alternatePorts: [Int] = []
         /// Seconds between heartbeats until a configuration says otherwise.
         public var heartbeatSeconds = 60
         public var keepAliveSeconds = 60

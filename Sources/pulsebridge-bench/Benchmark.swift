@@ -62,7 +62,7 @@ struct PulseBridgeBench: AsyncParsableCommand {
         commandName: "pulsebridge-bench",
         abstract: "Measures PulseBridge: MQTT round trips, envelope verification, pulse timing.",
         discussion: "Build in release mode for real numbers: swift run -c release pulsebridge-bench all",
-        subcommands: [All.self, FleetScale.self, Simulate.self, MQTTRoundTrip.self, EnvelopeVerification.self, PulseTiming.self, AgentLatency.self, BulkProvisioning.self, ServeIngest.self, ConsoleScale.self, Chaos.self, PaymentPage.self, PeerComparison.self, JournalCommit.self])
+        subcommands: [All.self, FleetScale.self, ClusterScale.self, Simulate.self, MQTTRoundTrip.self, EnvelopeVerification.self, PulseTiming.self, AgentLatency.self, BulkProvisioning.self, ServeIngest.self, ConsoleScale.self, Chaos.self, PaymentPage.self, PeerComparison.self, JournalCommit.self])
 
     struct All: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Runs every benchmark and prints one table.")
