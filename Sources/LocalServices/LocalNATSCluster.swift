@@ -49,7 +49,7 @@ public final class LocalNATSCluster: Sendable {
     }
 
     /// A base port B where B+1...B+33 (the 12 ports used) are free now.
-    static func freeBase() throws -> Int {
+    public static func freeBase() throws -> Int {
         for _ in 0..<50 {
             let base = Int.random(in: 20_000...55_000)
             var ports: [Int] = []

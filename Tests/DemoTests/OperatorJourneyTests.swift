@@ -144,6 +144,8 @@ struct OperatorJourneyTests {
         environment["PB_PORT"] = String(ports[1])
         environment["PB_MANAGER_PORT"] = String(ports[2])
         environment["PB_BROKER_LOG"] = "file:\(scratch)/mosquitto/mosquitto.log"
+        environment["PB_NATS_DIR"] = scratch + "/nats"
+        environment["PB_NATS_BASE"] = String(try LocalNATSCluster.freeBase())
         environment.removeValue(forKey: "PULSEBRIDGE_HOME")
         let journey = try ChildProcess.spawn("/bin/bash", [script], environment: environment, outputPath: scratch + "/journey.log")
         let status = await journey.waitForExit()
@@ -151,12 +153,14 @@ struct OperatorJourneyTests {
         #expect(status == .exited(0), "the documented steps failed:\n\(output.suffix(6000))")
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         guard status == .exited(0) else {
+            _ = try? await Self.run("/bin/bash", [LocalMosquitto.brokerConfigDirectory + "/nats-cluster.sh", "stop", scratch + "/nats"])
             await Self.stopEverything(scratch)
             return
         }
         #expect(output.contains("provisioned: 2000, already provisioned (skipped): 0, failed: 0"), "\(output.suffix(3000))")
         #expect(output.contains("provisioned: 0, already provisioned (skipped): 2000, failed: 0"))
         #expect(output.contains(": credited; amount 300 JPY"))
+        #expect(output.contains(": credited; amount 500 JPY"), "the payment through the NATS cluster")
         // 2,000 provisioned, one revoked: its password line is gone.
         #expect(output.hasSuffix("1999\n") || output.contains("\n1999\n"), "\(output.suffix(500))")
         let brokerUser = try await Self.run(
@@ -166,6 +170,7 @@ struct OperatorJourneyTests {
         let passwd = try FileManager.default.attributesOfItem(atPath: scratch + "/identities/passwd")
         #expect(passwd[.groupOwnerAccountName] as? String == "mosquitto")
         #expect((passwd[.posixPermissions] as? NSNumber)?.intValue == 0o640)
+        _ = try? await Self.run("/bin/bash", [LocalMosquitto.brokerConfigDirectory + "/nats-cluster.sh", "stop", scratch + "/nats"])
         await Self.stopEverything(scratch)
     }
 
