@@ -37,7 +37,7 @@ public struct PaidMachine: Sendable {
 public enum PaymentServerSetup {
     /// Makes the identity, writes its credentials and the config file; returns the config's path.
     public static func prepare(
-        home: FleetHome, backend: DynamicSecurityBackend, directory: String, name: String = "web", port: Int, machines: [PaidMachine],
+        home: FleetHome, backend: any ProvisioningBackend, directory: String, name: String = "web", port: Int, machines: [PaidMachine],
         limits: (perUser: Int, perMachine: Int) = (6, 20), paymentTtlS: Int = 30, unknownWaitS: Int = 5
     ) async throws -> String {
         var identity = home.settings.paymentServer

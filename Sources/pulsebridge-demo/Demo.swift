@@ -18,6 +18,8 @@ struct Demo: AsyncParsableCommand {
 
     @Flag(help: "Keep everything running after the payments until Ctrl-C, to explore with fleet-manager.")
     var keepRunning = false
+    @Flag(help: "Run the fleet on a 3-node nats-server cluster (broker-config/nats-cluster.sh) instead of one mosquitto.")
+    var cluster = false
 
     func run() async throws {
         LoggingSystem.bootstrap { label in
@@ -27,7 +29,7 @@ struct Demo: AsyncParsableCommand {
         }
         let demo = DemoFleet()
         do {
-            try await demo.run(keepRunning: keepRunning)
+            try await demo.run(keepRunning: keepRunning, cluster: cluster)
         } catch {
             FileHandle.standardError.write(Data("pulsebridge-demo: \(error)\n".utf8))
             await demo.stop()
@@ -52,11 +54,12 @@ struct DemoMachine {
 final class DemoFleet: @unchecked Sendable {
     // @unchecked: used from the demo's one task, in order.
     var broker: LocalMosquitto?
+    var cluster: LocalNATSCluster?
     var machines: [DemoMachine] = []
     var serve: Task<Void, any Error>?
     var payments: PaymentClient?
     var publisher: MQTTClient?
-    var backend: DynamicSecurityBackend?
+    var backend: (any ProvisioningBackend)?
     var paymentServer: ChildProcess?
     let started = ContinuousClock.now
     let directory = NSTemporaryDirectory() + "pulsebridge-demo-\(UUID().uuidString.prefix(8))"
@@ -71,22 +74,36 @@ final class DemoFleet: @unchecked Sendable {
         OutputConfig(channel: "coin", chip: "gpiochip0", line: line, valuePerPulse: value, pulseMs: pulse, gapMs: gap)
     }
 
-    func run(keepRunning: Bool) async throws {
+    func run(keepRunning: Bool, cluster useCluster: Bool = false) async throws {
         print("PulseBridge demo fleet — everything runs on this machine, on loopback; GPIO is simulated.\n")
         let binaries = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
             .deletingLastPathComponent().path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
 
-        let broker = try await LocalMosquitto.start(template: "dynsec")
-        self.broker = broker
-        say("mosquitto \(broker.host):\(broker.port) started from broker-config/templates/dynsec.conf (dynamic security, no anonymous access)")
-
         let pagePort = try LoopbackPort.free()
         let pageBase = "http://127.0.0.1:\(pagePort)"
-        let home = try await FleetSetup.initialize(
-            FleetSetup.Options(
-                home: directory + "/fleet", brokerHost: broker.host, brokerPort: broker.port, adminPassword: broker.adminPassword!,
-                deviceBrokerUrl: "mqtt://127.0.0.1:\(broker.port)", paymentUrlTemplate: pageBase + "/m/{machineId}"))
+        let home: FleetHome
+        if useCluster {
+            let cluster = try await LocalNATSCluster.start()
+            self.cluster = cluster
+            let ports = cluster.mqttPorts
+            say("nats-server cluster of 3 nodes started in \(cluster.directory) (MQTT on \(ports.map(String.init).joined(separator: ", "))): JetStream MQTT, MQTT 3.1.1")
+            var options = FleetSetup.Options(
+                home: directory + "/fleet", brokerHost: cluster.host, brokerPort: ports[0], adminPassword: "",
+                deviceBrokerUrl: "mqtt://127.0.0.1:\(ports[0])", paymentUrlTemplate: pageBase + "/m/{machineId}")
+            options.administration = BrokerAdministration(kind: .natsUsers, directory: cluster.directory, pidFiles: cluster.pidFiles)
+            options.brokerAlternates = ports.dropFirst().map { "127.0.0.1:\($0)" }
+            options.deviceBrokerAlternates = ports.dropFirst().map { "mqtt://127.0.0.1:\($0)" }
+            home = try await FleetSetup.initialize(options)
+        } else {
+            let broker = try await LocalMosquitto.start(template: "dynsec")
+            self.broker = broker
+            say("mosquitto \(broker.host):\(broker.port) started from broker-config/templates/dynsec.conf (dynamic security, no anonymous access)")
+            home = try await FleetSetup.initialize(
+                FleetSetup.Options(
+                    home: directory + "/fleet", brokerHost: broker.host, brokerPort: broker.port, adminPassword: broker.adminPassword!,
+                    deviceBrokerUrl: "mqtt://127.0.0.1:\(broker.port)", paymentUrlTemplate: pageBase + "/m/{machineId}"))
+        }
         say("fleet created at \(home.path): fleet key \(try home.signingKey(.fleet).kid), payment key \(try home.signingKey(.payment).kid)")
 
         machines = [
@@ -109,7 +126,7 @@ final class DemoFleet: @unchecked Sendable {
                 directory: directory + "/vend-01"),
         ]
 
-        let backend = try await DynamicSecurityBackend.connect(home.settings.manager)
+        let backend = try await home.provisioningBackend()
         let publisher = try await home.settings.manager.connect(clientID: "fleet-manager-demo")
         self.backend = backend
         self.publisher = publisher
@@ -214,7 +231,7 @@ final class DemoFleet: @unchecked Sendable {
     }
 
     /// `payment-server` as an operator runs it: its own broker identity, config file and database.
-    func startPaymentServer(_ home: FleetHome, backend: DynamicSecurityBackend, binaries: String, port: Int) async throws {
+    func startPaymentServer(_ home: FleetHome, backend: any ProvisioningBackend, binaries: String, port: Int) async throws {
         let menus: [MachineID: [(label: String, amount: Int)]] = [
             "laundry-01": [("Wash", 400), ("Dry 10 min", 100)],
             "wash-01": [("Quick wash", 500), ("Full wash", 1500)],
@@ -331,6 +348,7 @@ final class DemoFleet: @unchecked Sendable {
         await publisher?.close()
         await backend?.close()
         await broker?.stop()
+        await cluster?.stop()
         say("stopped: payment server, agents (outputs inactive), serve, broker. Files kept in \(directory)")
     }
 }

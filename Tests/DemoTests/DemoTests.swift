@@ -6,10 +6,12 @@ import TestSupport
 /// The README's first command ends in `pulsebridge-demo`: run it and check what it shows.
 @Suite(.timeLimit(.minutes(4)))
 struct DemoTests {
-    @Test func demoRunsTheWholeStoryAndStopsEverything() async throws {
+    /// On one mosquitto (the README's command), and on a 3-node NATS cluster (`--cluster`).
+    @Test(arguments: [false, true])
+    func demoRunsTheWholeStoryAndStopsEverything(onCluster: Bool) async throws {
         let binary = URL(fileURLWithPath: AgentUnit.binary).deletingLastPathComponent().appendingPathComponent("pulsebridge-demo").path
         let out = NSTemporaryDirectory() + "demo-\(UUID().uuidString).out"
-        let demo = try ChildProcess.spawn(binary, [], outputPath: out)
+        let demo = try ChildProcess.spawn(binary, onCluster ? ["--cluster"] : [], outputPath: out)
         #expect(await demo.waitForExit() == .exited(0))
         let output = demo.output()
         for expected in [
@@ -32,5 +34,22 @@ struct DemoTests {
         #expect(bob?.count == 8)
         // Measured widths are printed from the edge log (their values are the benchmark's business).
         #expect(output.contains("coin line 17: 4 × (set 50 ms, measured "))
+        if onCluster {
+            // "nats-server cluster of 3 nodes started in DIR (MQTT on …)": nothing of it left.
+            let line = output.split(separator: "\n").first { $0.contains("nats-server cluster of 3 nodes started in ") }
+            let directory = try #require(line?.split(separator: " ").first { $0.hasPrefix("/") }.map(String.init))
+            let left = try await LocalNATSClusterProbe.running(in: directory)
+            #expect(left.isEmpty, "nats-server left running: \(left)")
+        }
+    }
+}
+
+/// nats-server processes still running (the demo must stop its cluster).
+enum LocalNATSClusterProbe {
+    static func running(in directory: String) async throws -> String {
+        let out = NSTemporaryDirectory() + "pgrep-\(UUID().uuidString).out"
+        let probe = try ChildProcess.spawn("/bin/sh", ["-c", "pgrep -af '[n]ats-server -c \(directory)' || true"], outputPath: out)
+        _ = await probe.waitForExit()
+        return probe.output().trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }
