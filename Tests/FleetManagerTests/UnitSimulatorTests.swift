@@ -61,11 +61,13 @@ struct UnitSimulatorTests {
                 first.payment, envelope: SignedEnvelope.sign(first.payment, kid: kid, key: key).encoded())
             #expect(again.result?.status == .duplicate)
             #expect(again.result?.original?.status == .credited)
+            // One payment server identity, one connection at a time: its client ID is its
+            // username, so a second connection would take the first one's session.
+            await payments.close()
             let stranger = try Ed25519PrivateKey()
             let forged = try await PaymentClient.connect(
                 fleet.home.settings.paymentServer, topics: fleet.home.topics, kid: KeyID(unchecked: "pay-stranger"), key: stranger,
                 clientID: "payment-server")
-            await payments.close()
             let refused = try await forged.pay("sim-7", amount: 300, currency: currency, userId: "user-forger")
             #expect(refused.result?.status == .rejected && refused.result?.reason == .unknownKey)
             await forged.close()
