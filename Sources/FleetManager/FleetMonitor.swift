@@ -85,16 +85,23 @@ public final class FleetMonitor: Service, Sendable {
             metrics?.brokerConnected.set(to: state.isConnected ? 1 : 0)
             guard state.isConnected, !subscribed else { continue }
             let topics = home.topics
-            do {
-                try await client.subscribe([
-                    MQTTSubscription(topics.filter(.status)), MQTTSubscription(topics.filter(.heartbeat), qos: .atMostOnce),
-                    MQTTSubscription(topics.filter(.paymentResult)), MQTTSubscription(topics.filter(.paymentCompleted)),
-                    MQTTSubscription(topics.filter(.configReported)), MQTTSubscription(topics.filter(.firmwareReported)),
-                ])
-                subscribed = true
-                logger.info("watching the fleet", metadata: ["topics.root": "\(topics.root)"])
-            } catch {
-                logger.error("cannot subscribe to the fleet's topics: \(error)")
+            // A refused or failed SUBSCRIBE is tried again while the connection lasts (a
+            // cluster setting up replicated consumers can fail one under load).
+            var pause = Duration.seconds(1)
+            while !subscribed, client.connectionState.isConnected, !Task.isCancelled {
+                do {
+                    try await client.subscribe([
+                        MQTTSubscription(topics.filter(.status)), MQTTSubscription(topics.filter(.heartbeat), qos: .atMostOnce),
+                        MQTTSubscription(topics.filter(.paymentResult)), MQTTSubscription(topics.filter(.paymentCompleted)),
+                        MQTTSubscription(topics.filter(.configReported)), MQTTSubscription(topics.filter(.firmwareReported)),
+                    ])
+                    subscribed = true
+                    logger.info("watching the fleet", metadata: ["topics.root": "\(topics.root)"])
+                } catch {
+                    logger.error("cannot subscribe to the fleet's topics: \(error); trying again in \(pause)")
+                    try? await Task.sleep(for: pause)
+                    pause = min(pause * 2, .seconds(30))
+                }
             }
         }
     }

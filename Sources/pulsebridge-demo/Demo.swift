@@ -159,6 +159,13 @@ final class DemoFleet: @unchecked Sendable {
             guard await waitOnline(machine.id, payments) else { throw FleetError("\(machine.id) did not come online; see \(machine.directory)/agent.log") }
             say("\(machine.id) is online (edge agent pid \(machine.process!.pid), edge log \(machine.edgeLog))")
         }
+        // serve must see the units too before anything is paid (on a cluster, its
+        // subscriptions are replicated consumers that take a moment to set up).
+        let watched = ContinuousClock.now + .seconds(60)
+        while try home.registry.unitStateCounts()["online", default: 0] < machines.count {
+            guard ContinuousClock.now < watched else { throw FleetError("serve did not see the units come online within 60 s") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
         for index in machines.indices { machines[index].shown = edgeLogSize(machines[index]) }
 
         print("\nPayments: payment → decision → pulses (measured on the edge log) → result\n")
