@@ -276,7 +276,7 @@ final class DemoFleet: @unchecked Sendable {
 
     func report(_ index: Int, _ outcome: PaymentOutcome) {
         guard let result = outcome.result else {
-            say("  no result by expiresAt + 5 s → void")
+            say("  no result by expiresAt + 5 s → \(outcome.action.rawValue)")
             return
         }
         var decision = "  decision: \(result.status.rawValue)"
