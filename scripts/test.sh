@@ -8,7 +8,8 @@
 #   release  release build; the whole suite again with every edge-agent, fleet-manager,
 #            payment-server and demo process the tests start being the release binary, plus the
 #            operator journey (docs/operations.md, docs/firmware.md, docs/payment-server.md
-#            executed step by step); then customers paying in headless Chromium, on their own
+#            executed step by step); then the NATS cluster with a node killed, and customers
+#            paying in headless Chromium, each on their own
 #   package  the Debian packages of that release build (scripts/package-check.sh): lintian,
 #            dpkg -i, systemd-analyze verify, a payment through the installed binaries,
 #            purge, and the machine as it was before (root; sudo otherwise)
@@ -39,6 +40,9 @@ for s in "${stages[@]}"; do
       stage release-build swift build -c release --static-swift-stdlib
       stage release-tests-build swift build --build-tests
       stage release-e2e env PULSEBRIDGE_BIN_DIR=.build/release PULSEBRIDGE_RELEASE_BIN=.build/release swift test --skip-build
+      # The 3-node NATS cluster with release agents and a node killed, alone (docs/scale.md).
+      stage release-cluster env PULSEBRIDGE_BIN_DIR=.build/release PULSEBRIDGE_CLUSTER_TESTS=1 \
+        swift test --skip-build --filter ClusterTests
       # Customers in headless Chromium, alone: a browser beside the timing tests would starve them.
       stage release-browser env PULSEBRIDGE_BIN_DIR=.build/release PULSEBRIDGE_BROWSER_TESTS=1 \
         swift test --skip-build --filter "CustomerJourneyTests|ConsoleBrowserTests" ;;
