@@ -109,12 +109,14 @@ public final class PaymentClient: Sendable {
     /// and statuses.
     public static func connect(
         _ identity: BrokerIdentity, topics: TopicScheme, kid: KeyID, key: Ed25519PrivateKey,
-        clientID: String? = nil, logger: Logger = Logger(label: "pulsebridge.payments")
+        clientID: String? = nil, persistentSession: Bool = true, logger: Logger = Logger(label: "pulsebridge.payments")
     ) async throws -> PaymentClient {
         // A payment server's client ID is its username: the broker pins it (payment-servers add).
-        // Its session outlives a disconnection (a broker restart, a network blip): results
-        // published meanwhile are queued for it, not lost (a lost result is a charge on hold).
-        let client = try await identity.connect(clientID: clientID ?? identity.username, cleanStart: false, logger: logger)
+        // A long-lived server's session outlives a disconnection (a broker restart, a network
+        // blip): results published meanwhile are queued for it, not lost (a lost result is a
+        // charge on hold). A one-shot client (`fleet-manager pay`) starts clean: a resumed
+        // session would first hand it statuses queued since its last run.
+        let client = try await identity.connect(clientID: clientID ?? identity.username, cleanStart: !persistentSession, logger: logger)
         let payments = PaymentClient(client: client, topics: topics, kid: kid, key: key, logger: logger)
         do {
             try await client.subscribe([MQTTSubscription(topics.filter(.paymentResult)), MQTTSubscription(topics.filter(.status))])

@@ -43,7 +43,8 @@ struct Pay: FleetCommand {
         }
         guard ProtocolLimits.paymentLifetimeMs.contains(ttl * 1000) else { throw FleetError("--ttl must be 1 to 600 seconds, not \(ttl)") }
         let (kid, key) = try home.signingKey(.payment)
-        let payments = try await PaymentClient.connect(home.settings.paymentServer, topics: home.topics, kid: kid, key: key)
+        let payments = try await PaymentClient.connect(
+            home.settings.paymentServer, topics: home.topics, kid: kid, key: key, persistentSession: false)
         let status = await payments.status(of: machine)
         if status?.state != .online && !force {
             await payments.close()
