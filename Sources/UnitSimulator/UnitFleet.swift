@@ -122,6 +122,8 @@ public final class UnitFleet: Sendable {
             }
         }
         try? await group.shutdownGracefully()
+        // Each unit refers to its fleet: let them go, or both outlive the run.
+        units.withLock { $0 = [] }
     }
 
     func count(_ field: WritableKeyPath<Stats, Int>, _ delta: Int = 1) {

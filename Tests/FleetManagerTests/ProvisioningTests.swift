@@ -31,6 +31,11 @@ struct DynsecFleet {
 
     /// The administrations on one mosquitto.
     static let mosquitto: [BrokerAdministration.Kind] = [.dynamicSecurity, .passwordFile]
+    /// Every administration; the NATS cluster only where it runs alone
+    /// (PULSEBRIDGE_CLUSTER_TESTS=1, scripts/test.sh's release-cluster stage): under the full
+    /// suite's load its clients were knocked off mid-check (docs/scale.md, "Open finding").
+    static let all: [BrokerAdministration.Kind] =
+        mosquitto + (LocalNATSCluster.isAvailable && ProcessInfo.processInfo.environment["PULSEBRIDGE_CLUSTER_TESTS"] == "1" ? [.natsUsers] : [])
 
     static func with(
         _ administration: BrokerAdministration.Kind = .dynamicSecurity, tlsPort: Int? = nil, caDirectory: String? = nil,
@@ -111,7 +116,7 @@ struct DynsecFleet {
 
 @Suite(.serialized, .timeLimit(.minutes(6)))
 struct ProvisioningTests {
-    @Test(arguments: BrokerAdministration.Kind.allCases)
+    @Test(arguments: DynsecFleet.all)
     func isolationMatrix(_ administration: BrokerAdministration.Kind) async throws {
         try await DynsecFleet.with(administration) { fleet in
             let a: MachineID = "unit-a"
@@ -353,7 +358,7 @@ struct ProvisioningTests {
         }
     }
 
-    @Test(arguments: BrokerAdministration.Kind.allCases)
+    @Test(arguments: DynsecFleet.all)
     func revokedUnitCannotConnectAndRotatedCredentialsReplaceTheOld(_ administration: BrokerAdministration.Kind) async throws {
         try await DynsecFleet.with(administration) { fleet in
             let machine: MachineID = "unit-r"
