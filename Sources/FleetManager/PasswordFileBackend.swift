@@ -265,7 +265,7 @@ public actor IdentityStore {
         self.files = files
     }
 
-    var statePath: String { directory + "/identities.json" }
+    nonisolated var statePath: String { directory + "/identities.json" }
 
     /// The last table read or written, and the file it came from: unchanged files are not
     /// decoded again (another manager process replacing it changes its inode).
@@ -273,7 +273,7 @@ public actor IdentityStore {
 
     /// The table as written (an absent file is an empty table).
     nonisolated func read() throws -> IdentityTable {
-        let path = directory + "/identities.json"
+        let path = statePath
         let stamp = FileStamp(path)
         if let stamp, let cached = cache.withLock({ $0 }), cached.stamp == stamp { return cached.table }
         guard let data = FileManager.default.contents(atPath: path) else {

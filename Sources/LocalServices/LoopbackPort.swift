@@ -21,25 +21,22 @@ public enum LoopbackPort {
 
     /// Whether 127.0.0.1:`port` can be bound now (nothing holds it).
     public static func canBind(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-        }
+        (try? bindLoopback(port)) != nil
     }
 
     private static func kernelPick() throws -> Int {
+        try bindLoopback(0)
+    }
+
+    /// Binds a socket to 127.0.0.1:`port` (0: the kernel picks), closes it, and returns the
+    /// port it had.
+    private static func bindLoopback(_ port: Int) throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw posixError("socket") }
         defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
+        address.sin_port = UInt16(port).bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &address) {
@@ -47,7 +44,7 @@ public enum LoopbackPort {
                 bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
             }
         }
-        guard bound else { throw posixError("bind 127.0.0.1:0") }
+        guard bound else { throw posixError("bind 127.0.0.1:\(port)") }
         return Int(UInt16(bigEndian: address.sin_port))
     }
 

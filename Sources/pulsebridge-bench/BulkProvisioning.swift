@@ -5,6 +5,7 @@ import ArgumentParser
 import FleetManager
 import Foundation
 import LocalServices
+import TestSupport
 
 /// `provision --from CSV` for many units against a real mosquitto with dynamic security.
 struct BulkProvisioning: AsyncParsableCommand {
@@ -27,14 +28,12 @@ struct BulkProvisioning: AsyncParsableCommand {
         let broker = try await LocalMosquitto.start(template: administration == .passwordFile ? "files" : "dynsec")
         do {
             let dir = NSTemporaryDirectory() + "bench-provision-\(UUID().uuidString)"
-            var options = FleetSetup.Options(
-                home: dir, brokerHost: broker.host, brokerPort: broker.adminPort ?? broker.port, adminPassword: broker.adminPassword ?? "",
-                deviceBrokerUrl: "mqtt://127.0.0.1:\(broker.port)")
-            if administration == .passwordFile {
-                options.administration = BrokerAdministration(kind: .passwordFile, directory: broker.directory, pidFile: broker.pidPath)
-                options.servicePort = broker.port
-            }
-            let home = try await FleetSetup.initialize(options)
+            let home = try await FleetSetup.initialize(
+                administration == .passwordFile
+                    ? .passwordFile(broker, home: dir)
+                    : FleetSetup.Options(
+                        home: dir, brokerHost: broker.host, brokerPort: broker.port, adminPassword: broker.adminPassword!,
+                        deviceBrokerUrl: "mqtt://127.0.0.1:\(broker.port)"))
             let csv = dir + "/machines.csv"
             try (0..<count).map { "unit-\($0)" }.joined(separator: "\n").write(toFile: csv, atomically: true, encoding: .utf8)
             let backend = try await home.provisioningBackend()

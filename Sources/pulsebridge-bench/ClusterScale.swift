@@ -2,6 +2,7 @@ import ArgumentParser
 import FleetManager
 import Foundation
 import LocalServices
+import TestSupport
 import MessageSchema
 import PaymentSDK
 import UnitSimulator
@@ -28,12 +29,7 @@ struct ClusterScale: AsyncParsableCommand {
             let cluster = try await LocalNATSCluster.start(consumerReplicas: replicas)
             do {
                 let ports = cluster.mqttPorts
-                var options = FleetSetup.Options(
-                    home: NSTemporaryDirectory() + "bench-cluster-\(UUID().uuidString)", brokerHost: cluster.host, brokerPort: ports[0],
-                    adminPassword: "", deviceBrokerUrl: "mqtt://127.0.0.1:\(ports[0])")
-                options.administration = BrokerAdministration(kind: .natsUsers, directory: cluster.directory, pidFiles: cluster.pidFiles)
-                options.brokerAlternates = ports.dropFirst().map { "127.0.0.1:\($0)" }
-                let home = try await FleetSetup.initialize(options)
+                let home = try await FleetSetup.initialize(.natsCluster(cluster, home: NSTemporaryDirectory() + "bench-cluster-\(UUID().uuidString)"))
                 let (fleet, setup) = try await startUnits(home, machines: machines, host: cluster.host, ports: ports)
                 let name = "cluster.nats-3-nodes"
                 rows.append(Measurement(benchmark: name, metric: "subscription setup per unit, \(replicas) consumer replica\(replicas == 1 ? "" : "s")", value: setup * 1000 / Double(count), unit: "ms"))
@@ -66,12 +62,7 @@ struct ClusterScale: AsyncParsableCommand {
         // The same on one mosquitto (password file), for comparison.
         let broker = try await LocalMosquitto.start(template: "files")
         do {
-            var options = FleetSetup.Options(
-                home: NSTemporaryDirectory() + "bench-cluster-mosquitto-\(UUID().uuidString)", brokerHost: broker.host,
-                brokerPort: broker.adminPort!, adminPassword: "", deviceBrokerUrl: "mqtt://127.0.0.1:\(broker.port)")
-            options.administration = BrokerAdministration(kind: .passwordFile, directory: broker.directory, pidFile: broker.pidPath)
-            options.servicePort = broker.port
-            let home = try await FleetSetup.initialize(options)
+            let home = try await FleetSetup.initialize(.passwordFile(broker, home: NSTemporaryDirectory() + "bench-cluster-mosquitto-\(UUID().uuidString)"))
             let (fleet, setup) = try await startUnits(home, machines: machines, host: broker.host, ports: [broker.port])
             let client = try await paymentClient(home)
             let trip = try await roundTrips(client, home: home, machines: machines, count: payments)

@@ -2,6 +2,7 @@ import ArgumentParser
 import FleetManager
 import Foundation
 import LocalServices
+import TestSupport
 import Locking
 import MessageSchema
 import PaymentSDK
@@ -41,11 +42,7 @@ struct FleetScale: AsyncParsableCommand {
         var rows: [Measurement] = []
         func row(_ metric: String, _ value: Double, _ unit: String) { rows.append(Measurement(benchmark: name, metric: metric, value: value, unit: unit)) }
         do {
-            var options = FleetSetup.Options(
-                home: dir, brokerHost: broker.host, brokerPort: broker.adminPort!, adminPassword: "", deviceBrokerUrl: "mqtt://127.0.0.1:\(broker.port)")
-            options.administration = BrokerAdministration(kind: .passwordFile, directory: broker.directory, pidFile: broker.pidPath)
-            options.servicePort = broker.port
-            let home = try await FleetSetup.initialize(options)
+            let home = try await FleetSetup.initialize(.passwordFile(broker, home: dir))
 
             // Provisioning, as `provision --from` runs it.
             let csv = dir + "/machines.csv"

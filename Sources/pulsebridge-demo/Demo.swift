@@ -88,12 +88,8 @@ final class DemoFleet: @unchecked Sendable {
             self.cluster = cluster
             let ports = cluster.mqttPorts
             say("nats-server cluster of 3 nodes started in \(cluster.directory) (MQTT on \(ports.map(String.init).joined(separator: ", "))): JetStream MQTT, MQTT 3.1.1")
-            var options = FleetSetup.Options(
-                home: directory + "/fleet", brokerHost: cluster.host, brokerPort: ports[0], adminPassword: "",
-                deviceBrokerUrl: "mqtt://127.0.0.1:\(ports[0])", paymentUrlTemplate: pageBase + "/m/{machineId}")
-            options.administration = BrokerAdministration(kind: .natsUsers, directory: cluster.directory, pidFiles: cluster.pidFiles)
-            options.brokerAlternates = ports.dropFirst().map { "127.0.0.1:\($0)" }
-            options.deviceBrokerAlternates = ports.dropFirst().map { "mqtt://127.0.0.1:\($0)" }
+            var options = FleetSetup.Options.natsCluster(cluster, home: directory + "/fleet")
+            options.paymentUrlTemplate = pageBase + "/m/{machineId}"
             home = try await FleetSetup.initialize(options)
         } else {
             let broker = try await LocalMosquitto.start(template: "dynsec")

@@ -43,13 +43,7 @@ struct DynsecFleet {
     ) async throws {
         if administration == .natsUsers {
             try await LocalNATSCluster.with { cluster in
-                let ports = cluster.mqttPorts
-                var options = FleetSetup.Options(
-                    home: NSTemporaryDirectory() + "pb-home-\(UUID().uuidString)", brokerHost: cluster.host, brokerPort: ports[0],
-                    adminPassword: "", deviceBrokerUrl: "mqtt://127.0.0.1:\(ports[0])")
-                options.administration = BrokerAdministration(kind: .natsUsers, directory: cluster.directory, pidFiles: cluster.pidFiles)
-                options.brokerAlternates = ports.dropFirst().map { "127.0.0.1:\($0)" }
-                options.deviceBrokerAlternates = ports.dropFirst().map { "mqtt://127.0.0.1:\($0)" }
+                let options = FleetSetup.Options.natsCluster(cluster, home: NSTemporaryDirectory() + "pb-home-\(UUID().uuidString)")
                 try await run(options, broker: nil, cluster: cluster, body)
             }
             return
