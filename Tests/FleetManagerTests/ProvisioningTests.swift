@@ -31,9 +31,8 @@ struct DynsecFleet {
 
     /// The administrations on one mosquitto.
     static let mosquitto: [BrokerAdministration.Kind] = [.dynamicSecurity, .passwordFile]
-    /// Every administration; the NATS cluster only where it runs alone
-    /// (PULSEBRIDGE_CLUSTER_TESTS=1, scripts/test.sh's release-cluster stage): under the full
-    /// suite's load its clients were knocked off mid-check (docs/scale.md, "Open finding").
+    /// Every administration; the NATS cluster only with PULSEBRIDGE_CLUSTER_TESTS=1 (by hand:
+    /// its cases are not in CI yet, see docs/scale.md, "Open finding").
     static let all: [BrokerAdministration.Kind] =
         mosquitto + (LocalNATSCluster.isAvailable && ProcessInfo.processInfo.environment["PULSEBRIDGE_CLUSTER_TESTS"] == "1" ? [.natsUsers] : [])
 
@@ -193,7 +192,9 @@ struct ProvisioningTests {
                 // It is A (its own rights only): nothing of B's reaches it.
                 let impostorInbox = Inbox(impostor)
                 await mayNotRead(impostor, topics.topic(.configDesired, for: b), "A as unit-b")
-                try await impostor.subscribe(topics.topic(.configDesired, for: a))
+                // QoS 0: on NATS a QoS 1 subscription's consumer may not yet deliver right after
+                // its SUBACK, and what is checked here is who gets what, not when.
+                try await impostor.subscribe(topics.topic(.configDesired, for: a), qos: .atMostOnce)
                 try await watcher.publish(topic: topics.topic(.configDesired, for: b), payload: Data("for-b".utf8))
                 try await watcher.publish(topic: topics.topic(.configDesired, for: a), payload: Data("for-a".utf8))
                 _ = try await impostorInbox.next("A's own") { $0.payload == Data("for-a".utf8) }
