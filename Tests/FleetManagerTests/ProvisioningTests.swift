@@ -183,6 +183,12 @@ struct ProvisioningTests {
                 // the impostor reads nothing of B's.
                 await victim.close()
             }
+            if administration == .passwordFile {
+                // The impostor is A under its own username, so it takes A's session. A's client
+                // would take it back after its reconnect delay, and on a loaded machine that
+                // came mid-check ("not connected"). A is closed first; it reconnects below.
+                await device.close()
+            }
             let impostor = try fleet.deviceClient(a, clientID: "unit-b")
             switch administration {
             case .dynamicSecurity:
