@@ -68,9 +68,19 @@ public enum FleetSetup {
         guard options.paymentUrlTemplate.contains("{machineId}") else {
             throw FleetError("--payment-url must contain {machineId}", hint: "e.g. https://pay.example.com/m/{machineId}")
         }
-        let probe = AgentBundle.probe(options.deviceBrokerUrl)
-        guard probe else {
-            throw FleetError("--device-broker-url '\(options.deviceBrokerUrl)' is not mqtt://host:port or mqtts://host:port")
+        let primary: AgentBundle.Endpoint
+        do { primary = try AgentBundle.endpoint(options.deviceBrokerUrl, field: "--device-broker-url") } catch {
+            throw FleetError(error.problem, hint: "the broker as units reach it, e.g. mqtts://broker.example.com:8883")
+        }
+        // Every unit's bundle carries the alternates: one an agent would refuse is refused here,
+        // before any unit is provisioned with it.
+        for url in options.deviceBrokerAlternates ?? [] {
+            let hint = "each other node as units reach it, with the scheme of --device-broker-url, e.g. mqtts://node2.example.com:8883"
+            let alternate: AgentBundle.Endpoint
+            do { alternate = try AgentBundle.endpoint(url, field: "--device-broker-alternate") } catch { throw FleetError(error.problem, hint: hint) }
+            guard alternate.tls == primary.tls else {
+                throw FleetError("--device-broker-alternate '\(url)' does not use the scheme of --device-broker-url", hint: hint)
+            }
         }
         if options.deviceBrokerUrl.hasPrefix("mqtts://") && options.deviceCAFile == nil {
             throw FleetError("--device-broker-url uses TLS but no --device-ca-file was given", hint: "units need the CA that signed the broker's certificate")
@@ -131,13 +141,5 @@ public enum FleetSetup {
             try FileManager.default.copyItem(atPath: source, toPath: copy)
         }
         return created
-    }
-}
-
-extension AgentBundle {
-    /// Whether `url` is a broker URL a bundle accepts.
-    static func probe(_ url: String) -> Bool {
-        let bundle = AgentBundle(machineId: "probe", brokerUrl: url, trust: [])
-        return (try? bundle.endpoint()) != nil
     }
 }

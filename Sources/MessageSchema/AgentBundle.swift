@@ -69,14 +69,15 @@ public struct AgentBundle: Codable, Sendable, Hashable {
         return endpoints
     }
 
-    static func endpoint(_ brokerUrl: String, field: String) throws(BundleError) -> Endpoint {
+    /// The endpoint a broker URL names; `field` names where it came from in the error.
+    public static func endpoint(_ brokerUrl: String, field: String) throws(BundleError) -> Endpoint {
         guard let url = URLComponents(string: brokerUrl), let scheme = url.scheme, let host = url.host, !host.isEmpty else {
             throw BundleError(path: "", problem: "\(field) '\(brokerUrl)' is not mqtt://host:port or mqtts://host:port")
         }
         switch scheme {
         case "mqtt": return Endpoint(host: host, port: url.port ?? 1883, tls: false)
         case "mqtts": return Endpoint(host: host, port: url.port ?? 8883, tls: true)
-        default: throw BundleError(path: "", problem: "brokerUrl scheme '\(scheme)' is not mqtt or mqtts")
+        default: throw BundleError(path: "", problem: "\(field) scheme '\(scheme)' is not mqtt or mqtts")
         }
     }
 

@@ -62,6 +62,18 @@ struct CLITests {
             #expect(!FileManager.default.fileExists(atPath: home + "/settings.json"))
             expectNoStackTrace(readable.output)
 
+            // An alternate node every bundle would carry is checked before anything is created.
+            for (alternate, says) in [("node2:1883", "is not mqtt://host:port"), ("mqtts://node2:8883", "does not use the scheme of --device-broker-url")] {
+                let badAlternate = try await run([
+                    "init", "--home", home, "--broker-port", "\(broker.port)", "--admin-password-file", secret,
+                    "--device-broker-url", "mqtt://127.0.0.1:\(broker.port)", "--device-broker-alternate", alternate,
+                ])
+                #expect(badAlternate.status == .exited(1), "\(badAlternate.output)")
+                #expect(badAlternate.output.contains("--device-broker-alternate '\(alternate)' \(says)"), "\(badAlternate.output)")
+                #expect(!FileManager.default.fileExists(atPath: home + "/settings.json"))
+                expectNoStackTrace(badAlternate.output)
+            }
+
             writeSecret("wrong", to: secret + ".bad")
             let refused = try await run([
                 "init", "--home", home, "--broker-port", "\(broker.port)", "--admin-password-file", secret + ".bad",
