@@ -1,3 +1,4 @@
+import Foundation
 import FleetManager
 import LocalServices
 
@@ -23,5 +24,14 @@ extension FleetSetup.Options {
         options.brokerAlternates = ports.dropFirst().map { "127.0.0.1:\($0)" }
         options.deviceBrokerAlternates = ports.dropFirst().map { "mqtt://127.0.0.1:\($0)" }
         return options
+    }
+}
+
+extension LocalNATSCluster {
+    /// Whether tests on a NATS cluster run: nats-server is installed and
+    /// PULSEBRIDGE_CLUSTER_TESTS=1 (scripts/test.sh's release-cluster stage sets it for
+    /// `ClusterTests`; the others by hand, docs/scale.md "Open finding").
+    public static var testsEnabled: Bool {
+        isAvailable && ProcessInfo.processInfo.environment["PULSEBRIDGE_CLUSTER_TESTS"] == "1"
     }
 }

@@ -6,9 +6,10 @@ import TestSupport
 /// The README's first command ends in `pulsebridge-demo`: run it and check what it shows.
 @Suite(.timeLimit(.minutes(4)))
 struct DemoTests {
-    /// On one mosquitto (the README's command). `--cluster` (a 3-node NATS cluster) is not run
-    /// here: on the loaded CI machine it lost a result (docs/scale.md, "Open findings").
-    @Test(arguments: [false])
+    /// On one mosquitto (the README's command); `--cluster` (a 3-node NATS cluster) only with
+    /// PULSEBRIDGE_CLUSTER_TESTS=1, by hand: on the loaded CI machine it lost a result
+    /// (docs/scale.md, "Open finding").
+    @Test(arguments: [false] + (LocalNATSCluster.testsEnabled ? [true] : []))
     func demoRunsTheWholeStoryAndStopsEverything(onCluster: Bool) async throws {
         let binary = URL(fileURLWithPath: AgentUnit.binary).deletingLastPathComponent().appendingPathComponent("pulsebridge-demo").path
         let out = NSTemporaryDirectory() + "demo-\(UUID().uuidString).out"

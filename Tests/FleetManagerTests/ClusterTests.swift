@@ -15,7 +15,7 @@ struct ClusterTests {
     /// Run alone (scripts/test.sh's release-cluster stage sets PULSEBRIDGE_CLUSTER_TESTS=1): on
     /// a machine running 50 suites at once, a NATS node's replicated consumers lost a message a
     /// subscriber was owed (docs/scale.md, "Open finding").
-    static let available = LocalNATSCluster.isAvailable && ProcessInfo.processInfo.environment["PULSEBRIDGE_CLUSTER_TESTS"] == "1"
+    static let available = LocalNATSCluster.testsEnabled
 
     @Test(.enabled(if: available, "needs nats-server and PULSEBRIDGE_CLUSTER_TESTS=1 (scripts/test.sh release runs it alone)"))
     func paymentsAndRetainedConfigurationSurviveANodeKilledMidStream() async throws {

@@ -34,7 +34,7 @@ struct DynsecFleet {
     /// Every administration; the NATS cluster only with PULSEBRIDGE_CLUSTER_TESTS=1 (by hand:
     /// its cases are not in CI yet, see docs/scale.md, "Open finding").
     static let all: [BrokerAdministration.Kind] =
-        mosquitto + (LocalNATSCluster.isAvailable && ProcessInfo.processInfo.environment["PULSEBRIDGE_CLUSTER_TESTS"] == "1" ? [.natsUsers] : [])
+        mosquitto + (LocalNATSCluster.testsEnabled ? [.natsUsers] : [])
 
     static func with(
         _ administration: BrokerAdministration.Kind = .dynamicSecurity, tlsPort: Int? = nil, caDirectory: String? = nil,
