@@ -9,20 +9,9 @@ JSON line of what it saw for the test to check.
 """
 import argparse, json, os, sys
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.ui import WebDriverWait
 
-
-def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
-                 "--disable-extensions", "--disable-background-networking", "--window-size=1280,800"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+from webpage import chromium, submit, wait
 
 
 def sign_in(driver, url, credentials):
@@ -30,8 +19,8 @@ def sign_in(driver, url, credentials):
     driver.get(url + "/login")
     driver.find_element(By.ID, "name").send_keys(name)
     driver.find_element(By.ID, "password").send_keys(password)
-    driver.find_element(By.ID, "sign-in").click()
-    WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.ID, "fleet"))
+    submit(driver, driver.find_element(By.ID, "sign-in"))
+    wait(driver, 20, lambda d: d.find_elements(By.ID, "fleet"))
 
 
 def main():
@@ -42,7 +31,7 @@ def main():
     os.makedirs(args.shots, exist_ok=True)
     shot = lambda driver, name: driver.save_screenshot(os.path.join(args.shots, "console-%s.png" % name))
     out = {}
-    driver = browser()
+    driver = chromium("--window-size=1280,800")
     try:
         driver.get(args.url + "/")
         out["unsignedLandsOnLogin"] = driver.current_url.endswith("/login")
@@ -50,11 +39,11 @@ def main():
         sign_in(driver, args.url, args.operator)
         out["rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#fleet tbody tr[id^='unit-']"))
         state = lambda d: d.find_element(By.CSS_SELECTOR, "#unit-%s [data-field='state']" % args.unit).text
-        WebDriverWait(driver, 20).until(lambda d: state(d) == "online")
+        wait(driver, 20, lambda d: state(d) == "online")
         driver.execute_script("window.__notReloaded = 42")
         shot(driver, "fleet")
         print("READY-TO-KILL", flush=True)
-        WebDriverWait(driver, 60).until(lambda d: state(d) == "offline")
+        wait(driver, 60, lambda d: state(d) == "offline")
         out["offlineLive"] = driver.execute_script("return window.__notReloaded") == 42
         out["offlineCount"] = driver.find_element(By.ID, "count-offline").text
         shot(driver, "fleet-offline")
@@ -64,9 +53,8 @@ def main():
         alert_id = row.get_attribute("id").split("-", 1)[1]
         out["alertId"] = alert_id
         acknowledge = driver.find_element(By.ID, "ack-" + alert_id)
-        acknowledge.click()
-        WebDriverWait(driver, 20).until(expected_conditions.staleness_of(acknowledge))
-        WebDriverWait(driver, 20).until(lambda d: "acknowledged by" in d.find_element(By.ID, "alert-" + alert_id).text)
+        submit(driver, acknowledge, 20)
+        wait(driver, 20, lambda d: "acknowledged by" in d.find_element(By.ID, "alert-" + alert_id).text)
         out["acknowledgedBy"] = driver.find_element(By.ID, "alert-" + alert_id).text.split("acknowledged by ")[-1].strip()
         shot(driver, "alerts")
         driver.get(args.url + "/audit")
@@ -94,14 +82,13 @@ def main():
         driver.get(args.url + "/machines/" + args.live_unit)
         driver.find_element(By.ID, "config-pairs").send_keys("maxAmount=2500")
         publish = driver.find_element(By.ID, "config-set")
-        publish.click()
-        WebDriverWait(driver, 20).until(expected_conditions.staleness_of(publish))
+        submit(driver, publish, 20)
         out["configNotice"] = driver.find_element(By.ID, "notice").text
 
         def applied(d):
             d.refresh()
             return "applied" in d.find_element(By.CSS_SELECTOR, "#configs tbody tr").text
-        WebDriverWait(driver, 60, poll_frequency=0.5).until(applied)
+        wait(driver, 60, applied, poll=0.5)
         out["machineNewestConfig"] = driver.find_element(By.CSS_SELECTOR, "#configs tbody tr").text
         out["machineCode"] = len(driver.find_elements(By.CSS_SELECTOR, "#payment-code svg path"))
         shot(driver, "machine")
@@ -115,18 +102,17 @@ def main():
             box.clear()
             box.send_keys(value)
         start = driver.find_element(By.ID, "rollout-start")
-        start.click()
-        WebDriverWait(driver, 20).until(expected_conditions.staleness_of(start))
+        submit(driver, start, 20)
         driver.execute_script("window.__notReloaded = 43")
-        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "rollout-state").text not in ("", "running"))
+        wait(driver, 60, lambda d: d.find_element(By.ID, "rollout-state").text not in ("", "running"))
         out["rolloutState"] = driver.find_element(By.ID, "rollout-state").text
         out["rolloutUnit"] = driver.find_element(By.CSS_SELECTOR, "tr[data-unit='wash-01'] [data-field='state']").text
         out["rolloutLive"] = driver.execute_script("return window.__notReloaded") == 43
         shot(driver, "rollout")
         driver.get(args.url + "/firmware")
         shot(driver, "firmware")
-        driver.find_element(By.ID, "logout").click()
-        WebDriverWait(driver, 20).until(lambda d: d.current_url.endswith("/login"))
+        submit(driver, driver.find_element(By.ID, "logout"))
+        wait(driver, 20, lambda d: d.current_url.endswith("/login"))
 
         sign_in(driver, args.url, args.viewer)
         driver.get(args.url + "/alerts")
@@ -139,16 +125,15 @@ def main():
                                       body: 'csrf=' + encodeURIComponent(csrf)}).then(function(r){ done(r.status); });
         """ % alert_id)
         shot(driver, "viewer-alerts")
-        driver.find_element(By.ID, "logout").click()
-        WebDriverWait(driver, 20).until(lambda d: d.current_url.endswith("/login"))
+        submit(driver, driver.find_element(By.ID, "logout"))
+        wait(driver, 20, lambda d: d.current_url.endswith("/login"))
 
         # An admin provisions a unit; its bundle downloads once.
         sign_in(driver, args.url, args.admin)
         driver.get(args.url + "/provision")
         driver.find_element(By.ID, "machine").send_keys(args.new_unit)
         provision = driver.find_element(By.ID, "provision")
-        provision.click()
-        WebDriverWait(driver, 30).until(expected_conditions.staleness_of(provision))
+        submit(driver, provision, 30)
         out["provisioned"] = driver.find_element(By.ID, "provisioned").text
         shot(driver, "provision")
         fetch = """

@@ -8,27 +8,19 @@ for the Swift test that started the fleet to check against the agent and the pro
 """
 import argparse, json, sys, time
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.ui import WebDriverWait
+
+from webpage import chromium, submit, wait
 
 CARDS = {"approve": "4242424242424242", "decline": "4000000000000002", "timeout": "4000000000000119",
          "capture-fails": "4000000000000341", "webhook": "4000000000003220"}
 
 
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
-                 "--disable-extensions", "--disable-background-networking"):
-        options.add_argument(flag)
-    options.add_experimental_option("mobileEmulation", {
+    """A phone-sized page, as a customer at the machine sees it."""
+    return chromium(mobile={
         "deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2.0},
         "userAgent": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Mobile Safari/537.36"})
-    # Debian's chromedriver: nothing is downloaded.
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
 def page_bytes(driver):
@@ -55,24 +47,18 @@ def profile(driver, args, out, shot):
             box.send_keys(value)
         if consent:
             driver.find_element(By.NAME, "consent").click()
-        submit = driver.find_element(By.CSS_SELECTOR, "form[action='/me/profile'] button")
-        submit.click()
-        # click() returns before the answer is loaded: wait for the old page to go, or the next
-        # read (or navigation) meets the page being left.
-        WebDriverWait(driver, args.timeout).until(expected_conditions.staleness_of(submit))
+        submit(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/me/profile'] button"), args.timeout)
 
     fill(consent=False)
     out["withoutConsent"] = driver.title
     driver.get(base + "/me")
     fill(consent=True)
-    WebDriverWait(driver, args.timeout).until(lambda d: d.find_elements(By.ID, "saved"))
+    wait(driver, args.timeout, lambda d: d.find_elements(By.ID, "saved"))
     out["savedName"] = driver.find_element(By.ID, "name").get_attribute("value")
     shot("profile")
     if args.delete_profile:
-        delete = driver.find_element(By.ID, "delete-profile")
-        delete.click()
-        WebDriverWait(driver, args.timeout).until(expected_conditions.staleness_of(delete))
-        WebDriverWait(driver, args.timeout).until(lambda d: not d.find_elements(By.ID, "delete-profile"))
+        submit(driver, driver.find_element(By.ID, "delete-profile"), args.timeout)
+        wait(driver, args.timeout, lambda d: not d.find_elements(By.ID, "delete-profile"))
         out["nameAfterDelete"] = driver.find_element(By.ID, "name").get_attribute("value")
 
 
@@ -116,15 +102,12 @@ def main():
             out["state"] = "not-payable"
             print(json.dumps(out))
             return 0
-        if args.double_click:
-            driver.execute_script("arguments[0].click(); arguments[0].click();", button)
-        else:
-            button.click()
-        WebDriverWait(driver, args.timeout).until(
-            lambda d: "/simulated-provider/" in d.current_url or "/p/" in d.current_url or d.find_elements(By.ID, "error"))
+        submit(driver, button, args.timeout, twice=args.double_click)
+        wait(driver, args.timeout,
+             lambda d: "/simulated-provider/" in d.current_url or "/p/" in d.current_url or d.find_elements(By.ID, "error"))
         if "/simulated-provider/checkout/" in driver.current_url:
             shot("checkout")
-            driver.find_element(By.ID, "card-" + CARDS[args.card]).click()
+            submit(driver, driver.find_element(By.ID, "card-" + CARDS[args.card]), args.timeout)
         error = driver.find_elements(By.ID, "error")
         if error:
             out["state"] = "refused"
@@ -133,8 +116,8 @@ def main():
             shot("refused")
             print(json.dumps(out))
             return 0
-        WebDriverWait(driver, args.timeout).until(
-            lambda d: d.find_elements(By.ID, "state") and d.find_element(By.ID, "state").get_attribute("data-state") in expect)
+        wait(driver, args.timeout,
+             lambda d: d.find_elements(By.ID, "state") and d.find_element(By.ID, "state").get_attribute("data-state") in expect)
         state = driver.find_element(By.ID, "state")
         out["state"] = state.get_attribute("data-state")
         out["text"] = state.text
