@@ -33,40 +33,16 @@ struct OperatorJourneyTests {
 
     @Test(.enabled(if: releaseBin != nil, "needs PULSEBRIDGE_RELEASE_BIN (scripts/test.sh builds the release binaries)"))
     func theDocumentedJourneyWithTheReleaseBinaries() async throws {
-        let root = LocalMosquitto.brokerConfigDirectory + "/.."
-        let releaseBin = URL(fileURLWithPath: Self.releaseBin!, relativeTo: URL(fileURLWithPath: root)).standardizedFileURL.path
-        let scratch = "/tmp/pb-journey-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
-        // mosquitto, once it dropped to its user, must reach its files under here.
-        chmod(scratch, 0o755)
-        let steps = try Self.shellBlocks(root + "/docs/operations.md") + Self.shellBlocks(root + "/docs/firmware.md")
-            + Self.shellBlocks(root + "/docs/payment-server.md") + Self.shellBlocks(root + "/docs/console.md")
-        #expect(steps.count >= 8)
-        let script = scratch + "/journey.sh"
-        var text = "set -euo pipefail\ncd \(root)\n"
-        for (index, step) in steps.enumerated() {
-            text += "echo \"== step \(index + 1)\"\n\(step)\n"
-        }
-        try text.write(toFile: script, atomically: true, encoding: .utf8)
-
+        var journey = try Journey("journey", docs: ["operations.md", "firmware.md", "payment-server.md", "console.md"])
+        #expect(journey.steps >= 8)
+        let scratch = journey.scratch
         let ports = try (0..<5).map { _ in try LoopbackPort.free() }
-        var environment = ProcessInfo.processInfo.environment
-        environment["PATH"] = releaseBin + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
-        environment["PB_ETC"] = scratch + "/etc"
-        environment["PB_VAR"] = scratch + "/var"
-        environment["PB_BROKER_DATA"] = scratch + "/mosquitto"
-        environment["PB_TLS_PORT"] = String(ports[0])
-        environment["PB_TLS_BIND"] = "127.0.0.1"
-        environment["PB_PORT"] = String(ports[1])
-        environment["PB_FIRMWARE_PORT"] = String(ports[2])
-        environment["PB_PAY_PORT"] = String(ports[3])
-        environment["PB_CONSOLE_PORT"] = String(ports[4])
-        environment["PB_BROKER_LOG"] = "file:\(scratch)/mosquitto/mosquitto.log"
-        environment.removeValue(forKey: "PULSEBRIDGE_HOME")
-        let log = scratch + "/journey.log"
-        let journey = try ChildProcess.spawn("/bin/bash", [script], environment: environment, outputPath: log)
-        let status = await journey.waitForExit()
-        let output = journey.output()
+        journey.environment["PB_TLS_PORT"] = String(ports[0])
+        journey.environment["PB_PORT"] = String(ports[1])
+        journey.environment["PB_FIRMWARE_PORT"] = String(ports[2])
+        journey.environment["PB_PAY_PORT"] = String(ports[3])
+        journey.environment["PB_CONSOLE_PORT"] = String(ports[4])
+        let (status, output) = try await journey.run()
         #expect(status == .exited(0), "the documented steps failed:\n\(output.suffix(6000))")
         guard status == .exited(0) else {
             await Self.stopEverything(scratch)
@@ -93,6 +69,7 @@ struct OperatorJourneyTests {
         #expect(brokerUser.contains("mosquitto") && !brokerUser.contains("root"), "\(brokerUser)")
 
         // A build that crashes at start: rolled out, rolled back, `current` on what runs.
+        var environment = journey.environment
         environment["PULSEBRIDGE_HOME"] = scratch + "/var/fleet"
         let crashing = scratch + "/var/edge-agent-0.4.0"
         try "#!/bin/sh\necho 'edge-agent 0.4.0: cannot start' >&2\nexit 3\n".write(toFile: crashing, atomically: true, encoding: .utf8)
@@ -117,39 +94,18 @@ struct OperatorJourneyTests {
     /// second run provisions nothing), a real agent online, a payment, a revocation.
     @Test(.enabled(if: releaseBin != nil, "needs PULSEBRIDGE_RELEASE_BIN (scripts/test.sh builds the release binaries)"))
     func theLargeFleetJourneyWithTheReleaseBinaries() async throws {
-        let root = LocalMosquitto.brokerConfigDirectory + "/.."
-        let releaseBin = URL(fileURLWithPath: Self.releaseBin!, relativeTo: URL(fileURLWithPath: root)).standardizedFileURL.path
-        let scratch = "/tmp/pb-scale-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
-        chmod(scratch, 0o755)
-        let steps = try Self.shellBlocks(root + "/docs/scale.md")
-        #expect(steps.count >= 5)
-        let script = scratch + "/journey.sh"
-        var text = "set -euo pipefail\ncd \(root)\n"
-        for (index, step) in steps.enumerated() {
-            text += "echo \"== step \(index + 1)\"\n\(step)\n"
-        }
-        try text.write(toFile: script, atomically: true, encoding: .utf8)
-
+        var journey = try Journey("scale", docs: ["scale.md"])
+        #expect(journey.steps >= 5)
+        let scratch = journey.scratch
         let ports = try (0..<3).map { _ in try LoopbackPort.free() }
-        var environment = ProcessInfo.processInfo.environment
-        environment["PATH"] = releaseBin + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
-        environment["PB_ETC"] = scratch + "/etc"
-        environment["PB_VAR"] = scratch + "/var"
-        environment["PB_BROKER_DATA"] = scratch + "/mosquitto"
-        environment["PB_IDENTITIES"] = scratch + "/identities"
-        environment["PB_PID_FILE"] = scratch + "/run/mosquitto.pid"
-        environment["PB_TLS_PORT"] = String(ports[0])
-        environment["PB_TLS_BIND"] = "127.0.0.1"
-        environment["PB_PORT"] = String(ports[1])
-        environment["PB_MANAGER_PORT"] = String(ports[2])
-        environment["PB_BROKER_LOG"] = "file:\(scratch)/mosquitto/mosquitto.log"
-        environment["PB_NATS_DIR"] = scratch + "/nats"
-        environment["PB_NATS_BASE"] = String(try LocalNATSCluster.freeBase())
-        environment.removeValue(forKey: "PULSEBRIDGE_HOME")
-        let journey = try ChildProcess.spawn("/bin/bash", [script], environment: environment, outputPath: scratch + "/journey.log")
-        let status = await journey.waitForExit()
-        let output = journey.output()
+        journey.environment["PB_IDENTITIES"] = scratch + "/identities"
+        journey.environment["PB_PID_FILE"] = scratch + "/run/mosquitto.pid"
+        journey.environment["PB_TLS_PORT"] = String(ports[0])
+        journey.environment["PB_PORT"] = String(ports[1])
+        journey.environment["PB_MANAGER_PORT"] = String(ports[2])
+        journey.environment["PB_NATS_DIR"] = scratch + "/nats"
+        journey.environment["PB_NATS_BASE"] = String(try LocalNATSCluster.freeBase())
+        let (status, output) = try await journey.run()
         #expect(status == .exited(0), "the documented steps failed:\n\(output.suffix(6000))")
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         guard status == .exited(0) else {
@@ -172,6 +128,45 @@ struct OperatorJourneyTests {
         #expect((passwd[.posixPermissions] as? NSNumber)?.intValue == 0o640)
         _ = try? await Self.run("/bin/bash", [LocalMosquitto.brokerConfigDirectory + "/nats-cluster.sh", "stop", scratch + "/nats"])
         await Self.stopEverything(scratch)
+    }
+
+    /// A journey through docs: their `sh` blocks in order as one bash script in a scratch folder
+    /// (which mosquitto, once it dropped to its user, can reach), run with the release binaries
+    /// first on `PATH` and the variables every journey's steps read.
+    struct Journey {
+        let scratch: String
+        let steps: Int
+        var environment: [String: String]
+
+        init(_ name: String, docs: [String]) throws {
+            let root = LocalMosquitto.brokerConfigDirectory + "/.."
+            let releaseBin = URL(fileURLWithPath: OperatorJourneyTests.releaseBin!, relativeTo: URL(fileURLWithPath: root)).standardizedFileURL.path
+            scratch = "/tmp/pb-\(name)-\(UUID().uuidString.prefix(8))"
+            try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+            chmod(scratch, 0o755)
+            let blocks = try docs.flatMap { try OperatorJourneyTests.shellBlocks(root + "/docs/" + $0) }
+            steps = blocks.count
+            var text = "set -euo pipefail\ncd \(root)\n"
+            for (index, block) in blocks.enumerated() {
+                text += "echo \"== step \(index + 1)\"\n\(block)\n"
+            }
+            try text.write(toFile: scratch + "/journey.sh", atomically: true, encoding: .utf8)
+            environment = ProcessInfo.processInfo.environment
+            environment["PATH"] = releaseBin + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
+            environment["PB_ETC"] = scratch + "/etc"
+            environment["PB_VAR"] = scratch + "/var"
+            environment["PB_BROKER_DATA"] = scratch + "/mosquitto"
+            environment["PB_BROKER_LOG"] = "file:\(scratch)/mosquitto/mosquitto.log"
+            environment["PB_TLS_BIND"] = "127.0.0.1"
+            environment.removeValue(forKey: "PULSEBRIDGE_HOME")
+        }
+
+        /// The script to its end: how it exited, and what it printed.
+        func run() async throws -> (ChildProcesses.ExitStatus, String) {
+            let journey = try ChildProcess.spawn("/bin/bash", [scratch + "/journey.sh"], environment: environment, outputPath: scratch + "/journey.log")
+            let status = await journey.waitForExit()
+            return (status, journey.output())
+        }
     }
 
     struct FirmwareLayoutProbe {
