@@ -69,20 +69,21 @@ public enum FleetSetup {
             throw FleetError("--payment-url must contain {machineId}", hint: "e.g. https://pay.example.com/m/{machineId}")
         }
         let primary: AgentBundle.Endpoint
-        do { primary = try AgentBundle.endpoint(options.deviceBrokerUrl, field: "--device-broker-url") } catch {
+        do {
+            primary = try AgentBundle.endpoint(options.deviceBrokerUrl, field: "--device-broker-url")
+        } catch {
             throw FleetError(error.problem, hint: "the broker as units reach it, e.g. mqtts://broker.example.com:8883")
         }
         // Every unit's bundle carries the alternates: one an agent would refuse is refused here,
         // before any unit is provisioned with it.
-        for url in options.deviceBrokerAlternates ?? [] {
-            let hint = "each other node as units reach it, with the scheme of --device-broker-url, e.g. mqtts://node2.example.com:8883"
-            let alternate: AgentBundle.Endpoint
-            do { alternate = try AgentBundle.endpoint(url, field: "--device-broker-alternate") } catch { throw FleetError(error.problem, hint: hint) }
-            guard alternate.tls == primary.tls else {
-                throw FleetError("--device-broker-alternate '\(url)' does not use the scheme of --device-broker-url", hint: hint)
-            }
+        do {
+            _ = try AgentBundle.alternateEndpoints(
+                options.deviceBrokerAlternates ?? [], field: "--device-broker-alternate", of: primary, primaryField: "--device-broker-url")
+        } catch {
+            throw FleetError(
+                error.problem, hint: "each other node as units reach it, with the scheme of --device-broker-url, e.g. mqtts://node2.example.com:8883")
         }
-        if options.deviceBrokerUrl.hasPrefix("mqtts://") && options.deviceCAFile == nil {
+        if primary.tls && options.deviceCAFile == nil {
             throw FleetError("--device-broker-url uses TLS but no --device-ca-file was given", hint: "units need the CA that signed the broker's certificate")
         }
         for file in [options.deviceCAFile, options.brokerCAFile].compactMap({ $0 }) where !FileManager.default.isReadableFile(atPath: file) {

@@ -57,12 +57,19 @@ public struct AgentBundle: Codable, Sendable, Hashable {
 
     /// The alternate nodes' endpoints (`alternateBrokerUrls`), each with the scheme of `brokerUrl`.
     public func alternateEndpoints() throws(BundleError) -> [Endpoint] {
-        let primary = try endpoint()
+        try Self.alternateEndpoints(alternateBrokerUrls ?? [], field: "alternateBrokerUrls", of: endpoint(), primaryField: "brokerUrl")
+    }
+
+    /// Alternate nodes' endpoints, each with the scheme of `primary`; `field` and `primaryField`
+    /// name where the URLs came from in the error (a bundle's fields, or `init`'s options).
+    public static func alternateEndpoints(
+        _ urls: [String], field: String, of primary: Endpoint, primaryField: String
+    ) throws(BundleError) -> [Endpoint] {
         var endpoints: [Endpoint] = []
-        for url in alternateBrokerUrls ?? [] {
-            let endpoint = try Self.endpoint(url, field: "alternateBrokerUrls")
+        for url in urls {
+            let endpoint = try endpoint(url, field: field)
             guard endpoint.tls == primary.tls else {
-                throw BundleError(path: "", problem: "alternateBrokerUrls '\(url)' does not use the scheme of brokerUrl")
+                throw BundleError(path: "", problem: "\(field) '\(url)' does not use the scheme of \(primaryField)")
             }
             endpoints.append(endpoint)
         }
